@@ -1,0 +1,448 @@
+//! Wiring: sockets, worker threads, the sink thread, signals and the shutdown order
+//! (stop receiving, drain workers, emit what is pending, flush the sink).
+
+use crate::capture::CaptureReader;
+use crate::config::{OutputArgs, ReplayArgs, RunArgs};
+use crate::flow::FlowKey;
+use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use crate::record::{Encoder, RecordConfig};
+use crate::sink::kafka::{KafkaSettings, KafkaSink};
+use crate::sink::{JsonLines, Sink, SinkError, SinkStats};
+use crate::wire;
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Largest datagram taken: a 9001-byte jumbo frame mirrored with its VXLAN encapsulation.
+pub const MAX_DATAGRAM: usize = 9216;
+
+/// Opens the configured sink.
+pub fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<dyn Sink>> {
+    match &out.kafka_brokers {
+        Some(brokers) => {
+            let settings = KafkaSettings {
+                brokers: brokers.clone(),
+                topic: out.topic.clone(),
+                batch_size: out.batch_size,
+                batch_time: Duration::from_secs_f64(out.batch_time),
+            };
+            Ok(Box::new(
+                KafkaSink::new(&settings, stats).context("creating the Kafka producer")?,
+            ))
+        }
+        None => Ok(Box::new(JsonLines::open(&out.output, stats).with_context(
+            || format!("opening --output {}", out.output),
+        )?)),
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Encodes a pipeline's finished exchanges and hands them to `deliver`.
+fn drain_records(
+    pipeline: &mut Pipeline,
+    encoder: &Encoder,
+    buf: &mut Vec<u8>,
+    records_too_large: &mut u64,
+    mut deliver: impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    for ex in pipeline.exchanges() {
+        match encoder.encode(&ex, buf) {
+            Ok(()) => deliver(ex.connection_id, buf)?,
+            Err(_) => *records_too_large += 1,
+        }
+    }
+    Ok(())
+}
+
+/// `mirror-receiver replay`: one pass over a capture; capture timestamps drive every timeout.
+pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
+    let (pcfg, rcfg) = args.pipeline.to_config()?;
+    args.output.check()?;
+    let mut reader = CaptureReader::open(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = open_sink(&args.output, stats.clone())?;
+    let mut pipeline = Pipeline::new(&pcfg);
+    let encoder = Encoder::new(rcfg);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut too_large = 0;
+    let mut last_ts = 0u64;
+    let mut next_expire = 0u64;
+    let mut unknown_link = 0u64;
+    while let Some(frame) = reader.next_frame() {
+        let frame = frame.with_context(|| format!("reading {}", args.file.display()))?;
+        // Timestamps in a capture may step back a little (several interfaces): time never does.
+        last_ts = last_ts.max(frame.ts);
+        match frame.link {
+            Some(link) => pipeline.capture_frame(link, &frame.data, args.vni, last_ts),
+            None => unknown_link += 1,
+        }
+        if last_ts >= next_expire {
+            pipeline.expire(last_ts);
+            next_expire = last_ts + 1_000_000;
+        }
+        drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, |k, r| {
+            sink.send(k, r)
+        })?;
+    }
+    pipeline.finish(last_ts);
+    drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, |k, r| {
+        sink.send(k, r)
+    })?;
+    sink.flush(Duration::from_secs(30))?;
+    let mut s = pipeline.stats();
+    s.wire.errors[wire::DecodeError::UnsupportedLinkType.index()] += unknown_link;
+    log_summary("replay finished", &s, &stats, too_large);
+    Ok(s)
+}
+
+/// Logs the totals of a run.
+pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_large: u64) {
+    let errors: Vec<String> = wire::DecodeError::ALL
+        .iter()
+        .filter(|e| s.wire.errors[e.index()] > 0)
+        .map(|e| format!("{}={}", e.as_str(), s.wire.errors[e.index()]))
+        .collect();
+    let parse_errors: Vec<String> = crate::http::ParseError::ALL
+        .iter()
+        .filter(|e| s.http.parse_errors[e.index()] > 0)
+        .map(|e| format!("{}={}", e.as_str(), s.http.parse_errors[e.index()]))
+        .collect();
+    tracing::info!(
+        datagrams = s.wire.datagrams,
+        segments = s.wire.segments,
+        truncated_segments = s.wire.truncated_segments,
+        decode_drops = %errors.join(","),
+        flows_opened = s.flow.opened,
+        flows_evicted = s.flow.evicted,
+        reassembly_gaps = s.flow.reassembly.gaps,
+        gap_bytes = s.flow.reassembly.gap_bytes,
+        retransmitted_bytes = s.flow.reassembly.retransmitted_bytes,
+        requests = s.http.requests,
+        responses = s.http.responses,
+        pairs = s.http.pairs,
+        unanswered = s.http.unanswered,
+        unmatched_responses = s.http.unmatched_responses,
+        dropped_gap = s.http.dropped_gap,
+        parse_errors = %parse_errors.join(","),
+        records = SinkStats::get(&sink.records),
+        delivered = SinkStats::get(&sink.delivered),
+        failed = SinkStats::get(&sink.failed),
+        records_too_large,
+        "{what}"
+    );
+}
+
+/// A datagram on its way from a receive socket to the worker owning its flow.
+type Datagram = Vec<u8>;
+/// An encoded record on its way to the sink thread.
+type Record = (u64, Vec<u8>);
+
+/// The shard of a datagram: a direction-independent hash of its inner flow, so both directions
+/// of a connection meet in one worker whichever socket received them. Undecodable datagrams go
+/// to shard 0, which counts them.
+fn shard_of(datagram: &[u8], shards: usize) -> usize {
+    let key = wire::decode_vxlan(datagram)
+        .and_then(|v| wire::decode_ethernet(v.inner).map(|s| FlowKey::new(v.vni, s.src, s.dst).0));
+    match key {
+        Ok(k) => (k.stable_hash() % shards as u64) as usize,
+        Err(_) => 0,
+    }
+}
+
+fn bind_socket(args: &RunArgs) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(args.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    if socket.set_recv_buffer_size(args.recv_buffer).is_err()
+        || socket.recv_buffer_size().unwrap_or(0) < args.recv_buffer
+    {
+        // As root, SO_RCVBUFFORCE goes past net.core.rmem_max.
+        let size = libc::c_int::try_from(args.recv_buffer).unwrap_or(libc::c_int::MAX);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        // SAFETY: setsockopt on an fd we own, with a correctly sized int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    socket
+        .bind(&args.listen.into())
+        .with_context(|| format!("binding UDP {}", args.listen))?;
+    Ok(socket.into())
+}
+
+struct Shared {
+    stop: AtomicBool,
+    stats: Vec<Mutex<PipelineStats>>,
+    records_too_large: std::sync::atomic::AtomicU64,
+}
+
+/// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
+/// flight was delivered (or the shutdown timeout passed).
+pub fn run(args: &RunArgs) -> Result<()> {
+    let (pcfg, rcfg) = args.pipeline.to_config()?;
+    args.output.check()?;
+    let workers = if args.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.workers
+    };
+    let sink_stats = Arc::new(SinkStats::default());
+    let sink = open_sink(&args.output, sink_stats.clone())?;
+    let sockets: Vec<UdpSocket> = (0..workers)
+        .map(|_| bind_socket(args))
+        .collect::<Result<_>>()?;
+    let local = sockets[0].local_addr()?;
+    tracing::info!(listen = %local, workers, "receiving VXLAN");
+
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        stats: (0..workers).map(|_| Mutex::default()).collect(),
+        records_too_large: Default::default(),
+    });
+    let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
+    let sink_thread = std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || sink_loop(sink, rec_rx))?;
+
+    let mut shard_txs = Vec::new();
+    let mut worker_threads = Vec::new();
+    for i in 0..workers {
+        let (tx, rx) = bounded::<Datagram>(64 * 1024);
+        shard_txs.push(tx);
+        let (shared, rec_tx, pcfg, rcfg) = (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
+        worker_threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker_loop(i, &pcfg, rcfg, rx, rec_tx, &shared))?,
+        );
+    }
+    drop(rec_tx);
+    let mut recv_threads = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (shared, txs) = (shared.clone(), shard_txs.clone());
+        recv_threads.push(
+            std::thread::Builder::new()
+                .name(format!("recv-{i}"))
+                .spawn(move || recv_loop(&socket, &txs, &shared))?,
+        );
+    }
+    drop(shard_txs);
+
+    wait_for_signal(&shared, &sink_stats)?;
+    tracing::info!("stopping: finishing in-flight work");
+    shared.stop.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.shutdown_timeout);
+    for t in recv_threads.into_iter().chain(worker_threads) {
+        let _ = t.join();
+    }
+    let sink_result = join_until(sink_thread, deadline);
+    let total = total_stats(&shared);
+    log_summary(
+        "stopped",
+        &total,
+        &sink_stats,
+        shared.records_too_large.load(Ordering::Relaxed),
+    );
+    sink_result
+}
+
+fn join_until(thread: std::thread::JoinHandle<Result<()>>, deadline: Instant) -> Result<()> {
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("shutdown timeout: the sink did not finish flushing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
+}
+
+fn total_stats(shared: &Shared) -> PipelineStats {
+    let mut total = PipelineStats::default();
+    for s in &shared.stats {
+        let s = s.lock().map(|g| g.clone()).unwrap_or_default();
+        add_stats(&mut total, &s);
+    }
+    total
+}
+
+/// Sums shard counters.
+pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
+    total.wire.datagrams += s.wire.datagrams;
+    total.wire.bytes += s.wire.bytes;
+    total.wire.segments += s.wire.segments;
+    total.wire.truncated_segments += s.wire.truncated_segments;
+    for (t, v) in total.wire.errors.iter_mut().zip(s.wire.errors) {
+        *t += v;
+    }
+    let (tf, sf) = (&mut total.flow, &s.flow);
+    tf.segments += sf.segments;
+    tf.segments_ignored += sf.segments_ignored;
+    tf.opened += sf.opened;
+    tf.closed_fin += sf.closed_fin;
+    tf.closed_rst += sf.closed_rst;
+    tf.closed_idle += sf.closed_idle;
+    tf.evicted += sf.evicted;
+    tf.closed_shutdown += sf.closed_shutdown;
+    tf.reassembly.ooo_segments += sf.reassembly.ooo_segments;
+    tf.reassembly.retransmitted_bytes += sf.reassembly.retransmitted_bytes;
+    tf.reassembly.gaps += sf.reassembly.gaps;
+    tf.reassembly.gap_bytes += sf.reassembly.gap_bytes;
+    let (th, sh) = (&mut total.http, &s.http);
+    th.requests += sh.requests;
+    th.responses += sh.responses;
+    th.interim_responses += sh.interim_responses;
+    th.pairs += sh.pairs;
+    th.unanswered += sh.unanswered;
+    th.unmatched_responses += sh.unmatched_responses;
+    th.responses_lost += sh.responses_lost;
+    th.responses_incomplete += sh.responses_incomplete;
+    th.dropped_gap += sh.dropped_gap;
+    for (t, v) in th.parse_errors.iter_mut().zip(sh.parse_errors) {
+        *t += v;
+    }
+    th.bodies_truncated += sh.bodies_truncated;
+    th.decode_failures += sh.decode_failures;
+    th.protocol_switches += sh.protocol_switches;
+    th.pending_overflow += sh.pending_overflow;
+    th.skipped_bytes += sh.skipped_bytes;
+    total.flows_active += s.flows_active;
+}
+
+fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        report.tick().await;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = report.tick() => {
+                    let total = total_stats(shared);
+                    log_summary("running", &total, sink_stats, shared.records_too_large.load(Ordering::Relaxed));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn recv_loop(socket: &UdpSocket, shards: &[Sender<Datagram>], shared: &Shared) {
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    while !shared.stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                // A datagram longer than the buffer arrives cut; the decoder sees the truncation.
+                let n = n.min(MAX_DATAGRAM);
+                let shard = shard_of(&buf[..n], shards.len());
+                if shards[shard].send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "receive failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn worker_loop(
+    index: usize,
+    pcfg: &PipelineConfig,
+    rcfg: RecordConfig,
+    rx: Receiver<Datagram>,
+    records: Sender<Record>,
+    shared: &Shared,
+) {
+    let mut pipeline = Pipeline::new(pcfg);
+    let encoder = Encoder::new(rcfg);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut too_large = 0;
+    let mut next_expire = 0;
+    let mut deliver = |k: u64, r: &[u8]| {
+        records
+            .send((k, r.to_vec()))
+            .map_err(|_| SinkError::Io(std::io::ErrorKind::BrokenPipe.into()))
+    };
+    loop {
+        let msg = rx.recv_timeout(Duration::from_millis(200));
+        let now = now_us();
+        match msg {
+            Ok(d) => {
+                pipeline.datagram(&d, now);
+                // Take whatever else is queued before looking at the clock again.
+                for d in rx.try_iter().take(256) {
+                    pipeline.datagram(&d, now);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if now >= next_expire {
+            pipeline.expire(now);
+            next_expire = now + 1_000_000;
+            if let Ok(mut s) = shared.stats[index].lock() {
+                *s = pipeline.stats();
+            }
+        }
+        if drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, &mut deliver).is_err() {
+            break;
+        }
+    }
+    pipeline.finish(now_us());
+    let _ = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, &mut deliver);
+    shared
+        .records_too_large
+        .fetch_add(too_large, Ordering::Relaxed);
+    if let Ok(mut s) = shared.stats[index].lock() {
+        *s = pipeline.stats();
+    }
+}
+
+fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>) -> Result<()> {
+    let mut result = Ok(());
+    for (key, record) in records.iter() {
+        if let Err(e) = sink.send(key, &record) {
+            tracing::error!(error = %e, "sink failed");
+            result = Err(e.into());
+            break;
+        }
+    }
+    sink.flush(Duration::from_secs(5))?;
+    result
+}

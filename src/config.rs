@@ -1,0 +1,271 @@
+//! Command line and environment: every flag has a `MIRROR_*` variable; the names Akto's mirroring
+//! module reads are accepted as aliases, so the receiver can replace it in place. Precedence: flag,
+//! `MIRROR_*` variable, Akto alias, default.
+
+use crate::flow::{FlowConfig, ReassemblyConfig};
+use crate::http::HttpConfig;
+use crate::pipeline::PipelineConfig;
+use crate::record::RecordConfig;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mirror-receiver",
+    version,
+    about = "Receiver for AWS VPC Traffic Mirroring: VXLAN in, paired HTTP/1.x records (Akto format) out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log level: error, warn, info, debug, trace, off (Akto's DEBUG/INFO/... and `DBEUG` too).
+    /// RUST_LOG, when set, overrides it with a full filter.
+    #[arg(long, global = true, env = "MIRROR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Receive mirrored traffic on UDP and deliver records (the daemon).
+    Run(RunArgs),
+    /// Read a pcap/pcapng file through the same pipeline and deliver its records.
+    Replay(ReplayArgs),
+    /// Check a configuration and exit: 0 when valid, 2 with a message naming the bad setting.
+    Validate(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// UDP address to receive VXLAN datagrams on.
+    #[arg(long, env = "MIRROR_LISTEN", default_value = "0.0.0.0:4789")]
+    pub listen: SocketAddr,
+    /// Worker threads (each with a receive socket and a flow-table shard); 0 = one per core.
+    #[arg(long, env = "MIRROR_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Receive buffer per socket in bytes (SO_RCVBUF; raised past net.core.rmem_max as root).
+    #[arg(long, env = "MIRROR_RECV_BUFFER", default_value_t = 64 << 20)]
+    pub recv_buffer: usize,
+    /// Seconds to finish in-flight work and flush the sink after SIGTERM/SIGINT.
+    #[arg(long, env = "MIRROR_SHUTDOWN_TIMEOUT", default_value_t = 8.0)]
+    pub shutdown_timeout: f64,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The capture (pcap or pcapng). VXLAN on UDP 4789 is decapsulated; plain traffic is taken as
+    /// mirror session --vni.
+    pub file: PathBuf,
+    /// VNI recorded for plain (not VXLAN) traffic in the capture.
+    #[arg(long, env = "MIRROR_VNI", default_value_t = 0)]
+    pub vni: u32,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Seconds without a segment before a flow is closed (alias TRAFFIC_INACTIVITY_THRESHOLD).
+    #[arg(long, env = "MIRROR_FLOW_IDLE_TIMEOUT", default_value_t = 30.0)]
+    pub flow_idle_timeout: f64,
+    /// Flows held at once; beyond it the least recently active is evicted
+    /// (alias TRAFFIC_MAX_ACTIVE_CONN).
+    #[arg(long, env = "MIRROR_MAX_FLOWS", default_value_t = 100_000)]
+    pub max_flows: usize,
+    /// Out-of-order bytes buffered per direction before a hole becomes a gap.
+    #[arg(long, env = "MIRROR_MAX_REORDER_BYTES", default_value_t = 256 * 1024)]
+    pub max_reorder_bytes: usize,
+    /// Seconds a hole may wait to be filled before it becomes a gap.
+    #[arg(long, env = "MIRROR_REORDER_TIMEOUT", default_value_t = 2.0)]
+    pub reorder_timeout: f64,
+    /// Body bytes kept per message (each side), after de-chunking and decoding.
+    #[arg(long, env = "MIRROR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest record in bytes; payloads are cut to fit and the record says so.
+    #[arg(long, env = "MIRROR_MAX_RECORD_BYTES", default_value_t = 1_000_000)]
+    pub max_record_bytes: usize,
+    /// `akto_account_id` of every record.
+    #[arg(long, env = "MIRROR_ACCOUNT_ID", default_value = "1000000")]
+    pub account_id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Kafka bootstrap servers, comma-separated; without them records go to --output
+    /// (aliases AKTO_KAFKA_BROKER_MAL, then AKTO_KAFKA_BROKER_URL).
+    #[arg(long, env = "MIRROR_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic.
+    #[arg(long, env = "MIRROR_TOPIC", default_value = "akto.api.logs")]
+    pub topic: String,
+    /// JSON-lines output when no Kafka brokers are set: a file path, or - for stdout.
+    #[arg(long, env = "MIRROR_OUTPUT", default_value = "-")]
+    pub output: String,
+    /// Records per Kafka batch (alias AKTO_TRAFFIC_BATCH_SIZE).
+    #[arg(long, env = "MIRROR_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Seconds a Kafka batch may wait to fill (alias AKTO_TRAFFIC_BATCH_TIME_SECS).
+    #[arg(long, env = "MIRROR_BATCH_TIME", default_value_t = 0.1)]
+    pub batch_time: f64,
+}
+
+/// A setting that cannot be used, named as the user wrote it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {name}={value:?}: {why}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub why: String,
+}
+
+fn bad(name: &str, value: impl ToString, why: &str) -> ConfigError {
+    ConfigError {
+        name: name.to_owned(),
+        value: value.to_string(),
+        why: why.to_owned(),
+    }
+}
+
+/// Fills settings left at their defaults from Akto's variable names. `matches` are the
+/// subcommand's; `env` looks a variable up (the process environment, or a table in tests).
+pub fn apply_aliases(
+    pipeline: &mut PipelineArgs,
+    output: &mut OutputArgs,
+    matches: &ArgMatches,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let unset = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            None | Some(ValueSource::DefaultValue)
+        )
+    };
+    fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
+        v.trim().parse().map_err(|_| bad(name, v, "not a number"))
+    }
+    if unset("kafka_brokers") {
+        output.kafka_brokers = env("AKTO_KAFKA_BROKER_MAL")
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| env("AKTO_KAFKA_BROKER_URL").filter(|v| !v.trim().is_empty()));
+    }
+    if unset("batch_size")
+        && let Some(v) = env("AKTO_TRAFFIC_BATCH_SIZE")
+    {
+        output.batch_size = parse("AKTO_TRAFFIC_BATCH_SIZE", &v)?;
+    }
+    if unset("batch_time")
+        && let Some(v) = env("AKTO_TRAFFIC_BATCH_TIME_SECS")
+    {
+        output.batch_time = parse("AKTO_TRAFFIC_BATCH_TIME_SECS", &v)?;
+    }
+    if unset("flow_idle_timeout")
+        && let Some(v) = env("TRAFFIC_INACTIVITY_THRESHOLD")
+    {
+        pipeline.flow_idle_timeout = parse("TRAFFIC_INACTIVITY_THRESHOLD", &v)?;
+    }
+    if unset("max_flows")
+        && let Some(v) = env("TRAFFIC_MAX_ACTIVE_CONN")
+    {
+        pipeline.max_flows = parse("TRAFFIC_MAX_ACTIVE_CONN", &v)?;
+    }
+    Ok(())
+}
+
+fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(bad(name, secs, "must be a number of seconds between 0 and 1e9"));
+    }
+    Ok((secs * 1e6) as u64)
+}
+
+impl PipelineArgs {
+    /// Checks the values and builds the typed configuration.
+    pub fn to_config(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
+        if self.max_flows == 0 {
+            return Err(bad("--max-flows", 0, "must be at least 1"));
+        }
+        if self.max_record_bytes < 1024 {
+            return Err(bad(
+                "--max-record-bytes",
+                self.max_record_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if self.account_id.is_empty() || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("--account-id", &self.account_id, "must be a decimal number"));
+        }
+        let pipeline = PipelineConfig {
+            flow: FlowConfig {
+                idle_timeout_us: seconds_to_us("--flow-idle-timeout", self.flow_idle_timeout)?,
+                max_flows: self.max_flows,
+                reassembly: ReassemblyConfig {
+                    max_ooo_bytes: self.max_reorder_bytes,
+                    reorder_timeout_us: seconds_to_us("--reorder-timeout", self.reorder_timeout)?,
+                    ..ReassemblyConfig::default()
+                },
+            },
+            http: HttpConfig {
+                max_body_bytes: self.max_body_bytes,
+                ..HttpConfig::default()
+            },
+        };
+        let record = RecordConfig {
+            account_id: self.account_id.clone(),
+            max_record_bytes: self.max_record_bytes,
+        };
+        Ok((pipeline, record))
+    }
+}
+
+impl OutputArgs {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(b) = &self.kafka_brokers
+            && b.split(',').all(|s| s.trim().is_empty())
+        {
+            return Err(bad("--kafka-brokers", b, "no broker address in the list"));
+        }
+        if self.topic.is_empty() {
+            return Err(bad("--topic", "", "must not be empty"));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("--batch-size", 0, "must be at least 1"));
+        }
+        if !(0.0..=900.0).contains(&self.batch_time) {
+            return Err(bad(
+                "--batch-time",
+                self.batch_time,
+                "must be between 0 and 900 seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Maps a log level name, including Akto's spellings, to a tracing filter directive.
+pub fn log_filter(level: &str) -> Result<&'static str, ConfigError> {
+    Ok(match level.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" | "dbeug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" => "error",
+        "off" | "none" => "off",
+        _ => {
+            return Err(bad(
+                "--log-level",
+                level,
+                "expected one of trace, debug, info, warn, error, off",
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! The flow table: one entry per bidirectional TCP flow, each with two reassemblers and a stream
+//! handler (the HTTP session), bounded in count, expired when idle, and evicted least recently
+//! active first when full.
+//!
+//! Flows are created only by segments that carry bytes or a SYN: a stray ACK or RST (a flood, or
+//! the tail of a connection already closed) costs nothing.
+
+use super::key::{FlowKey, Side};
+use super::reassembly::{ReassemblyConfig, ReassemblyStats, Reassembler, SegmentIn, StreamEvent};
+use super::seq::Seq;
+use crate::wire::TcpSegment;
+use lru::LruCache;
+
+/// Why a flow ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Both directions sent FIN and every byte before it arrived.
+    Fin,
+    Rst,
+    /// No segment for the idle timeout.
+    Idle,
+    /// The table was full and this flow was the least recently active.
+    Evicted,
+    /// The process is shutting down or the capture ended.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Fin => "fin",
+            CloseReason::Rst => "rst",
+            CloseReason::Idle => "idle",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The consumer of a flow's two byte streams. `Ctx` is state shared by all flows of a table
+/// (configuration, output queue, counters), lent to each call.
+pub trait StreamHandler: Default {
+    type Ctx;
+    /// Something happened in the stream sent by `side`.
+    fn event(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, side: Side, ev: StreamEvent<'_>);
+    /// The flow ends; no events follow.
+    fn close(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, reason: CloseReason, now: u64);
+}
+
+/// Limits of a flow table.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// A flow with no segment for this long (µs) is closed. Default 30 s (Akto's
+    /// `TRAFFIC_INACTIVITY_THRESHOLD`); well under the NLB's 120 s UDP flow timeout.
+    pub idle_timeout_us: u64,
+    /// Flows held at once; the least recently active is evicted beyond it. Default 100,000.
+    pub max_flows: usize,
+    pub reassembly: ReassemblyConfig,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            idle_timeout_us: 30_000_000,
+            max_flows: 100_000,
+            reassembly: ReassemblyConfig::default(),
+        }
+    }
+}
+
+/// Counters of a flow table.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub segments: u64,
+    /// Segments that would have opened a flow but carried nothing (no payload, no SYN).
+    pub segments_ignored: u64,
+    pub opened: u64,
+    pub closed_fin: u64,
+    pub closed_rst: u64,
+    pub closed_idle: u64,
+    pub evicted: u64,
+    pub closed_shutdown: u64,
+    pub reassembly: ReassemblyStats,
+}
+
+impl FlowStats {
+    fn count_close(&mut self, reason: CloseReason) {
+        match reason {
+            CloseReason::Fin => self.closed_fin += 1,
+            CloseReason::Rst => self.closed_rst += 1,
+            CloseReason::Idle => self.closed_idle += 1,
+            CloseReason::Evicted => self.evicted += 1,
+            CloseReason::Shutdown => self.closed_shutdown += 1,
+        }
+    }
+}
+
+struct Flow<H> {
+    dirs: [Reassembler; 2],
+    handler: H,
+    last_seen: u64,
+}
+
+/// Bidirectional flows of one shard.
+pub struct FlowTable<H: StreamHandler> {
+    flows: LruCache<FlowKey, Flow<H>, lru::DefaultHasher>,
+    cfg: FlowConfig,
+    pub stats: FlowStats,
+}
+
+impl<H: StreamHandler> FlowTable<H> {
+    pub fn new(cfg: FlowConfig) -> Self {
+        FlowTable {
+            flows: LruCache::unbounded_with_hasher(lru::DefaultHasher::default()),
+            cfg,
+            stats: FlowStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Bytes held out of order across all flows.
+    pub fn buffered_bytes(&self) -> usize {
+        self.flows
+            .iter()
+            .map(|(_, f)| f.dirs[0].buffered_bytes() + f.dirs[1].buffered_bytes())
+            .sum()
+    }
+
+    /// Takes one decoded segment of mirror session `vni` at time `now` (µs).
+    pub fn segment(&mut self, vni: u32, seg: &TcpSegment<'_>, now: u64, ctx: &mut H::Ctx) {
+        self.stats.segments += 1;
+        let (key, side) = FlowKey::new(vni, seg.src, seg.dst);
+        if !self.flows.contains(&key) {
+            let carries = !seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn;
+            if !carries || seg.flags.rst {
+                self.stats.segments_ignored += 1;
+                return;
+            }
+            if self.flows.len() >= self.cfg.max_flows.max(1) {
+                self.evict_lru(now, ctx);
+            }
+            self.stats.opened += 1;
+            self.flows.put(
+                key,
+                Flow {
+                    dirs: Default::default(),
+                    handler: H::default(),
+                    last_seen: now,
+                },
+            );
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        flow.last_seen = now;
+        let Flow { dirs, handler, .. } = flow;
+        let input = SegmentIn {
+            seq: Seq(seg.seq),
+            ack: seg.ack.map(Seq),
+            syn: seg.flags.syn,
+            fin: seg.flags.fin,
+            payload: seg.payload,
+            missing: seg.missing,
+            ts: now,
+        };
+        let dir = &mut dirs[side.index()];
+        let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
+        dir.segment(input, &self.cfg.reassembly, &mut self.stats.reassembly, &mut emit);
+        dir.expire_holes(now, &self.cfg.reassembly, &mut self.stats.reassembly, &mut emit);
+        let done = if seg.flags.rst {
+            Some(CloseReason::Rst)
+        } else if dirs[0].ended() && dirs[1].ended() {
+            Some(CloseReason::Fin)
+        } else {
+            None
+        };
+        if let Some(reason) = done {
+            self.close(key, reason, now, ctx);
+        }
+    }
+
+    /// Closes idle flows and gives up on stale reassembly holes. Call about once a second.
+    pub fn expire(&mut self, now: u64, ctx: &mut H::Ctx) {
+        while let Some((key, flow)) = self.flows.peek_lru() {
+            if flow.last_seen.saturating_add(self.cfg.idle_timeout_us) > now {
+                break;
+            }
+            let key = *key;
+            self.close(key, CloseReason::Idle, now, ctx);
+        }
+        let cfg = &self.cfg.reassembly;
+        let stats = &mut self.stats.reassembly;
+        for (key, flow) in self.flows.iter_mut() {
+            let Flow { dirs, handler, .. } = flow;
+            for side in [Side::Lo, Side::Hi] {
+                let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, key, side, ev);
+                dirs[side.index()].expire_holes(now, cfg, stats, &mut emit);
+            }
+        }
+    }
+
+    /// Closes every flow (end of capture, shutdown).
+    pub fn close_all(&mut self, now: u64, ctx: &mut H::Ctx) {
+        while let Some((key, _)) = self.flows.peek_lru() {
+            let key = *key;
+            self.close(key, CloseReason::Shutdown, now, ctx);
+        }
+    }
+
+    fn evict_lru(&mut self, now: u64, ctx: &mut H::Ctx) {
+        if let Some((key, _)) = self.flows.peek_lru() {
+            let key = *key;
+            self.close(key, CloseReason::Evicted, now, ctx);
+        }
+    }
+
+    fn close(&mut self, key: FlowKey, reason: CloseReason, now: u64, ctx: &mut H::Ctx) {
+        let Some(mut flow) = self.flows.pop(&key) else {
+            return;
+        };
+        self.stats.count_close(reason);
+        let Flow { dirs, handler, .. } = &mut flow;
+        for side in [Side::Lo, Side::Hi] {
+            let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
+            dirs[side.index()].flush(now, &mut self.stats.reassembly, &mut emit);
+        }
+        flow.handler.close(ctx, &key, reason, now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

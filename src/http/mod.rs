@@ -1,0 +1,97 @@
+//! HTTP/1.x over reassembled TCP streams: framing of both directions ([`parser`]), client/server
+//! detection and request/response pairing per connection ([`Session`], the flow table's stream
+//! handler), and content decoding. Pure: no IO, no clock.
+
+mod decode;
+pub mod detect;
+mod message;
+pub mod parser;
+mod session;
+
+pub use message::{Exchange, Message, StartLine};
+pub use parser::{ParseError, Parser, Role, Step};
+pub use session::Session;
+
+/// Limits of HTTP parsing.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Body bytes kept per message, before and after content decoding. Default 1 MiB
+    /// (`--max-body-bytes`); the rest is consumed for framing and dropped, and the message is
+    /// marked truncated.
+    pub max_body_bytes: usize,
+    /// Longest head (start line and fields) accepted. Default 64 KiB: larger heads are abuse.
+    pub max_head_bytes: usize,
+    /// Requests waiting for responses per connection. Default 256: beyond it the oldest is
+    /// reported unanswered.
+    pub max_pending_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 1 << 20,
+            max_head_bytes: 64 * 1024,
+            max_pending_requests: 256,
+        }
+    }
+}
+
+/// Counters of HTTP parsing and pairing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpStats {
+    /// Request heads parsed.
+    pub requests: u64,
+    /// Final responses parsed.
+    pub responses: u64,
+    /// 1xx responses other than 101 (not answers).
+    pub interim_responses: u64,
+    /// Request/response pairs emitted.
+    pub pairs: u64,
+    /// Requests emitted without a response (`is_pending`).
+    pub unanswered: u64,
+    /// Responses that answer no request seen (capture started mid-connection, request lost).
+    pub unmatched_responses: u64,
+    /// Responses known lost in a gap (their requests are not reported).
+    pub responses_lost: u64,
+    /// Responses cut short by the end of the connection.
+    pub responses_incomplete: u64,
+    /// Messages dropped because a gap fell inside them.
+    pub dropped_gap: u64,
+    /// Messages given up for a parse error, by kind ([`ParseError::index`]).
+    pub parse_errors: [u64; ParseError::ALL.len()],
+    /// Bodies cut at the size cap or whose decoding stopped early.
+    pub bodies_truncated: u64,
+    /// Bodies whose declared Content-Encoding could not be decoded (kept as sent).
+    pub decode_failures: u64,
+    /// 101 Switching Protocols and CONNECT tunnels: HTTP parsing ends on the connection.
+    pub protocol_switches: u64,
+    /// Requests reported unanswered early because too many were waiting.
+    pub pending_overflow: u64,
+    /// Bytes skipped while looking for a message start (mid-stream starts, non-HTTP traffic).
+    pub skipped_bytes: u64,
+}
+
+impl HttpStats {
+    pub(crate) fn count_parse_error(&mut self, e: ParseError) {
+        self.parse_errors[e.index()] += 1;
+    }
+}
+
+/// What all sessions of a flow table share: limits, the queue of finished exchanges, counters.
+#[derive(Debug, Default)]
+pub struct HttpCtx {
+    pub cfg: HttpConfig,
+    /// Finished exchanges, in completion order; the caller drains it.
+    pub out: Vec<Exchange>,
+    pub stats: HttpStats,
+}
+
+impl HttpCtx {
+    pub fn new(cfg: HttpConfig) -> HttpCtx {
+        HttpCtx {
+            cfg,
+            out: Vec::new(),
+            stats: HttpStats::default(),
+        }
+    }
+}

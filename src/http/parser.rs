@@ -1,0 +1,617 @@
+//! Framing of one direction of an HTTP/1.x connection into messages.
+//!
+//! Heads are parsed by httparse; bodies are framed by Content-Length, chunked coding (sizes by
+//! httparse, trailers kept) or the end of the connection. "Need more bytes" is the normal state.
+//! The parser starts in *seek* mode, where it looks for a line that starts a message, because a
+//! capture can begin anywhere in a connection; it returns there after a parse error or a gap that
+//! breaks framing. A gap inside a body whose length is known keeps framing (the length says where
+//! the next message starts) but the message itself is dropped.
+
+use super::HttpConfig;
+use super::decode::{self, Decoded};
+use super::detect::{self, Scan, StartKind};
+use super::message::{Message, StartLine};
+use crate::flow::{DataMeta, Seq};
+
+/// Which kind of message a direction carries.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Request,
+    Response,
+}
+
+/// Why a message was given up. `Copy`, string-free: a metric label.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ParseError {
+    HeaderName,
+    HeaderValue,
+    NewLine,
+    Status,
+    Token,
+    TooManyHeaders,
+    Version,
+    /// The head grew past the configured limit without ending.
+    HeadTooLarge,
+    /// Content-Length missing a number, or several that disagree.
+    ContentLength,
+    /// A chunk-size line or chunk terminator is malformed.
+    Chunk,
+}
+
+impl ParseError {
+    pub const ALL: [ParseError; 10] = [
+        ParseError::HeaderName,
+        ParseError::HeaderValue,
+        ParseError::NewLine,
+        ParseError::Status,
+        ParseError::Token,
+        ParseError::TooManyHeaders,
+        ParseError::Version,
+        ParseError::HeadTooLarge,
+        ParseError::ContentLength,
+        ParseError::Chunk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParseError::HeaderName => "header_name",
+            ParseError::HeaderValue => "header_value",
+            ParseError::NewLine => "new_line",
+            ParseError::Status => "status",
+            ParseError::Token => "token",
+            ParseError::TooManyHeaders => "too_many_headers",
+            ParseError::Version => "version",
+            ParseError::HeadTooLarge => "head_too_large",
+            ParseError::ContentLength => "content_length",
+            ParseError::Chunk => "chunk",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<httparse::Error> for ParseError {
+    fn from(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::HeaderName => ParseError::HeaderName,
+            httparse::Error::HeaderValue => ParseError::HeaderValue,
+            httparse::Error::NewLine => ParseError::NewLine,
+            httparse::Error::Status => ParseError::Status,
+            httparse::Error::Token => ParseError::Token,
+            httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+            httparse::Error::Version => ParseError::Version,
+        }
+    }
+}
+
+/// Why a message in progress was abandoned.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Gap,
+    Parse(ParseError),
+    /// The connection ended before the message did.
+    Incomplete,
+}
+
+/// What the parser did with the bytes it has.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Everything buffered is consumed or waits for more bytes.
+    NeedMore,
+    /// A head was parsed: call [`Parser::start_body`] before stepping again.
+    Head,
+    Complete(Message),
+    /// A message was abandoned. `had_head` tells whether [`Step::Head`] was reported for it.
+    Dropped {
+        had_head: bool,
+        ack: Option<Seq>,
+        reason: DropReason,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum State {
+    Seek,
+    Head,
+    AwaitBody,
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    /// After a protocol switch: bytes are no longer HTTP/1.x.
+    Tunnel,
+}
+
+/// Max header fields per head (httparse's storage is lent from the stack).
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line accepted (size plus extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// One direction's framing state.
+#[derive(Debug)]
+pub struct Parser {
+    role: Role,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Sequence number of `buf[pos]`, when known.
+    seq: Option<Seq>,
+    /// Metadata of the bytes most recently pushed.
+    meta: Option<DataMeta>,
+    state: State,
+    msg: Option<Message>,
+    /// A gap fell inside the current message.
+    damaged: bool,
+    tunnel_after: bool,
+    /// Bytes skipped while looking for a message start.
+    pub skipped_bytes: u64,
+}
+
+impl Parser {
+    pub fn new(role: Role) -> Parser {
+        Parser {
+            role,
+            buf: Vec::new(),
+            pos: 0,
+            seq: None,
+            meta: None,
+            state: State::Seek,
+            msg: None,
+            damaged: false,
+            tunnel_after: false,
+            skipped_bytes: 0,
+        }
+    }
+
+    /// Bytes held in the parser's buffer (heads in progress, not bodies).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// True once the direction switched protocols.
+    pub fn in_tunnel(&self) -> bool {
+        self.state == State::Tunnel
+    }
+
+    /// Sets the direction to tunnel mode (the other direction saw the protocol switch).
+    pub fn enter_tunnel(&mut self) {
+        self.state = State::Tunnel;
+        self.buf.clear();
+        self.pos = 0;
+        self.msg = None;
+    }
+
+    /// The message whose head was just reported.
+    pub fn current(&self) -> Option<&Message> {
+        self.msg.as_ref()
+    }
+
+    /// Appends bytes of the stream.
+    pub fn push(&mut self, data: &[u8], meta: DataMeta) {
+        if self.state == State::Tunnel {
+            return;
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.seq = Some(meta.seq);
+        } else if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(data);
+        self.meta = Some(meta);
+    }
+
+    /// Chooses the body framing of the message whose head was just reported. For a response,
+    /// `request_method` is the method of the request it answers, when known.
+    pub fn start_body(&mut self, request_method: Option<&str>) -> Result<(), ParseError> {
+        debug_assert_eq!(self.state, State::AwaitBody);
+        let Some(msg) = &self.msg else {
+            self.state = State::Head;
+            return Ok(());
+        };
+        let chunked = msg
+            .header_values("transfer-encoding")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        let length = content_length(msg)?;
+        self.state = match msg.start {
+            StartLine::Request { .. } if chunked => State::Chunked(Chunk::Size),
+            StartLine::Request { .. } => State::Length(length.unwrap_or(0)),
+            StartLine::Response { status, .. } => {
+                let method = request_method.unwrap_or("");
+                if status == 101 || (method == "CONNECT" && (200..300).contains(&status)) {
+                    self.tunnel_after = true;
+                    State::Length(0)
+                } else if (100..200).contains(&status)
+                    || status == 204
+                    || status == 304
+                    || method == "HEAD"
+                {
+                    State::Length(0)
+                } else if chunked {
+                    State::Chunked(Chunk::Size)
+                } else if let Some(n) = length {
+                    State::Length(n)
+                } else {
+                    State::Close
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// Advances as far as the buffered bytes allow.
+    pub fn step(&mut self, cfg: &HttpConfig) -> Step {
+        loop {
+            match self.state {
+                State::Tunnel => {
+                    self.pos = self.buf.len();
+                    return Step::NeedMore;
+                }
+                State::Seek => {
+                    let want = match self.role {
+                        Role::Request => StartKind::Request,
+                        Role::Response => StartKind::Response,
+                    };
+                    match detect::scan(&self.buf[self.pos..], Some(want)) {
+                        Scan::Found(off, _) => {
+                            self.skip(off);
+                            self.state = State::Head;
+                        }
+                        Scan::Partial(off) => {
+                            self.skip(off);
+                            return Step::NeedMore;
+                        }
+                        Scan::None => {
+                            let n = self.buffered();
+                            self.skip(n);
+                            return Step::NeedMore;
+                        }
+                    }
+                }
+                State::Head => {
+                    // Empty lines between messages are allowed (RFC 9112 2.2).
+                    let blank = self.buf[self.pos..]
+                        .iter()
+                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .count();
+                    if self.msg.is_none() {
+                        self.consume(blank);
+                    }
+                    if self.buffered() == 0 {
+                        return Step::NeedMore;
+                    }
+                    match self.parse_head(cfg) {
+                        Ok(Some(())) => {
+                            self.state = State::AwaitBody;
+                            return Step::Head;
+                        }
+                        Ok(None) => return Step::NeedMore,
+                        Err(e) => {
+                            // Skip past this line start so seeking finds the next one.
+                            self.skip(1);
+                            return self.abandon(DropReason::Parse(e), false);
+                        }
+                    }
+                }
+                State::AwaitBody => {
+                    // The caller did not choose the framing: frame it as a request would.
+                    if let Err(e) = self.start_body(None) {
+                        return self.abandon(DropReason::Parse(e), true);
+                    }
+                }
+                State::Length(0) => return self.finish_message(cfg),
+                State::Length(rest) => {
+                    let n = self.take_body(rest, cfg);
+                    if n == 0 {
+                        return Step::NeedMore;
+                    }
+                    self.state = State::Length(rest - n);
+                }
+                State::Chunked(Chunk::Size) => {
+                    match httparse::parse_chunk_size(&self.buf[self.pos..]) {
+                        Ok(httparse::Status::Complete((n, size))) => {
+                            self.consume(n);
+                            self.state = State::Chunked(if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            });
+                        }
+                        Ok(httparse::Status::Partial) if self.buffered() <= MAX_CHUNK_LINE => {
+                            return Step::NeedMore;
+                        }
+                        _ => return self.abandon(DropReason::Parse(ParseError::Chunk), true),
+                    }
+                }
+                State::Chunked(Chunk::Data(rest)) => {
+                    let n = self.take_body(rest, cfg);
+                    if n == 0 {
+                        return Step::NeedMore;
+                    }
+                    self.state = State::Chunked(if n == rest {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(rest - n)
+                    });
+                }
+                State::Chunked(Chunk::DataEnd) => {
+                    let avail = &self.buf[self.pos..];
+                    if avail.starts_with(b"\r\n") {
+                        self.consume(2);
+                    } else if avail.starts_with(b"\n") {
+                        self.consume(1);
+                    } else if avail.is_empty() || avail == b"\r" {
+                        return Step::NeedMore;
+                    } else {
+                        return self.abandon(DropReason::Parse(ParseError::Chunk), true);
+                    }
+                    self.state = State::Chunked(Chunk::Size);
+                }
+                State::Chunked(Chunk::Trailers) => {
+                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&self.buf[self.pos..], &mut storage) {
+                        Ok(httparse::Status::Complete((n, fields))) => {
+                            let fields = owned_headers(fields);
+                            if let Some(msg) = &mut self.msg {
+                                msg.headers.extend(fields);
+                            }
+                            self.consume(n);
+                            return self.finish_message(cfg);
+                        }
+                        Ok(httparse::Status::Partial) if self.buffered() <= cfg.max_head_bytes => {
+                            return Step::NeedMore;
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            return self.abandon(DropReason::Parse(ParseError::HeadTooLarge), true);
+                        }
+                        Err(e) => return self.abandon(DropReason::Parse(e.into()), true),
+                    }
+                }
+                State::Close => {
+                    let n = self.take_body(u64::MAX, cfg);
+                    if n == 0 {
+                        return Step::NeedMore;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `len` bytes of the stream were never seen. Returns the message it cost, if any, and
+    /// whether framing was lost (the parser now seeks the next message start).
+    pub fn gap(&mut self, len: u64) -> (Option<Step>, bool) {
+        match self.state {
+            State::Tunnel => (None, false),
+            State::Length(rest) if len <= rest && self.buffered() == 0 => {
+                self.damaged = true;
+                self.state = State::Length(rest - len);
+                self.seq = self.seq.map(|s| s.add(len));
+                (None, false)
+            }
+            State::Chunked(Chunk::Data(rest)) if len <= rest && self.buffered() == 0 => {
+                self.damaged = true;
+                self.state = State::Chunked(if len == rest {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rest - len)
+                });
+                self.seq = self.seq.map(|s| s.add(len));
+                (None, false)
+            }
+            State::Close => {
+                self.damaged = true;
+                (None, false)
+            }
+            _ => {
+                let had_message =
+                    self.msg.is_some() || (self.state == State::Head && self.buffered() > 0);
+                let had_head = self.msg.is_some();
+                let dropped = self.abandon(DropReason::Gap, had_head);
+                self.buf.clear();
+                self.pos = 0;
+                self.seq = None;
+                (had_message.then_some(dropped), true)
+            }
+        }
+    }
+
+    /// The stream ended (FIN) or the connection closed: completes a message delimited by the
+    /// close, and hands back a message cut short (`complete` false) so a request can still be
+    /// reported.
+    pub fn finish(&mut self, cfg: &HttpConfig) -> Option<Step> {
+        match self.state {
+            State::Close => Some(self.finish_message(cfg)),
+            State::Length(_) | State::Chunked(_) | State::AwaitBody => {
+                let mut msg = self.msg.take()?;
+                self.state = State::Seek;
+                if self.damaged {
+                    self.damaged = false;
+                    return Some(Step::Dropped {
+                        had_head: true,
+                        ack: msg.ack,
+                        reason: DropReason::Gap,
+                    });
+                }
+                msg.complete = false;
+                decode_body(&mut msg, cfg);
+                Some(Step::Complete(msg))
+            }
+            _ => None,
+        }
+    }
+
+    fn parse_head(&mut self, cfg: &HttpConfig) -> Result<Option<()>, ParseError> {
+        let avail = &self.buf[self.pos..];
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let parsed = match self.role {
+            Role::Request => {
+                let mut req = httparse::Request::new(&mut storage);
+                match req.parse(avail)? {
+                    httparse::Status::Complete(n) => {
+                        let start = StartLine::Request {
+                            method: req.method.unwrap_or_default().to_owned(),
+                            target: req.path.unwrap_or_default().to_owned(),
+                        };
+                        Some((n, start, req.version.unwrap_or(1), owned_headers(req.headers)))
+                    }
+                    httparse::Status::Partial => None,
+                }
+            }
+            Role::Response => {
+                let mut resp = httparse::Response::new(&mut storage);
+                match resp.parse(avail)? {
+                    httparse::Status::Complete(n) => {
+                        let start = StartLine::Response {
+                            status: resp.code.unwrap_or_default(),
+                            reason: resp.reason.unwrap_or_default().to_owned(),
+                        };
+                        Some((n, start, resp.version.unwrap_or(1), owned_headers(resp.headers)))
+                    }
+                    httparse::Status::Partial => None,
+                }
+            }
+        };
+        let Some((n, start, version, headers)) = parsed else {
+            return if avail.len() > cfg.max_head_bytes {
+                Err(ParseError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        };
+        let meta = self.meta;
+        let mut msg = Message::new(start, version, meta.map_or(0, |m| m.ts), self.seq);
+        msg.ack = meta.and_then(|m| m.ack);
+        msg.headers = headers;
+        self.msg = Some(msg);
+        self.damaged = false;
+        self.tunnel_after = false;
+        self.consume(n);
+        Ok(Some(()))
+    }
+
+    /// Moves up to `limit` buffered bytes into the body (keeping at most the configured cap).
+    fn take_body(&mut self, limit: u64, cfg: &HttpConfig) -> u64 {
+        let avail = self.buffered() as u64;
+        let n = avail.min(limit) as usize;
+        if n == 0 {
+            return 0;
+        }
+        if let Some(msg) = &mut self.msg {
+            let room = cfg.max_body_bytes.saturating_sub(msg.body.len());
+            let keep = n.min(room);
+            msg.body
+                .extend_from_slice(&self.buf[self.pos..self.pos + keep]);
+            if keep < n {
+                msg.body_truncated = true;
+            }
+        }
+        self.consume(n);
+        n as u64
+    }
+
+    fn finish_message(&mut self, cfg: &HttpConfig) -> Step {
+        self.state = if self.tunnel_after {
+            State::Tunnel
+        } else {
+            State::Head
+        };
+        let Some(mut msg) = self.msg.take() else {
+            return Step::NeedMore;
+        };
+        if std::mem::take(&mut self.damaged) {
+            return Step::Dropped {
+                had_head: true,
+                ack: msg.ack,
+                reason: DropReason::Gap,
+            };
+        }
+        msg.complete = true;
+        decode_body(&mut msg, cfg);
+        Step::Complete(msg)
+    }
+
+    fn abandon(&mut self, reason: DropReason, had_head: bool) -> Step {
+        let ack = self.msg.take().and_then(|m| m.ack);
+        self.damaged = false;
+        self.state = State::Seek;
+        Step::Dropped {
+            had_head,
+            ack,
+            reason,
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        self.seq = self.seq.map(|s| s.add(n as u64));
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.skipped_bytes += n as u64;
+        self.consume(n);
+    }
+}
+
+/// Content-Length, when present: `None` if absent; an error if unparsable or contradictory.
+fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
+    let mut found = None;
+    for value in msg.header_values("content-length") {
+        for part in value.split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| ParseError::ContentLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(ParseError::ContentLength);
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+fn owned_headers(fields: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter(|h| !h.name.is_empty())
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Replaces the body by its content-decoded form, when a known coding was applied.
+fn decode_body(msg: &mut Message, cfg: &HttpConfig) {
+    let Some(coding) = msg.header("content-encoding") else {
+        return;
+    };
+    match decode::decode(coding, &msg.body, cfg.max_body_bytes) {
+        Decoded::Identity => {}
+        Decoded::Done { body, truncated } => {
+            msg.body = body;
+            msg.body_truncated |= truncated;
+            msg.decoded = true;
+        }
+        Decoded::Failed => msg.decode_failed = true,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,25 @@
+//! mirror-receiver: a receiver for AWS VPC Traffic Mirroring.
+//!
+//! Mirrored packets arrive VXLAN-encapsulated on UDP 4789. The pipeline, one module per stage, each
+//! importing only the stages before it:
+//!
+//! ```text
+//! wire (VXLAN, Ethernet/VLAN, IPv4/IPv6, TCP decode)
+//!   -> flow (flow table, per-direction TCP reassembly)
+//!   -> http (HTTP/1.x framing, request/response pairing, content decoding)
+//!   -> record (Akto JSON)
+//!   -> sink (Kafka, JSON lines)
+//! ```
+//!
+//! `wire`, `flow`, `http`, `record` and `pipeline` are pure: bytes and `now` in, values out. IO
+//! lives in `capture`, `sink` and `app`.
+
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod flow;
+pub mod http;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod wire;

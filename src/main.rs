@@ -1,0 +1,68 @@
+use clap::{CommandFactory, FromArgMatches};
+use mirror_receiver::config::{self, Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    if matches!(
+        matches.value_source("log_level"),
+        Some(clap::parser::ValueSource::DefaultValue)
+    ) && let Some(level) = env("AKTO_LOG_LEVEL")
+    {
+        cli.log_level = level;
+    }
+    let filter = match config::log_filter(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mirror-receiver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let result = match (&mut cli.command, sub) {
+        (Command::Run(args), Some(m)) | (Command::Validate(args), Some(m)) => {
+            config::apply_aliases(&mut args.pipeline, &mut args.output, m, &env)
+                .map_err(anyhow::Error::from)
+        }
+        (Command::Replay(args), Some(m)) => {
+            config::apply_aliases(&mut args.pipeline, &mut args.output, m, &env)
+                .map_err(anyhow::Error::from)
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        eprintln!("mirror-receiver: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match &cli.command {
+        Command::Run(args) => mirror_receiver::app::run(args),
+        Command::Replay(args) => mirror_receiver::app::replay(args).map(|_| ()),
+        Command::Validate(args) => validate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mirror-receiver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: &config::RunArgs) -> anyhow::Result<()> {
+    args.pipeline.to_config()?;
+    args.output.check()?;
+    println!("configuration is valid");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The pure pipeline of one shard: datagram or capture frame in, exchanges out.
+//! wire decode -> flow table (reassembly) -> HTTP sessions. No IO, no clock: the caller passes
+//! `now` (µs) and drains [`Pipeline::exchanges`].
+
+use crate::flow::{FlowConfig, FlowStats, FlowTable};
+use crate::http::{Exchange, HttpConfig, HttpCtx, HttpStats, Session};
+use crate::wire::{self, CaptureFrame, DecodeError, LinkType, TcpSegment};
+
+/// Counters of the decode stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireStats {
+    /// VXLAN datagrams (or capture frames) taken.
+    pub datagrams: u64,
+    pub bytes: u64,
+    /// Frames that decoded to a TCP segment.
+    pub segments: u64,
+    /// Segments whose IP length exceeded the bytes present (truncated mirror packets).
+    pub truncated_segments: u64,
+    /// Frames dropped, by reason ([`DecodeError::index`]).
+    pub errors: [u64; DecodeError::ALL.len()],
+}
+
+impl WireStats {
+    pub fn count_error(&mut self, e: DecodeError) {
+        self.errors[e.index()] += 1;
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+}
+
+/// All counters of a pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub wire: WireStats,
+    pub flow: FlowStats,
+    pub http: HttpStats,
+    pub flows_active: u64,
+}
+
+/// Settings of a pipeline shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub flow: FlowConfig,
+    pub http: HttpConfig,
+}
+
+pub struct Pipeline {
+    table: FlowTable<Session>,
+    ctx: HttpCtx,
+    wire: WireStats,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &PipelineConfig) -> Pipeline {
+        Pipeline {
+            table: FlowTable::new(cfg.flow),
+            ctx: HttpCtx::new(cfg.http),
+            wire: WireStats::default(),
+        }
+    }
+
+    /// Takes the UDP payload of a datagram received on the VXLAN port.
+    pub fn datagram(&mut self, payload: &[u8], now: u64) {
+        self.wire.datagrams += 1;
+        self.wire.bytes += payload.len() as u64;
+        self.vxlan(payload, now);
+    }
+
+    /// Takes one frame of a capture file: VXLAN datagrams are decapsulated, plain TCP is taken as
+    /// mirror session `default_vni`.
+    pub fn capture_frame(&mut self, link: LinkType, frame: &[u8], default_vni: u32, now: u64) {
+        self.wire.datagrams += 1;
+        self.wire.bytes += frame.len() as u64;
+        match wire::decode_capture_frame(link, frame) {
+            Ok(CaptureFrame::Vxlan(payload)) => self.vxlan(payload, now),
+            Ok(CaptureFrame::Tcp(seg)) => self.segment(default_vni, &seg, now),
+            Err(e) => self.wire.count_error(e),
+        }
+    }
+
+    fn vxlan(&mut self, payload: &[u8], now: u64) {
+        let decoded = wire::decode_vxlan(payload)
+            .and_then(|v| wire::decode_ethernet(v.inner).map(|seg| (v.vni, seg)));
+        match decoded {
+            Ok((vni, seg)) => self.segment(vni, &seg, now),
+            Err(e) => self.wire.count_error(e),
+        }
+    }
+
+    /// Takes one decoded segment.
+    pub fn segment(&mut self, vni: u32, seg: &TcpSegment<'_>, now: u64) {
+        self.wire.segments += 1;
+        if seg.missing > 0 {
+            self.wire.truncated_segments += 1;
+        }
+        self.table.segment(vni, seg, now, &mut self.ctx);
+    }
+
+    /// Idle timeouts and stale reassembly holes; call about once a second.
+    pub fn expire(&mut self, now: u64) {
+        self.table.expire(now, &mut self.ctx);
+    }
+
+    /// Closes every flow: requests still waiting are emitted as unanswered.
+    pub fn finish(&mut self, now: u64) {
+        self.table.close_all(now, &mut self.ctx);
+    }
+
+    /// Exchanges finished since the last call.
+    pub fn exchanges(&mut self) -> std::vec::Drain<'_, Exchange> {
+        self.ctx.out.drain(..)
+    }
+
+    pub fn flows(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            wire: self.wire.clone(),
+            flow: self.table.stats,
+            http: self.ctx.stats.clone(),
+            flows_active: self.table.len() as u64,
+        }
+    }
+}

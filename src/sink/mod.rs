@@ -1,0 +1,89 @@
+//! Where records go: Kafka ([`kafka::KafkaSink`]) or JSON lines on stdout or a file
+//! ([`JsonLines`]). A sink takes encoded records with a key (the connection id, so a connection's
+//! records stay in order within a Kafka partition) and flushes on shutdown.
+
+pub mod kafka;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Delivery counters shared between a sink and whoever reports them.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Records handed to the sink.
+    pub records: AtomicU64,
+    /// Records the destination confirmed (Kafka acknowledgements; written lines).
+    pub delivered: AtomicU64,
+    /// Records that failed for good.
+    pub failed: AtomicU64,
+    /// Times a full producer queue made a record wait (backpressure, not loss).
+    pub queue_full: AtomicU64,
+}
+
+impl SinkStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing records failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0} records were not delivered before the flush timeout")]
+    Undelivered(u64),
+}
+
+/// A destination for encoded records.
+pub trait Sink: Send {
+    fn send(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError>;
+    /// Delivers everything buffered, waiting at most `timeout`.
+    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+}
+
+/// Records as JSON lines (the embedded mode: no Kafka needed).
+pub struct JsonLines {
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    stats: std::sync::Arc<SinkStats>,
+}
+
+impl JsonLines {
+    /// `path` is a file to append to, or `-` for stdout.
+    pub fn open(path: &str, stats: std::sync::Arc<SinkStats>) -> std::io::Result<JsonLines> {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        Ok(JsonLines {
+            out: std::io::BufWriter::with_capacity(256 * 1024, out),
+            stats,
+        })
+    }
+}
+
+impl Sink for JsonLines {
+    fn send(&mut self, _key: u64, record: &[u8]) -> Result<(), SinkError> {
+        SinkStats::add(&self.stats.records, 1);
+        self.out.write_all(record)?;
+        self.out.write_all(b"\n")?;
+        SinkStats::add(&self.stats.delivered, 1);
+        Ok(())
+    }
+
+    fn flush(&mut self, _timeout: Duration) -> Result<(), SinkError> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
