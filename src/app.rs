@@ -4,6 +4,7 @@
 use crate::capture::CaptureReader;
 use crate::config::{OutputArgs, ReplayArgs, RunArgs};
 use crate::flow::FlowKey;
+use crate::http::Exchange;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{Encoder, RecordConfig};
 use crate::sink::kafka::{KafkaSettings, KafkaSink};
@@ -33,9 +34,10 @@ pub fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<dyn Sink
                 KafkaSink::new(&settings, stats).context("creating the Kafka producer")?,
             ))
         }
-        None => Ok(Box::new(JsonLines::open(&out.output, stats).with_context(
-            || format!("opening --output {}", out.output),
-        )?)),
+        None => Ok(Box::new(
+            JsonLines::open(&out.output, stats)
+                .with_context(|| format!("opening --output {}", out.output))?,
+        )),
     }
 }
 
@@ -62,46 +64,77 @@ fn drain_records(
     Ok(())
 }
 
-/// `mirror-receiver replay`: one pass over a capture; capture timestamps drive every timeout.
-pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
-    let (pcfg, rcfg) = args.pipeline.to_config()?;
-    args.output.check()?;
-    let mut reader = CaptureReader::open(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let stats = Arc::new(SinkStats::default());
-    let mut sink = open_sink(&args.output, stats.clone())?;
-    let mut pipeline = Pipeline::new(&pcfg);
-    let encoder = Encoder::new(rcfg);
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut too_large = 0;
+/// Runs every frame of a capture through a pipeline, handing each finished exchange to `each`.
+/// Capture timestamps drive every timeout, so a replay is deterministic.
+pub fn replay_capture<R: std::io::Read, E>(
+    reader: &mut CaptureReader<R>,
+    default_vni: u32,
+    cfg: &PipelineConfig,
+    mut each: impl FnMut(Exchange) -> Result<(), E>,
+) -> Result<PipelineStats, ReplayError<E>> {
+    let mut pipeline = Pipeline::new(cfg);
     let mut last_ts = 0u64;
     let mut next_expire = 0u64;
     let mut unknown_link = 0u64;
     while let Some(frame) = reader.next_frame() {
-        let frame = frame.with_context(|| format!("reading {}", args.file.display()))?;
+        let frame = frame.map_err(ReplayError::Capture)?;
         // Timestamps in a capture may step back a little (several interfaces): time never does.
         last_ts = last_ts.max(frame.ts);
         match frame.link {
-            Some(link) => pipeline.capture_frame(link, &frame.data, args.vni, last_ts),
+            Some(link) => pipeline.capture_frame(link, &frame.data, default_vni, last_ts),
             None => unknown_link += 1,
         }
         if last_ts >= next_expire {
             pipeline.expire(last_ts);
             next_expire = last_ts + 1_000_000;
         }
-        drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, |k, r| {
-            sink.send(k, r)
-        })?;
+        for ex in pipeline.exchanges() {
+            each(ex).map_err(ReplayError::Sink)?;
+        }
     }
     pipeline.finish(last_ts);
-    drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, |k, r| {
-        sink.send(k, r)
-    })?;
+    for ex in pipeline.exchanges() {
+        each(ex).map_err(ReplayError::Sink)?;
+    }
+    let mut stats = pipeline.stats();
+    stats.wire.errors[wire::DecodeError::UnsupportedLinkType.index()] += unknown_link;
+    stats.wire.datagrams += unknown_link;
+    Ok(stats)
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError<E> {
+    #[error(transparent)]
+    Capture(crate::capture::CaptureError),
+    #[error(transparent)]
+    Sink(E),
+}
+
+/// `mirror-receiver replay`: one pass over a capture into the configured sink.
+pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
+    let (pcfg, rcfg) = args.pipeline.to_config()?;
+    args.output.check()?;
+    let mut reader = CaptureReader::open(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let sink_stats = Arc::new(SinkStats::default());
+    let mut sink = open_sink(&args.output, sink_stats.clone())?;
+    let encoder = Encoder::new(rcfg);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut too_large = 0;
+    let stats = replay_capture(&mut reader, args.vni, &pcfg, |ex| {
+        match encoder.encode(&ex, &mut buf) {
+            Ok(()) => sink.send(ex.connection_id, &buf),
+            Err(_) => {
+                too_large += 1;
+                Ok(())
+            }
+        }
+    })
+    .with_context(|| format!("replaying {}", args.file.display()))?;
     sink.flush(Duration::from_secs(30))?;
-    let mut s = pipeline.stats();
-    s.wire.errors[wire::DecodeError::UnsupportedLinkType.index()] += unknown_link;
-    log_summary("replay finished", &s, &stats, too_large);
-    Ok(s)
+    log_summary("replay finished", &stats, &sink_stats, too_large);
+    Ok(stats)
 }
 
 /// Logs the totals of a run.
@@ -229,7 +262,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for i in 0..workers {
         let (tx, rx) = bounded::<Datagram>(64 * 1024);
         shard_txs.push(tx);
-        let (shared, rec_tx, pcfg, rcfg) = (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
+        let (shared, rec_tx, pcfg, rcfg) =
+            (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -420,12 +454,26 @@ fn worker_loop(
                 *s = pipeline.stats();
             }
         }
-        if drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, &mut deliver).is_err() {
+        if drain_records(
+            &mut pipeline,
+            &encoder,
+            &mut buf,
+            &mut too_large,
+            &mut deliver,
+        )
+        .is_err()
+        {
             break;
         }
     }
     pipeline.finish(now_us());
-    let _ = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, &mut deliver);
+    let _ = drain_records(
+        &mut pipeline,
+        &encoder,
+        &mut buf,
+        &mut too_large,
+        &mut deliver,
+    );
     shared
         .records_too_large
         .fetch_add(too_large, Ordering::Relaxed);

@@ -75,9 +75,11 @@ impl<R: Read> CaptureReader<R> {
                     Err(e) => return Some(Err(e.into())),
                 };
                 let (interface_id, raw_ts, data) = match block {
-                    Block::EnhancedPacket(p) => {
-                        (Some(p.interface_id), u64::try_from(p.timestamp.as_nanos()).ok(), p.data.into_owned())
-                    }
+                    Block::EnhancedPacket(p) => (
+                        Some(p.interface_id),
+                        u64::try_from(p.timestamp.as_nanos()).ok(),
+                        p.data.into_owned(),
+                    ),
                     Block::SimplePacket(p) => (Some(0), None, p.data.into_owned()),
                     Block::Packet(p) => (
                         Some(u32::from(p.interface_id)),

@@ -180,7 +180,11 @@ pub fn apply_aliases(
 
 fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
-        return Err(bad(name, secs, "must be a number of seconds between 0 and 1e9"));
+        return Err(bad(
+            name,
+            secs,
+            "must be a number of seconds between 0 and 1e9",
+        ));
     }
     Ok((secs * 1e6) as u64)
 }
@@ -199,7 +203,11 @@ impl PipelineArgs {
             ));
         }
         if self.account_id.is_empty() || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("--account-id", &self.account_id, "must be a decimal number"));
+            return Err(bad(
+                "--account-id",
+                &self.account_id,
+                "must be a decimal number",
+            ));
         }
         let pipeline = PipelineConfig {
             flow: FlowConfig {

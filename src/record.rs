@@ -127,7 +127,11 @@ impl Encoder {
         record.response_payload = "";
         record.truncated = "requestPayload,responsePayload";
         write(&record, buf);
-        let room = self.cfg.max_record_bytes.checked_sub(buf.len()).ok_or(RecordError::TooLarge)?;
+        let room = self
+            .cfg
+            .max_record_bytes
+            .checked_sub(buf.len())
+            .ok_or(RecordError::TooLarge)?;
         let (req_room, resp_room) = share(escaped_len(&req_body), escaped_len(&resp_body), room);
         let req_fit = cut_to_escaped(&req_body, req_room);
         let resp_fit = cut_to_escaped(&resp_body, resp_room);

@@ -39,9 +39,23 @@ impl FlowKey {
     /// The key of a segment from `src` to `dst`, and which side sent it.
     pub fn new(vni: u32, src: SocketAddr, dst: SocketAddr) -> (FlowKey, Side) {
         if src <= dst {
-            (FlowKey { vni, lo: src, hi: dst }, Side::Lo)
+            (
+                FlowKey {
+                    vni,
+                    lo: src,
+                    hi: dst,
+                },
+                Side::Lo,
+            )
         } else {
-            (FlowKey { vni, lo: dst, hi: src }, Side::Hi)
+            (
+                FlowKey {
+                    vni,
+                    lo: dst,
+                    hi: src,
+                },
+                Side::Hi,
+            )
         }
     }
 

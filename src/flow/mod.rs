@@ -9,7 +9,7 @@ mod table;
 
 pub use key::{FlowKey, Side};
 pub use reassembly::{
-    DataMeta, ReassemblyConfig, ReassemblyStats, Reassembler, SegmentIn, StreamEvent,
+    DataMeta, Reassembler, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamEvent,
 };
 pub use seq::Seq;
 pub use table::{CloseReason, FlowConfig, FlowStats, FlowTable, StreamHandler};

@@ -70,9 +70,14 @@ pub struct DataMeta {
 pub enum StreamEvent<'a> {
     Data(&'a [u8], DataMeta),
     /// `len` bytes were never seen.
-    Gap { len: u64, ts: u64 },
+    Gap {
+        len: u64,
+        ts: u64,
+    },
     /// The sender's FIN: no bytes follow.
-    End { ts: u64 },
+    End {
+        ts: u64,
+    },
 }
 
 /// One direction's incoming segment.
@@ -153,15 +158,7 @@ impl Reassembler {
             // In order, or overlapping what was delivered: trim the front and deliver the rest.
             let trim = rel.unsigned_abs();
             stats.retransmitted_bytes += trim.min(seg.payload.len() as u64);
-            self.deliver(
-                trim,
-                seg.payload,
-                seg.missing,
-                seg.ts,
-                seg.ack,
-                stats,
-                out,
-            );
+            self.deliver(trim, seg.payload, seg.missing, seg.ts, seg.ack, stats, out);
             self.drain(stats, out);
         } else if len > 0 {
             stats.ooo_segments += 1;

@@ -6,7 +6,7 @@
 //! the tail of a connection already closed) costs nothing.
 
 use super::key::{FlowKey, Side};
-use super::reassembly::{ReassemblyConfig, ReassemblyStats, Reassembler, SegmentIn, StreamEvent};
+use super::reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamEvent};
 use super::seq::Seq;
 use crate::wire::TcpSegment;
 use lru::LruCache;
@@ -172,8 +172,18 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         let dir = &mut dirs[side.index()];
         let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
-        dir.segment(input, &self.cfg.reassembly, &mut self.stats.reassembly, &mut emit);
-        dir.expire_holes(now, &self.cfg.reassembly, &mut self.stats.reassembly, &mut emit);
+        dir.segment(
+            input,
+            &self.cfg.reassembly,
+            &mut self.stats.reassembly,
+            &mut emit,
+        );
+        dir.expire_holes(
+            now,
+            &self.cfg.reassembly,
+            &mut self.stats.reassembly,
+            &mut emit,
+        );
         let done = if seg.flags.rst {
             Some(CloseReason::Rst)
         } else if dirs[0].ended() && dirs[1].ended() {

@@ -466,7 +466,12 @@ impl Parser {
                             method: req.method.unwrap_or_default().to_owned(),
                             target: req.path.unwrap_or_default().to_owned(),
                         };
-                        Some((n, start, req.version.unwrap_or(1), owned_headers(req.headers)))
+                        Some((
+                            n,
+                            start,
+                            req.version.unwrap_or(1),
+                            owned_headers(req.headers),
+                        ))
                     }
                     httparse::Status::Partial => None,
                 }
@@ -479,7 +484,12 @@ impl Parser {
                             status: resp.code.unwrap_or_default(),
                             reason: resp.reason.unwrap_or_default().to_owned(),
                         };
-                        Some((n, start, resp.version.unwrap_or(1), owned_headers(resp.headers)))
+                        Some((
+                            n,
+                            start,
+                            resp.version.unwrap_or(1),
+                            owned_headers(resp.headers),
+                        ))
                     }
                     httparse::Status::Partial => None,
                 }
@@ -571,10 +581,7 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
     let mut found = None;
     for value in msg.header_values("content-length") {
         for part in value.split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| ParseError::ContentLength)?;
+            let n: u64 = part.trim().parse().map_err(|_| ParseError::ContentLength)?;
             if found.is_some_and(|f| f != n) {
                 return Err(ParseError::ContentLength);
             }

@@ -160,7 +160,14 @@ impl Session {
     }
 
     /// Buffers bytes until one side shows a request line or a status line.
-    fn probe(&mut self, ctx: &mut HttpCtx, key: &FlowKey, side: Side, bytes: &[u8], meta: DataMeta) {
+    fn probe(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        side: Side,
+        bytes: &[u8],
+        meta: DataMeta,
+    ) {
         let probe = &mut self.probes[side.index()];
         if probe.buf.is_empty() {
             probe.meta = Some(meta);
@@ -285,9 +292,7 @@ impl Session {
             Step::NeedMore => {}
             Step::Head => {
                 let ack = self.responses.current().and_then(|m| m.ack);
-                let method = self
-                    .target(ack)
-                    .map(|i| self.pending[i].method.clone());
+                let method = self.target(ack).map(|i| self.pending[i].method.clone());
                 if let Err(e) = self.responses.start_body(method.as_deref()) {
                     ctx.stats.count_parse_error(e);
                 }
@@ -423,7 +428,13 @@ fn count_body(ctx: &mut HttpCtx, msg: &Message) {
     }
 }
 
-fn emit(ctx: &mut HttpCtx, key: &FlowKey, client: Side, request: Message, response: Option<Message>) {
+fn emit(
+    ctx: &mut HttpCtx,
+    key: &FlowKey,
+    client: Side,
+    request: Message,
+    response: Option<Message>,
+) {
     ctx.out.push(Exchange {
         vni: key.vni,
         client: key.addr(client),
