@@ -120,6 +120,9 @@ pub struct Reassembler {
     ended: bool,
     held: BTreeMap<u64, Held>,
     held_bytes: usize,
+    /// `next` was only guessed from the other direction's acknowledgement: until a byte is
+    /// delivered, an earlier segment moves the start back instead of counting as old.
+    guessed_start: bool,
 }
 
 impl Reassembler {
@@ -131,6 +134,17 @@ impl Reassembler {
     /// Bytes currently buffered out of order.
     pub fn buffered_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// Sets where the stream starts from the other direction's acknowledgement number, when no
+    /// segment of this direction was seen yet. Without it, a capture that starts mid-connection
+    /// would begin this direction at whatever segment arrives first, and bytes the mirror lost
+    /// before it would go unnoticed instead of becoming a gap.
+    pub fn guess_start(&mut self, ack: Seq) {
+        if self.next.is_none() {
+            self.next = Some(ack);
+            self.guessed_start = true;
+        }
     }
 
     /// Takes one segment, emitting whatever it makes deliverable.
@@ -146,6 +160,12 @@ impl Reassembler {
             return;
         }
         let data_seq = if seg.syn { seg.seq.add(1) } else { seg.seq };
+        if self.guessed_start
+            && let Some(next) = self.next
+            && (seg.syn || data_seq < next)
+        {
+            self.rewind(data_seq, next);
+        }
         let next = *self.next.get_or_insert(data_seq);
         let len = seg.payload.len() as u64 + u64::from(seg.missing);
         if seg.fin {
@@ -188,6 +208,20 @@ impl Reassembler {
             }
         }
         self.check_end(seg.ts, out);
+    }
+
+    /// Moves a guessed start back to `start` (nothing was delivered yet, so nothing is lost).
+    fn rewind(&mut self, start: Seq, next: Seq) {
+        let back = next.diff(start);
+        if back > 0 {
+            let back = back as u64;
+            self.held = std::mem::take(&mut self.held)
+                .into_iter()
+                .map(|(k, v)| (k + back, v))
+                .collect();
+        }
+        self.next = Some(start);
+        self.guessed_start = false;
     }
 
     /// Gives up on holes whose following bytes have waited longer than the reorder timeout.
@@ -299,6 +333,7 @@ impl Reassembler {
     }
 
     fn advance(&mut self, n: u64) {
+        self.guessed_start = false;
         self.next = self.next.map(|s| s.add(n));
         self.next_off += n;
     }

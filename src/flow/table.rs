@@ -170,6 +170,9 @@ impl<H: StreamHandler> FlowTable<H> {
             missing: seg.missing,
             ts: now,
         };
+        if let Some(ack) = seg.ack {
+            dirs[side.other().index()].guess_start(Seq(ack));
+        }
         let dir = &mut dirs[side.index()];
         let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
         dir.segment(

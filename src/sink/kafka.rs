@@ -30,22 +30,27 @@ impl ProducerContext for DeliveryCounter {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(_) => SinkStats::add(&self.stats.delivered, 1),
-            Err((e, msg)) => {
-                SinkStats::add(&self.stats.failed, 1);
-                // One line per 10 s at most: a dead broker fails every record.
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let last = self.last_error_log.load(Ordering::Relaxed);
-                if now >= last + 10
-                    && self
-                        .last_error_log
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    tracing::warn!(error = %e, topic = msg.topic(), "kafka delivery failed");
-                }
-            }
+            Err((e, msg)) => self.failed(e, msg.topic()),
+        }
+    }
+}
+
+impl DeliveryCounter {
+    /// Counts a record lost for good and logs it, one line per 10 s at most: a dead broker fails
+    /// every record.
+    fn failed(&self, e: &KafkaError, topic: &str) {
+        SinkStats::add(&self.stats.failed, 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_error_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_error_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, topic, "kafka delivery failed");
         }
     }
 }
@@ -74,6 +79,10 @@ impl KafkaSink {
             .set("compression.type", "lz4")
             .set("linger.ms", settings.batch_time.as_millis().to_string())
             .set("batch.num.messages", settings.batch_size.to_string())
+            // librdkafka's default (1,000,000 bytes, key included) refuses a record of the
+            // default --max-record-bytes (1,000,000) plus its key. 1 MiB takes it and stays under
+            // the brokers' default limit (message.max.bytes 1,048,588).
+            .set("message.max.bytes", "1048576")
             .create_with_context(DeliveryCounter {
                 stats: stats.clone(),
                 last_error_log: AtomicU64::new(0),
@@ -98,6 +107,15 @@ impl Sink for KafkaSink {
                     SinkStats::add(&self.stats.queue_full, 1);
                     std::thread::sleep(Duration::from_millis(10));
                     rec = back;
+                }
+                // This record only (a larger --max-record-bytes than Kafka takes): count it as
+                // failed like a refused delivery; failing the sink would stop the whole daemon.
+                Err((
+                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    _,
+                )) => {
+                    self.producer.context().failed(&e, &self.topic);
+                    return Ok(());
                 }
                 Err((e, _)) => {
                     SinkStats::add(&self.stats.failed, 1);

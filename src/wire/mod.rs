@@ -147,6 +147,10 @@ pub enum CaptureFrame<'a> {
     Tcp(TcpSegment<'a>),
 }
 
+/// Linux cooked capture header lengths (v1, v2).
+const SLL_LEN: usize = 16;
+const SLL2_LEN: usize = 20;
+
 /// Decodes an Ethernet frame (the inner frame of a VXLAN datagram) into a TCP segment.
 pub fn decode_ethernet(frame: &[u8]) -> Result<TcpSegment<'_>, DecodeError> {
     let packet = LaxSlicedPacket::from_ethernet(frame).map_err(|_| DecodeError::LinkTruncated)?;
@@ -178,17 +182,22 @@ pub fn decode_capture_frame(link: LinkType, frame: &[u8]) -> Result<CaptureFrame
             LaxSlicedPacket::from_ether_type(ether_type, &frame[4..])
         }
         LinkType::LinuxSll => {
+            // pnet_packet 0.35 under-counts SLL's minimum size and would index past a short
+            // frame: check the length here.
+            if frame.len() < SLL_LEN {
+                return Err(DecodeError::LinkTruncated);
+            }
             let sll = SLLPacket::new(frame).ok_or(DecodeError::LinkTruncated)?;
             let ether_type = EtherType(sll.get_protocol().0);
-            LaxSlicedPacket::from_ether_type(ether_type, &frame[SLLPacket::minimum_packet_size()..])
+            LaxSlicedPacket::from_ether_type(ether_type, &frame[SLL_LEN..])
         }
         LinkType::LinuxSll2 => {
+            if frame.len() < SLL2_LEN {
+                return Err(DecodeError::LinkTruncated);
+            }
             let sll = SLL2Packet::new(frame).ok_or(DecodeError::LinkTruncated)?;
             let ether_type = EtherType(sll.get_protocol_type().0);
-            LaxSlicedPacket::from_ether_type(
-                ether_type,
-                &frame[SLL2Packet::minimum_packet_size()..],
-            )
+            LaxSlicedPacket::from_ether_type(ether_type, &frame[SLL2_LEN..])
         }
     };
     if let Some(TransportSlice::Udp(udp)) = &packet.transport

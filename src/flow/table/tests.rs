@@ -1,1 +1,162 @@
+use super::*;
+use crate::flow::DataMeta;
+use crate::wire::TcpFlags;
+use std::net::SocketAddr;
 
+/// Records what a flow's handler sees.
+#[derive(Default)]
+struct Recorder {
+    data: [Vec<u8>; 2],
+}
+
+#[derive(Default)]
+struct Log {
+    closed: Vec<(FlowKey, CloseReason, [Vec<u8>; 2])>,
+}
+
+impl StreamHandler for Recorder {
+    type Ctx = Log;
+    fn event(&mut self, _: &mut Log, _: &FlowKey, side: Side, ev: StreamEvent<'_>) {
+        if let StreamEvent::Data(b, DataMeta { .. }) = ev {
+            self.data[side.index()].extend_from_slice(b);
+        }
+    }
+    fn close(&mut self, log: &mut Log, key: &FlowKey, reason: CloseReason, _: u64) {
+        log.closed
+            .push((*key, reason, std::mem::take(&mut self.data)));
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn tcp<'a>(src: &str, dst: &str, seq: u32, payload: &'a [u8], flags: TcpFlags) -> TcpSegment<'a> {
+    TcpSegment {
+        src: addr(src),
+        dst: addr(dst),
+        seq,
+        ack: None,
+        flags,
+        payload,
+        missing: 0,
+    }
+}
+
+const C: &str = "10.0.0.1:40000";
+const S: &str = "10.0.0.2:80";
+const NONE: TcpFlags = TcpFlags {
+    syn: false,
+    fin: false,
+    rst: false,
+};
+const FIN: TcpFlags = TcpFlags {
+    syn: false,
+    fin: true,
+    rst: false,
+};
+const RST: TcpFlags = TcpFlags {
+    syn: false,
+    fin: false,
+    rst: true,
+};
+
+#[test]
+fn both_directions_meet_in_one_flow_and_fin_closes_it() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    t.segment(7, &tcp(C, S, 1, b"ping", NONE), 0, &mut log);
+    t.segment(7, &tcp(S, C, 900, b"pong", NONE), 1, &mut log);
+    assert_eq!(t.len(), 1);
+    t.segment(7, &tcp(C, S, 5, b"", FIN), 2, &mut log);
+    t.segment(7, &tcp(S, C, 904, b"", FIN), 3, &mut log);
+    assert_eq!(t.len(), 0);
+    let (key, reason, data) = &log.closed[0];
+    assert_eq!(*reason, CloseReason::Fin);
+    assert_eq!(key.vni, 7);
+    // 10.0.0.1 sorts before 10.0.0.2: the client is Lo here.
+    assert_eq!(data[0], b"ping");
+    assert_eq!(data[1], b"pong");
+    assert_eq!(t.stats.closed_fin, 1);
+}
+
+#[test]
+fn the_same_tuple_in_two_mirror_sessions_is_two_flows() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    t.segment(1, &tcp(C, S, 1, b"a", NONE), 0, &mut log);
+    t.segment(2, &tcp(C, S, 1, b"b", NONE), 0, &mut log);
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn segments_without_bytes_or_syn_open_no_flow() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    t.segment(0, &tcp(C, S, 1, b"", NONE), 0, &mut log);
+    t.segment(0, &tcp(C, S, 1, b"", RST), 0, &mut log);
+    t.segment(0, &tcp(C, S, 1, b"x", RST), 0, &mut log);
+    assert!(t.is_empty());
+    assert_eq!(t.stats.segments_ignored, 3);
+}
+
+#[test]
+fn rst_closes_the_flow() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    t.segment(0, &tcp(C, S, 1, b"abc", NONE), 0, &mut log);
+    t.segment(0, &tcp(S, C, 1, b"", RST), 1, &mut log);
+    assert!(t.is_empty());
+    assert_eq!(log.closed[0].1, CloseReason::Rst);
+    assert_eq!(log.closed[0].2[0], b"abc");
+}
+
+#[test]
+fn idle_flows_expire_and_busy_ones_stay() {
+    let cfg = FlowConfig {
+        idle_timeout_us: 10,
+        ..FlowConfig::default()
+    };
+    let mut t: FlowTable<Recorder> = FlowTable::new(cfg);
+    let mut log = Log::default();
+    t.segment(0, &tcp(C, S, 1, b"a", NONE), 0, &mut log);
+    t.segment(0, &tcp("10.0.0.3:1", S, 1, b"b", NONE), 5, &mut log);
+    t.expire(12, &mut log);
+    assert_eq!(t.len(), 1);
+    assert_eq!(log.closed[0].1, CloseReason::Idle);
+    assert_eq!(log.closed[0].2[0], b"a");
+    t.expire(15, &mut log);
+    assert!(t.is_empty());
+    assert_eq!(t.stats.closed_idle, 2);
+}
+
+#[test]
+fn a_full_table_evicts_the_least_recently_active_flow() {
+    let cfg = FlowConfig {
+        max_flows: 2,
+        ..FlowConfig::default()
+    };
+    let mut t: FlowTable<Recorder> = FlowTable::new(cfg);
+    let mut log = Log::default();
+    t.segment(0, &tcp("10.0.0.1:1", S, 1, b"1", NONE), 0, &mut log);
+    t.segment(0, &tcp("10.0.0.1:2", S, 1, b"2", NONE), 1, &mut log);
+    // Touch flow 1: flow 2 becomes the least recently active.
+    t.segment(0, &tcp("10.0.0.1:1", S, 2, b"1", NONE), 2, &mut log);
+    t.segment(0, &tcp("10.0.0.1:3", S, 1, b"3", NONE), 3, &mut log);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.stats.evicted, 1);
+    assert_eq!(log.closed[0].1, CloseReason::Evicted);
+    assert_eq!(log.closed[0].0.lo.port(), 2);
+}
+
+#[test]
+fn close_all_flushes_every_flow() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    t.segment(0, &tcp(C, S, 1, b"a", NONE), 0, &mut log);
+    t.segment(0, &tcp(C, S, 3, b"c", NONE), 0, &mut log);
+    t.close_all(1, &mut log);
+    assert!(t.is_empty());
+    assert_eq!(log.closed[0].2[0], b"ac");
+    assert_eq!(t.stats.reassembly.gap_bytes, 1);
+}

@@ -1,1 +1,273 @@
+use super::*;
+use crate::flow::{FlowConfig, FlowTable};
+use crate::http::HttpConfig;
+use crate::wire::{TcpFlags, TcpSegment};
+use std::net::SocketAddr;
 
+/// A connection between a client and a server, tracking each side's next sequence number so a
+/// test can send, reorder and drop segments as a mirror would deliver them.
+struct Conn {
+    table: FlowTable<Session>,
+    ctx: HttpCtx,
+    client: SocketAddr,
+    server: SocketAddr,
+    /// Next sequence number of the client and of the server.
+    next: [u32; 2],
+    now: u64,
+}
+
+/// A segment prepared but not yet delivered.
+struct Seg {
+    from_client: bool,
+    seq: u32,
+    ack: u32,
+    data: Vec<u8>,
+    fin: bool,
+}
+
+impl Conn {
+    fn new(client: &str, server: &str) -> Conn {
+        Conn {
+            table: FlowTable::new(FlowConfig::default()),
+            ctx: HttpCtx::new(HttpConfig::default()),
+            client: client.parse().unwrap(),
+            server: server.parse().unwrap(),
+            next: [1000, 50_000],
+            now: 1_700_000_000_000_000,
+        }
+    }
+
+    /// Prepares a segment from one side, acknowledging all the other side has sent so far.
+    fn seg(&mut self, from_client: bool, data: &[u8]) -> Seg {
+        let (me, other) = if from_client { (0, 1) } else { (1, 0) };
+        let s = Seg {
+            from_client,
+            seq: self.next[me],
+            ack: self.next[other],
+            data: data.to_vec(),
+            fin: false,
+        };
+        self.next[me] = self.next[me].wrapping_add(data.len() as u32);
+        s
+    }
+
+    fn deliver(&mut self, s: &Seg) {
+        let (src, dst) = if s.from_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        };
+        let seg = TcpSegment {
+            src,
+            dst,
+            seq: s.seq,
+            ack: Some(s.ack),
+            flags: TcpFlags {
+                syn: false,
+                fin: s.fin,
+                rst: false,
+            },
+            payload: &s.data,
+            missing: 0,
+        };
+        self.now += 1000;
+        self.table.segment(9, &seg, self.now, &mut self.ctx);
+    }
+
+    fn send(&mut self, from_client: bool, data: &[u8]) {
+        let s = self.seg(from_client, data);
+        self.deliver(&s);
+    }
+
+    fn close(&mut self) -> Vec<Exchange> {
+        self.table.close_all(self.now, &mut self.ctx);
+        std::mem::take(&mut self.ctx.out)
+    }
+}
+
+fn summary(ex: &[Exchange]) -> Vec<(String, String, Option<u16>)> {
+    ex.iter()
+        .map(|e| match &e.request.start {
+            StartLine::Request { method, target } => (
+                method.clone(),
+                target.clone(),
+                e.response.as_ref().and_then(|r| r.status()),
+            ),
+            StartLine::Response { .. } => unreachable!(),
+        })
+        .collect()
+}
+
+use crate::http::StartLine;
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[test]
+fn keep_alive_exchanges_pair_in_order() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:8080");
+    for path in ["/a", "/b", "/c"] {
+        c.send(true, format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        c.send(false, OK);
+    }
+    // Pairs are emitted as soon as they complete, before the connection closes.
+    assert_eq!(c.ctx.out.len(), 3);
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/a".into(), Some(200)),
+            ("GET".into(), "/b".into(), Some(200)),
+            ("GET".into(), "/c".into(), Some(200))
+        ]
+    );
+    assert_eq!(ex[0].client, "10.1.0.5:41000".parse().unwrap());
+    assert_eq!(ex[0].server, "10.1.0.9:8080".parse().unwrap());
+    assert_eq!(ex[0].vni, 9);
+    assert_eq!(ex[0].response.as_ref().unwrap().body, b"ok");
+}
+
+#[test]
+fn pipelined_requests_in_one_segment_pair_with_responses_in_one_segment() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(
+        true,
+        b"GET /1 HTTP/1.1\r\n\r\nHEAD /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), Some(200)),
+            ("HEAD".into(), "/2".into(), Some(200)),
+            ("GET".into(), "/3".into(), Some(404))
+        ]
+    );
+    assert!(ex[1].response.as_ref().unwrap().body.is_empty());
+}
+
+#[test]
+fn response_seen_before_request_still_pairs() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    let req = c.seg(true, b"GET /late HTTP/1.1\r\n\r\n");
+    let resp = c.seg(false, OK);
+    // The NLB delivered the response first.
+    c.deliver(&resp);
+    c.deliver(&req);
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/late".into(), Some(200))]);
+    assert_eq!(ex[0].client.port(), 41000, "client decided from the bytes");
+}
+
+#[test]
+fn response_to_a_request_never_captured_is_not_paired_with_the_next_request() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    // Capture starts with the answer to a request sent before it.
+    c.send(false, OK);
+    c.send(true, b"GET /next HTTP/1.1\r\n\r\n");
+    c.send(false, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/next".into(), Some(404))]);
+    assert_eq!(c.ctx.stats.unmatched_responses, 1);
+}
+
+#[test]
+fn http_on_any_port_with_the_client_on_the_low_port() {
+    // The server listens on a high port and the client uses port 80: roles come from bytes.
+    let mut c = Conn::new("10.1.0.9:80", "10.1.0.5:55555");
+    c.send(false, OK);
+    let mut c = Conn::new("10.1.0.9:80", "10.1.0.5:55555");
+    c.send(true, b"DELETE /x HTTP/1.1\r\n\r\n");
+    c.send(false, b"HTTP/1.1 204 No Content\r\n\r\n");
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("DELETE".into(), "/x".into(), Some(204))]);
+    assert_eq!(ex[0].server.port(), 55555);
+}
+
+#[test]
+fn continue_100_is_interim_not_the_answer() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(
+        true,
+        b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    c.send(false, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.send(true, b"hello");
+    c.send(false, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("POST".into(), "/up".into(), Some(201))]);
+    assert_eq!(ex[0].request.body, b"hello");
+    assert_eq!(c.ctx.stats.interim_responses, 1);
+}
+
+#[test]
+fn switching_protocols_emits_its_pair_and_ends_http() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    c.send(false, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    c.send(true, b"GET /not-http HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/ws".into(), Some(101))]);
+    assert_eq!(c.ctx.stats.protocol_switches, 1);
+}
+
+#[test]
+fn unanswered_request_is_emitted_pending_when_the_flow_closes() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /a HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    c.send(true, b"GET /never HTTP/1.1\r\n\r\n");
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/a".into(), Some(200)),
+            ("GET".into(), "/never".into(), None)
+        ]
+    );
+    assert_eq!(c.ctx.stats.unanswered, 1);
+}
+
+#[test]
+fn early_final_response_pairs_with_an_upload_cut_short() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"POST /big HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial");
+    c.send(false, b"HTTP/1.0 413 Payload Too Large\r\n\r\n");
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("POST".into(), "/big".into(), Some(413))]);
+    assert_eq!(ex[0].request.body, b"partial");
+    assert!(!ex[0].request.complete);
+}
+
+#[test]
+fn gap_in_a_response_drops_that_pair_and_later_pairs_survive() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
+    c.send(false, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab");
+    let lost = c.seg(false, b"cd");
+    let _ = lost; // never delivered: the mirror lost it
+    c.send(false, b"ef");
+    c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/2".into(), Some(200))]);
+    assert_eq!(c.ctx.stats.dropped_gap, 1);
+}
+
+#[test]
+fn framing_lost_in_a_gap_resyncs_and_pairs_by_acknowledgement() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
+    // The whole first response (chunked, so framing cannot skip it) is lost.
+    let lost = c.seg(false, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let _ = lost;
+    c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/2".into(), Some(200))]);
+    assert_eq!(c.ctx.stats.responses_lost, 1);
+}
