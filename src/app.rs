@@ -134,6 +134,10 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
     .with_context(|| format!("replaying {}", args.file.display()))?;
     sink.flush(Duration::from_secs(30))?;
     log_summary("replay finished", &stats, &sink_stats, too_large);
+    let failed = SinkStats::get(&sink_stats.failed);
+    if failed > 0 {
+        anyhow::bail!("{failed} records could not be delivered (see the warnings above)");
+    }
     Ok(stats)
 }
 
@@ -225,6 +229,8 @@ fn bind_socket(args: &RunArgs) -> Result<UdpSocket> {
 
 struct Shared {
     stop: AtomicBool,
+    /// The sink failed for good: the daemon stops and exits non-zero so a supervisor restarts it.
+    sink_failed: AtomicBool,
     stats: Vec<Mutex<PipelineStats>>,
     records_too_large: std::sync::atomic::AtomicU64,
 }
@@ -249,13 +255,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
+        sink_failed: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::default()).collect(),
         records_too_large: Default::default(),
     });
     let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
+    let sink_shared = shared.clone();
     let sink_thread = std::thread::Builder::new()
         .name("sink".into())
-        .spawn(move || sink_loop(sink, rec_rx))?;
+        .spawn(move || {
+            let result = sink_loop(sink, rec_rx);
+            if result.is_err() {
+                sink_shared.sink_failed.store(true, Ordering::SeqCst);
+            }
+            result
+        })?;
 
     let mut shard_txs = Vec::new();
     let mut worker_threads = Vec::new();
@@ -283,7 +297,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     drop(shard_txs);
 
     wait_for_signal(&shared, &sink_stats)?;
-    tracing::info!("stopping: finishing in-flight work");
+    if shared.sink_failed.load(Ordering::SeqCst) {
+        tracing::error!("stopping: the sink failed");
+    } else {
+        tracing::info!("stopping: finishing in-flight work");
+    }
     shared.stop.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs_f64(args.shutdown_timeout);
     for t in recv_threads.into_iter().chain(worker_threads) {
@@ -374,10 +392,16 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut report = tokio::time::interval(Duration::from_secs(60));
         report.tick().await;
+        let mut health = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = health.tick() => {
+                    if shared.sink_failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
                 _ = report.tick() => {
                     let total = total_stats(shared);
                     log_summary("running", &total, sink_stats, shared.records_too_large.load(Ordering::Relaxed));
@@ -483,14 +507,16 @@ fn worker_loop(
 }
 
 fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>) -> Result<()> {
-    let mut result = Ok(());
-    for (key, record) in records.iter() {
-        if let Err(e) = sink.send(key, &record) {
-            tracing::error!(error = %e, "sink failed");
-            result = Err(e.into());
-            break;
+    loop {
+        match records.recv_timeout(Duration::from_millis(100)) {
+            Ok((key, record)) => sink.send(key, &record)?,
+            Err(RecvTimeoutError::Timeout) => sink.idle()?,
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if records.is_empty() {
+            sink.idle()?;
         }
     }
     sink.flush(Duration::from_secs(5))?;
-    result
+    Ok(())
 }

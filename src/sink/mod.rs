@@ -45,6 +45,11 @@ pub trait Sink: Send {
     fn send(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError>;
     /// Delivers everything buffered, waiting at most `timeout`.
     fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+    /// No record is waiting: a chance to push out what is buffered without blocking. A JSON-lines
+    /// file is flushed here so records appear while traffic is quiet, not only at shutdown.
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Records as JSON lines (the embedded mode: no Kafka needed).
@@ -83,6 +88,11 @@ impl Sink for JsonLines {
     }
 
     fn flush(&mut self, _timeout: Duration) -> Result<(), SinkError> {
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<(), SinkError> {
         self.out.flush()?;
         Ok(())
     }
