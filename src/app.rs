@@ -238,8 +238,7 @@ struct Shared {
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
 /// flight was delivered (or the shutdown timeout passed).
 pub fn run(args: &RunArgs) -> Result<()> {
-    let (pcfg, rcfg) = args.pipeline.to_config()?;
-    args.output.check()?;
+    let (pcfg, rcfg) = args.check()?;
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -261,10 +260,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     });
     let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
     let sink_shared = shared.clone();
+    let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let sink_thread = std::thread::Builder::new()
         .name("sink".into())
         .spawn(move || {
-            let result = sink_loop(sink, rec_rx);
+            let result = sink_loop(sink, rec_rx, flush_timeout);
             if result.is_err() {
                 sink_shared.sink_failed.store(true, Ordering::SeqCst);
             }
@@ -506,7 +506,7 @@ fn worker_loop(
     }
 }
 
-fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>) -> Result<()> {
+fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>, flush: Duration) -> Result<()> {
     loop {
         match records.recv_timeout(Duration::from_millis(100)) {
             Ok((key, record)) => sink.send(key, &record)?,
@@ -517,6 +517,6 @@ fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>) -> Result<()> {
             sink.idle()?;
         }
     }
-    sink.flush(Duration::from_secs(5))?;
+    sink.flush(flush)?;
     Ok(())
 }

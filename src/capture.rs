@@ -35,10 +35,16 @@ pub enum CaptureError {
 impl CaptureReader<std::io::Chain<std::io::Cursor<[u8; 4]>, std::fs::File>> {
     /// Opens a capture file.
     pub fn open(path: &std::path::Path) -> Result<Self, CaptureError> {
-        let mut file = std::fs::File::open(path)?;
+        Self::from_reader(std::fs::File::open(path)?)
+    }
+}
+
+impl<R: Read> CaptureReader<std::io::Chain<std::io::Cursor<[u8; 4]>, R>> {
+    /// Reads a capture from any byte source, telling pcap from pcapng by the magic number.
+    pub fn from_reader(mut reader: R) -> Result<Self, CaptureError> {
         let mut magic = [0u8; 4];
-        file.read_exact(&mut magic)?;
-        let reader = std::io::Cursor::new(magic).chain(file);
+        reader.read_exact(&mut magic)?;
+        let reader = std::io::Cursor::new(magic).chain(reader);
         match magic {
             [0x0a, 0x0d, 0x0d, 0x0a] => Ok(CaptureReader::PcapNg(PcapNgReader::new(reader)?)),
             [0xd4, 0xc3, 0xb2, 0xa1]
@@ -117,4 +123,59 @@ fn ticks_per_second(
         }
     }
     1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAMPLE: &[u8] = include_bytes!("../samples/sample.vxlan.pcap");
+
+    fn read_all(bytes: &[u8]) -> Result<usize, CaptureError> {
+        let mut reader = CaptureReader::from_reader(bytes)?;
+        let mut n = 0;
+        while let Some(frame) = reader.next_frame() {
+            frame?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    #[test]
+    fn the_sample_reads_with_microsecond_timestamps() {
+        let mut reader = CaptureReader::from_reader(SAMPLE).unwrap();
+        let first = reader.next_frame().unwrap().unwrap();
+        assert_eq!(first.link, Some(LinkType::Ethernet));
+        assert_eq!(first.ts, 1_763_900_000_000_000);
+        assert_eq!(read_all(SAMPLE).unwrap(), 20);
+    }
+
+    #[test]
+    fn not_a_capture_is_an_error_value() {
+        assert!(matches!(
+            CaptureReader::from_reader(&b"hello world"[..]),
+            Err(CaptureError::NotACapture(_))
+        ));
+        assert!(matches!(
+            CaptureReader::from_reader(&b"ab"[..]),
+            Err(CaptureError::Io(_))
+        ));
+    }
+
+    proptest! {
+        /// A damaged capture file is an error, never a panic.
+        #[test]
+        fn damaged_captures_never_panic(
+            cut in 0usize..SAMPLE.len(),
+            flips in proptest::collection::vec((0usize..SAMPLE.len(), any::<u8>()), 0..8),
+        ) {
+            let mut data = SAMPLE.to_vec();
+            for (i, b) in flips {
+                data[i] = b;
+            }
+            data.truncate(cut.max(4));
+            let _ = read_all(&data);
+        }
+    }
 }

@@ -179,7 +179,7 @@ pub fn apply_aliases(
 }
 
 fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !(0.0..=1e9).contains(&secs) {
         return Err(bad(
             name,
             secs,
@@ -229,6 +229,32 @@ impl PipelineArgs {
             max_record_bytes: self.max_record_bytes,
         };
         Ok((pipeline, record))
+    }
+}
+
+impl RunArgs {
+    /// Checks every setting of the daemon.
+    pub fn check(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
+        let configs = self.pipeline.to_config()?;
+        self.output.check()?;
+        if !(0.0..=3600.0).contains(&self.shutdown_timeout) {
+            return Err(bad(
+                "--shutdown-timeout",
+                self.shutdown_timeout,
+                "must be between 0 and 3600 seconds",
+            ));
+        }
+        if self.workers > 1024 {
+            return Err(bad("--workers", self.workers, "must be at most 1024"));
+        }
+        if self.recv_buffer < 64 * 1024 {
+            return Err(bad(
+                "--recv-buffer",
+                self.recv_buffer,
+                "must be at least 65536 bytes",
+            ));
+        }
+        Ok(configs)
     }
 }
 

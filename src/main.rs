@@ -61,8 +61,7 @@ fn main() -> ExitCode {
 }
 
 fn validate(args: &config::RunArgs) -> anyhow::Result<()> {
-    args.pipeline.to_config()?;
-    args.output.check()?;
+    args.check()?;
     println!("configuration is valid");
     Ok(())
 }

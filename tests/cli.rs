@@ -66,7 +66,11 @@ fn expected_sample() -> Vec<(String, String, String, String)> {
 #[test]
 fn replay_of_the_shipped_sample_prints_its_records() {
     let out = cmd().arg("replay").arg(sample()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = records(&out.stdout);
     assert_eq!(summary(&recs), expected_sample());
     for r in &recs {
@@ -77,10 +81,14 @@ fn replay_of_the_shipped_sample_prints_its_records() {
         assert_eq!(r["time"].as_str().unwrap().len(), 10);
     }
     // gzip decoded, chunked de-chunked.
-    let catalog: Value = serde_json::from_str(recs[2]["responsePayload"].as_str().unwrap()).unwrap();
+    let catalog: Value =
+        serde_json::from_str(recs[2]["responsePayload"].as_str().unwrap()).unwrap();
     assert_eq!(catalog["items"].as_array().unwrap().len(), 60);
     assert_eq!(recs[3]["responsePayload"], "{\"event\":1}\n{\"event\":2}\n");
-    assert_eq!(recs[1]["requestPayload"], "{\"sku\":\"A-100\",\"quantity\":2}");
+    assert_eq!(
+        recs[1]["requestPayload"],
+        "{\"sku\":\"A-100\",\"quantity\":2}"
+    );
 }
 
 #[test]
@@ -102,7 +110,10 @@ fn replay_writes_to_an_output_file_and_sets_the_account() {
 
 #[test]
 fn unreadable_captures_fail_with_a_clear_message() {
-    let out = cmd().args(["replay", "/nonexistent/x.pcap"]).output().unwrap();
+    let out = cmd()
+        .args(["replay", "/nonexistent/x.pcap"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/x.pcap"), "{err}");
@@ -136,7 +147,11 @@ fn validate_names_the_bad_setting() {
             Some(("TRAFFIC_INACTIVITY_THRESHOLD", "soon")),
             "TRAFFIC_INACTIVITY_THRESHOLD",
         ),
-        (vec!["validate", "--log-level", "chatty"], None, "--log-level"),
+        (
+            vec!["validate", "--log-level", "chatty"],
+            None,
+            "--log-level",
+        ),
     ] {
         let mut c = cmd();
         c.args(&args);
@@ -149,7 +164,10 @@ fn validate_names_the_bad_setting() {
         assert!(err.contains(name), "{args:?}: {err}");
     }
     // Clap rejects unparsable flag values itself, naming the flag.
-    let out = cmd().args(["validate", "--listen", "nowhere"]).output().unwrap();
+    let out = cmd()
+        .args(["validate", "--listen", "nowhere"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
@@ -185,7 +203,11 @@ fn vxlan_payloads(path: &Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("records.jsonl");
     let mut child = cmd()
@@ -222,7 +244,10 @@ fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
         if n >= 5 {
             break;
         }
-        assert!(Instant::now() < deadline, "records not written while running: {n}");
+        assert!(
+            Instant::now() < deadline,
+            "records not written while running: {n}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let started = Instant::now();
@@ -234,7 +259,10 @@ fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no exit within 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

@@ -101,10 +101,15 @@ fn invalid_values_are_rejected_with_the_setting_named() {
         (&["run", "--batch-size", "0"], "--batch-size"),
         (&["run", "--batch-time", "1000"], "--batch-time"),
         (&["run", "--topic", ""], "--topic"),
+        (&["run", "--shutdown-timeout=-3"], "--shutdown-timeout"),
+        (&["run", "--shutdown-timeout", "inf"], "--shutdown-timeout"),
+        (&["run", "--batch-time", "NaN"], "--batch-time"),
+        (&["run", "--workers", "100000"], "--workers"),
+        (&["run", "--recv-buffer", "10"], "--recv-buffer"),
     ];
     for (args, name) in cases {
         let a = parse(args, &[]).unwrap();
-        assert_eq!(&a.output.check().unwrap_err().name, name, "{args:?}");
+        assert_eq!(&a.check().unwrap_err().name, name, "{args:?}");
     }
 }
 

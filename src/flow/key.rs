@@ -1,7 +1,7 @@
 //! Flow identity: the VNI plus the canonical (sorted) pair of TCP endpoints, so both directions of a
 //! connection map to one key whatever outer addresses and ports carried them.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 
 /// Which endpoint of a flow sent a segment: the lower-sorting (`Lo`) or the higher (`Hi`).
@@ -69,9 +69,7 @@ impl FlowKey {
     /// A stable, direction-independent 64-bit id: the same in every process and run, so it can
     /// pick a worker shard and serve as the Kafka message key of the connection's records.
     pub fn stable_hash(&self) -> u64 {
-        let mut h = StableHasher::default().build_hasher();
-        self.hash(&mut h);
-        h.finish()
+        StableHasher.hash_one(self)
     }
 }
 

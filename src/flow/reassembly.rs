@@ -159,7 +159,11 @@ impl Reassembler {
             stats.retransmitted_bytes += seg.payload.len() as u64;
             return;
         }
-        let data_seq = if seg.syn { seg.seq.add(1) } else { seg.seq };
+        let data_seq = if seg.syn {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         if self.guessed_start
             && let Some(next) = self.next
             && (seg.syn || data_seq < next)
@@ -169,7 +173,7 @@ impl Reassembler {
         let next = *self.next.get_or_insert(data_seq);
         let len = seg.payload.len() as u64 + u64::from(seg.missing);
         if seg.fin {
-            self.fin = Some(data_seq.add(len));
+            self.fin = Some(data_seq.wrapping_add(len));
         }
         let rel = data_seq.diff(next);
         if rel + len as i64 <= 0 {
@@ -287,7 +291,7 @@ impl Reassembler {
                 continue;
             }
             stats.retransmitted_bytes += trim.min(held.data.len() as u64);
-            debug_assert_eq!(Some(held.seq.add(trim)), self.next);
+            debug_assert_eq!(Some(held.seq.wrapping_add(trim)), self.next);
             self.deliver(
                 trim,
                 &held.data,
@@ -334,7 +338,7 @@ impl Reassembler {
 
     fn advance(&mut self, n: u64) {
         self.guessed_start = false;
-        self.next = self.next.map(|s| s.add(n));
+        self.next = self.next.map(|s| s.wrapping_add(n));
         self.next_off += n;
     }
 

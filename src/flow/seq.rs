@@ -13,7 +13,7 @@ impl Seq {
     }
 
     /// The sequence number `n` bytes later.
-    pub fn add(self, n: u64) -> Seq {
+    pub fn wrapping_add(self, n: u64) -> Seq {
         // Truncation is the point: sequence space wraps at 2^32.
         Seq(self.0.wrapping_add(n as u32))
     }
@@ -46,8 +46,8 @@ mod tests {
     }
 
     #[test]
-    fn add_wraps() {
-        assert_eq!(Seq(u32::MAX - 1).add(3), Seq(1));
-        assert_eq!(Seq(7).add(0), Seq(7));
+    fn wrapping_add_wraps() {
+        assert_eq!(Seq(u32::MAX - 1).wrapping_add(3), Seq(1));
+        assert_eq!(Seq(7).wrapping_add(0), Seq(7));
     }
 }

@@ -399,7 +399,7 @@ impl Parser {
             State::Length(rest) if len <= rest && self.buffered() == 0 => {
                 self.damaged = true;
                 self.state = State::Length(rest - len);
-                self.seq = self.seq.map(|s| s.add(len));
+                self.seq = self.seq.map(|s| s.wrapping_add(len));
                 (None, false)
             }
             State::Chunked(Chunk::Data(rest)) if len <= rest && self.buffered() == 0 => {
@@ -409,7 +409,7 @@ impl Parser {
                 } else {
                     Chunk::Data(rest - len)
                 });
-                self.seq = self.seq.map(|s| s.add(len));
+                self.seq = self.seq.map(|s| s.wrapping_add(len));
                 (None, false)
             }
             State::Close => {
@@ -567,7 +567,7 @@ impl Parser {
 
     fn consume(&mut self, n: usize) {
         self.pos += n;
-        self.seq = self.seq.map(|s| s.add(n as u64));
+        self.seq = self.seq.map(|s| s.wrapping_add(n as u64));
     }
 
     fn skip(&mut self, n: usize) {

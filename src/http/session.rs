@@ -180,7 +180,7 @@ impl Session {
                 ctx.stats.skipped_bytes += off as u64;
                 probe.buf.drain(..off);
                 if let Some(m) = &mut probe.meta {
-                    m.seq = m.seq.add(off as u64);
+                    m.seq = m.seq.wrapping_add(off as u64);
                 }
                 return;
             }
@@ -341,8 +341,8 @@ impl Session {
             // Responses were lost with framing: the answer is to the latest request the server
             // had received.
             waiting
-                .filter(|(_, p)| answers(p.seq, ack))
-                .last()
+                .rev()
+                .find(|(_, p)| answers(p.seq, ack))
                 .map(|(i, _)| i)
         } else {
             waiting

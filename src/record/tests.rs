@@ -38,7 +38,10 @@ fn exchange(resp: bool, req_body: &[u8], resp_body: &[u8]) -> Exchange {
                     status: 201,
                     reason: "Created".into(),
                 },
-                &[("set-cookie", "a=1; Expires=Wed, 21 Oct"), ("set-cookie", "b=2")],
+                &[
+                    ("set-cookie", "a=1; Expires=Wed, 21 Oct"),
+                    ("set-cookie", "b=2"),
+                ],
                 resp_body,
             )
         }),
@@ -59,7 +62,10 @@ fn encode(ex: &Exchange, max: usize) -> (Value, usize) {
 fn record_follows_the_akto_contract() {
     let (r, _) = encode(&exchange(true, b"{\"a\":1}", b"{\"id\":9}"), 1_000_000);
     let obj = r.as_object().unwrap();
-    assert!(obj.values().all(Value::is_string), "every value is a string");
+    assert!(
+        obj.values().all(Value::is_string),
+        "every value is a string"
+    );
     assert_eq!(r["path"], "/api/v1?q=1");
     assert_eq!(r["method"], "POST");
     assert_eq!(r["requestPayload"], "{\"a\":1}");
@@ -137,7 +143,10 @@ fn both_payloads_share_the_room_when_both_are_large() {
     let (r, len) = encode(&exchange(true, a.as_bytes(), b.as_bytes()), 5000);
     assert!(len <= 5000);
     assert_eq!(r["truncated"], "requestPayload,responsePayload");
-    let (ra, rb) = (r["requestPayload"].as_str().unwrap().len(), r["responsePayload"].as_str().unwrap().len());
+    let (ra, rb) = (
+        r["requestPayload"].as_str().unwrap().len(),
+        r["responsePayload"].as_str().unwrap().len(),
+    );
     assert!(ra > 1000 && rb > 1000 && ra.abs_diff(rb) <= 1, "{ra} {rb}");
 }
 

@@ -3,18 +3,16 @@ use super::*;
 /// VXLAN header: I flag, VNI 42.
 const VXLAN: [u8; 8] = [0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, 0x00];
 /// Ethernet II, IPv4.
-const ETH: [u8; 14] = [
-    0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,
-];
+const ETH: [u8; 14] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
 /// IPv4, total length 58, TCP, 10.0.0.1 -> 10.0.0.2, checksum left 0 (never validated).
 const IPV4: [u8; 20] = [
-    0x45, 0x00, 0x00, 0x3a, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1, 10, 0,
-    0, 2,
+    0x45, 0x00, 0x00, 0x3a, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1, 10, 0, 0,
+    2,
 ];
 /// TCP 50000 -> 80, seq 1000, ack 2000, PSH|ACK, no options.
 const TCP: [u8; 20] = [
-    0xc3, 0x50, 0x00, 0x50, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x00, 0x07, 0xd0, 0x50, 0x18, 0xff,
-    0xff, 0x00, 0x00, 0x00, 0x00,
+    0xc3, 0x50, 0x00, 0x50, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x00, 0x07, 0xd0, 0x50, 0x18, 0xff, 0xff,
+    0x00, 0x00, 0x00, 0x00,
 ];
 const PAYLOAD: &[u8; 18] = b"GET / HTTP/1.1\r\n\r\n";
 
@@ -78,9 +76,7 @@ fn vlan_and_qinq_tags_are_skipped() {
 
 #[test]
 fn ipv6_with_extension_header_decodes() {
-    let eth6 = [
-        0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd,
-    ];
+    let eth6 = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
     // IPv6: payload length 8 (hop-by-hop) + 20 (TCP) + 18, next header 0 (hop-by-hop).
     let mut ip6 = vec![0x60, 0, 0, 0, 0x00, 46, 0x00, 64];
     ip6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
@@ -111,7 +107,10 @@ fn cut_tcp_header_is_malformed() {
         decode_ethernet(&full[..14 + 20 + 10]),
         Err(DecodeError::TcpMalformed)
     );
-    assert_eq!(decode_ethernet(&full[..10]), Err(DecodeError::LinkTruncated));
+    assert_eq!(
+        decode_ethernet(&full[..10]),
+        Err(DecodeError::LinkTruncated)
+    );
 }
 
 #[test]
@@ -126,13 +125,18 @@ fn non_tcp_and_non_ip_are_told_apart() {
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     let arp_frame = [
         &arp[..],
-        &[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2],
+        &[
+            0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
+        ],
     ]
     .concat();
     assert_eq!(decode_ethernet(&arp_frame), Err(DecodeError::NotIp));
     let mut lldp = ETH;
     lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
-    assert_eq!(decode_ethernet(&[&lldp[..], &[0u8; 20]].concat()), Err(DecodeError::NotIp));
+    assert_eq!(
+        decode_ethernet(&[&lldp[..], &[0u8; 20]].concat()),
+        Err(DecodeError::NotIp)
+    );
 }
 
 #[test]
@@ -154,13 +158,19 @@ fn capture_link_types_decode() {
     };
     expect(decode_capture_frame(LinkType::RawIp, &ip_packet).unwrap());
     // BSD loopback: AF_INET = 2 in little-endian host order.
-    expect(decode_capture_frame(LinkType::Null, &[&[2, 0, 0, 0][..], &ip_packet].concat()).unwrap());
-    expect(decode_capture_frame(LinkType::Loop, &[&[0, 0, 0, 2][..], &ip_packet].concat()).unwrap());
+    expect(
+        decode_capture_frame(LinkType::Null, &[&[2, 0, 0, 0][..], &ip_packet].concat()).unwrap(),
+    );
+    expect(
+        decode_capture_frame(LinkType::Loop, &[&[0, 0, 0, 2][..], &ip_packet].concat()).unwrap(),
+    );
     // Linux cooked v1: 16 bytes, protocol last.
     let sll = [0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x08, 0x00];
     expect(decode_capture_frame(LinkType::LinuxSll, &[&sll[..], &ip_packet].concat()).unwrap());
     // Linux cooked v2: 20 bytes, protocol first.
-    let sll2 = [0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    let sll2 = [
+        0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0,
+    ];
     expect(decode_capture_frame(LinkType::LinuxSll2, &[&sll2[..], &ip_packet].concat()).unwrap());
     expect(decode_capture_frame(LinkType::Ethernet, &frame(&ETH, &IPV4, &TCP, PAYLOAD)).unwrap());
     assert_eq!(LinkType::from_pcap(1), Some(LinkType::Ethernet));
@@ -181,7 +191,12 @@ fn udp_to_port_4789_in_a_capture_is_vxlan() {
     match decode_capture_frame(LinkType::Ethernet, &outer).unwrap() {
         CaptureFrame::Vxlan(payload) => {
             assert_eq!(decode_vxlan(payload).unwrap().vni, 42);
-            assert_eq!(decode_ethernet(decode_vxlan(payload).unwrap().inner).unwrap().seq, 1000);
+            assert_eq!(
+                decode_ethernet(decode_vxlan(payload).unwrap().inner)
+                    .unwrap()
+                    .seq,
+                1000
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -189,7 +204,8 @@ fn udp_to_port_4789_in_a_capture_is_vxlan() {
 
 #[test]
 fn error_labels_are_distinct() {
-    let labels: std::collections::BTreeSet<_> = DecodeError::ALL.iter().map(|e| e.as_str()).collect();
+    let labels: std::collections::BTreeSet<_> =
+        DecodeError::ALL.iter().map(|e| e.as_str()).collect();
     assert_eq!(labels.len(), DecodeError::ALL.len());
     for (i, e) in DecodeError::ALL.iter().enumerate() {
         assert_eq!(e.index(), i);

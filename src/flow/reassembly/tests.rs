@@ -68,7 +68,8 @@ impl Harness {
     }
     fn expire(&mut self, now: u64) {
         let mut sink = self.out.sink();
-        self.r.expire_holes(now, &self.cfg, &mut self.stats, &mut sink);
+        self.r
+            .expire_holes(now, &self.cfg, &mut self.stats, &mut sink);
     }
     fn flush(&mut self) {
         let mut sink = self.out.sink();

@@ -160,7 +160,11 @@ fn capture_starting_mid_body_seeks_the_next_message() {
 #[test]
 fn gap_inside_a_sized_body_drops_the_message_but_keeps_framing() {
     let mut p = Parser::new(Role::Response);
-    let steps = run(&mut p, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123", Some("GET"));
+    let steps = run(
+        &mut p,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123",
+        Some("GET"),
+    );
     assert!(complete(&steps).is_empty());
     let (dropped, lost_framing) = p.gap(3);
     assert!(dropped.is_none());
@@ -235,7 +239,10 @@ fn body_cap_truncates_and_marks() {
         max_body_bytes: 4,
         ..HttpConfig::default()
     };
-    p.push(b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789GET / HTTP/1.1\r\n\r\n", meta(1));
+    p.push(
+        b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789GET / HTTP/1.1\r\n\r\n",
+        meta(1),
+    );
     let steps = drain(&mut p, None, &cfg);
     let msgs = complete(&steps);
     assert_eq!(msgs[0].body, b"0123");

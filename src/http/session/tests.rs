@@ -106,7 +106,10 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 fn keep_alive_exchanges_pair_in_order() {
     let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:8080");
     for path in ["/a", "/b", "/c"] {
-        c.send(true, format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        c.send(
+            true,
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+        );
         c.send(false, OK);
     }
     // Pairs are emitted as soon as they complete, before the connection closes.
@@ -168,7 +171,10 @@ fn response_to_a_request_never_captured_is_not_paired_with_the_next_request() {
     // Capture starts with the answer to a request sent before it.
     c.send(false, OK);
     c.send(true, b"GET /next HTTP/1.1\r\n\r\n");
-    c.send(false, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    c.send(
+        false,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
     let ex = c.close();
     assert_eq!(summary(&ex), [("GET".into(), "/next".into(), Some(404))]);
     assert_eq!(c.ctx.stats.unmatched_responses, 1);
@@ -206,8 +212,14 @@ fn continue_100_is_interim_not_the_answer() {
 #[test]
 fn switching_protocols_emits_its_pair_and_ends_http() {
     let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
-    c.send(true, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-    c.send(false, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    c.send(
+        true,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    c.send(
+        false,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    );
     c.send(true, b"GET /not-http HTTP/1.1\r\n\r\n");
     c.send(false, OK);
     let ex = c.close();
@@ -235,7 +247,10 @@ fn unanswered_request_is_emitted_pending_when_the_flow_closes() {
 #[test]
 fn early_final_response_pairs_with_an_upload_cut_short() {
     let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
-    c.send(true, b"POST /big HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial");
+    c.send(
+        true,
+        b"POST /big HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial",
+    );
     c.send(false, b"HTTP/1.0 413 Payload Too Large\r\n\r\n");
     let ex = c.close();
     assert_eq!(summary(&ex), [("POST".into(), "/big".into(), Some(413))]);
@@ -263,7 +278,10 @@ fn framing_lost_in_a_gap_resyncs_and_pairs_by_acknowledgement() {
     let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
     c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
     // The whole first response (chunked, so framing cannot skip it) is lost.
-    let lost = c.seg(false, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let lost = c.seg(
+        false,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
     let _ = lost;
     c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
     c.send(false, OK);
