@@ -357,6 +357,7 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     tf.closed_idle += sf.closed_idle;
     tf.evicted += sf.evicted;
     tf.closed_shutdown += sf.closed_shutdown;
+    tf.closed_reused += sf.closed_reused;
     tf.reassembly.ooo_segments += sf.reassembly.ooo_segments;
     tf.reassembly.retransmitted_bytes += sf.reassembly.retransmitted_bytes;
     tf.reassembly.gaps += sf.reassembly.gaps;

@@ -123,6 +123,8 @@ pub struct Reassembler {
     /// `next` was only guessed from the other direction's acknowledgement: until a byte is
     /// delivered, an earlier segment moves the start back instead of counting as old.
     guessed_start: bool,
+    /// Initial sequence number, when the SYN was seen.
+    isn: Option<Seq>,
 }
 
 impl Reassembler {
@@ -147,6 +149,17 @@ impl Reassembler {
         }
     }
 
+    /// Would a SYN with this sequence number start a different connection than the one this
+    /// direction is following? (The 4-tuple was reused, and the old flow's end was not seen.)
+    pub fn is_new_connection(&self, syn_seq: Seq) -> bool {
+        match self.isn {
+            // A retransmitted SYN carries the same initial sequence number.
+            Some(isn) => isn != syn_seq,
+            // Followed from mid-stream: a SYN after delivered bytes is a new connection.
+            None => self.next_off > 0,
+        }
+    }
+
     /// Takes one segment, emitting whatever it makes deliverable.
     pub fn segment(
         &mut self,
@@ -164,6 +177,9 @@ impl Reassembler {
         } else {
             seg.seq
         };
+        if seg.syn && self.isn.is_none() {
+            self.isn = Some(seg.seq);
+        }
         if self.guessed_start
             && let Some(next) = self.next
             && (seg.syn || data_seq < next)

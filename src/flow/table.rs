@@ -23,6 +23,8 @@ pub enum CloseReason {
     Evicted,
     /// The process is shutting down or the capture ended.
     Shutdown,
+    /// A SYN started a new connection on the same addresses and ports.
+    Reused,
 }
 
 impl CloseReason {
@@ -33,6 +35,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Reused => "reused",
         }
     }
 }
@@ -80,6 +83,8 @@ pub struct FlowStats {
     pub closed_idle: u64,
     pub evicted: u64,
     pub closed_shutdown: u64,
+    /// Flows ended by a SYN of a new connection on the same 4-tuple.
+    pub closed_reused: u64,
     pub reassembly: ReassemblyStats,
 }
 
@@ -91,6 +96,7 @@ impl FlowStats {
             CloseReason::Idle => self.closed_idle += 1,
             CloseReason::Evicted => self.evicted += 1,
             CloseReason::Shutdown => self.closed_shutdown += 1,
+            CloseReason::Reused => self.closed_reused += 1,
         }
     }
 }
@@ -137,6 +143,14 @@ impl<H: StreamHandler> FlowTable<H> {
     pub fn segment(&mut self, vni: u32, seg: &TcpSegment<'_>, now: u64, ctx: &mut H::Ctx) {
         self.stats.segments += 1;
         let (key, side) = FlowKey::new(vni, seg.src, seg.dst);
+        if seg.flags.syn
+            && self
+                .flows
+                .peek(&key)
+                .is_some_and(|f| f.dirs[side.index()].is_new_connection(Seq(seg.seq)))
+        {
+            self.close(key, CloseReason::Reused, now, ctx);
+        }
         if !self.flows.contains(&key) {
             let carries = !seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn;
             if !carries || seg.flags.rst {

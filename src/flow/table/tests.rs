@@ -160,3 +160,28 @@ fn close_all_flushes_every_flow() {
     assert_eq!(log.closed[0].2[0], b"ac");
     assert_eq!(t.stats.reassembly.gap_bytes, 1);
 }
+
+#[test]
+fn a_syn_with_a_new_isn_starts_a_new_connection_on_a_reused_tuple() {
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut log = Log::default();
+    let syn = TcpFlags { syn: true, ..NONE };
+    t.segment(0, &tcp(C, S, 100, b"", syn), 0, &mut log);
+    t.segment(0, &tcp(C, S, 101, b"old", NONE), 1, &mut log);
+    // The same SYN again is a retransmission, not a new connection.
+    t.segment(0, &tcp(C, S, 100, b"", syn), 2, &mut log);
+    assert!(
+        log.closed.is_empty(),
+        "{:?}",
+        log.closed.iter().map(|c| c.1).collect::<Vec<_>>()
+    );
+    // The old connection's FINs were missed; a new one reuses the ports with another ISN.
+    t.segment(0, &tcp(C, S, 9000, b"", syn), 3, &mut log);
+    t.segment(0, &tcp(C, S, 9001, b"new", NONE), 4, &mut log);
+    assert_eq!(log.closed.len(), 1);
+    assert_eq!(log.closed[0].1, CloseReason::Reused);
+    assert_eq!(log.closed[0].2[0], b"old");
+    assert_eq!(t.stats.closed_reused, 1);
+    t.close_all(5, &mut log);
+    assert_eq!(log.closed[1].2[0], b"new");
+}
