@@ -275,3 +275,80 @@ fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
     want.sort_by_key(|w| w.1.clone());
     assert_eq!(summary(&recs), want);
 }
+
+/// One VXLAN datagram (VNI 77) carrying an Ethernet/IPv4/TCP frame with `payload`.
+fn vxlan_datagram(
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.0, dst.0, 64)
+        .tcp(src.1, dst.1, seq, 65535)
+        .ack(ack)
+        .psh();
+    let mut out = vec![0x08, 0, 0, 0, 0, 0, 77, 0];
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+#[test]
+fn daemon_takes_jumbo_frames_whole() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("records.jsonl");
+    let mut child = cmd()
+        .args(["run", "--workers", "1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--output")
+        .arg(&out_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut log = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
+        log.extend_from_slice(&buf[..n]);
+    }
+    // A 9001-byte IP packet (AWS's jumbo MTU): 40 bytes of headers and 8961 of payload.
+    let head_len = "POST /jumbo HTTP/1.1\r\nContent-Length: 8915\r\n\r\n".len();
+    let body_len = 8961 - head_len;
+    let mut request =
+        format!("POST /jumbo HTTP/1.1\r\nContent-Length: {body_len}\r\n\r\n").into_bytes();
+    request.extend(std::iter::repeat_n(b'j', body_len));
+    assert_eq!(request.len(), 8961);
+    let c = ([10, 9, 0, 1], 40000);
+    let s = ([10, 9, 0, 2], 8000);
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let d1 = vxlan_datagram(c, s, 1, 1, &request);
+    assert_eq!(d1.len(), 8 + 14 + 9001);
+    let d2 = vxlan_datagram(s, c, 1, 1 + request.len() as u32, response);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(&d1, ("127.0.0.1", port)).unwrap();
+    sender.send_to(&d2, ("127.0.0.1", port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&out_path).map_or(0, |s| s.lines().count()) < 1 {
+        assert!(Instant::now() < deadline, "no record for the jumbo frame");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    let recs = records(&std::fs::read(&out_path).unwrap());
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["path"], "/jumbo");
+    assert_eq!(recs[0]["akto_vxlan_id"], "77");
+    assert_eq!(recs[0]["requestPayload"].as_str().unwrap().len(), body_len);
+    assert!(recs[0].get("truncated").is_none());
+}
