@@ -8,6 +8,7 @@ use crate::http::Exchange;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{Encoder, RecordConfig};
 use crate::sink::kafka::{KafkaSettings, KafkaSink};
+use crate::sink::spool::SpoolConfig;
 use crate::sink::{JsonLines, Sink, SinkError, SinkStats};
 use crate::wire;
 use anyhow::{Context, Result};
@@ -29,10 +30,23 @@ pub fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<dyn Sink
                 topic: out.topic.clone(),
                 batch_size: out.batch_size,
                 batch_time: Duration::from_secs_f64(out.batch_time),
+                compression: out.compression,
+                options: out.kafka_options()?,
+                spool: SpoolConfig {
+                    max_bytes: out.spool_max_bytes,
+                    ..SpoolConfig::new(&out.spool_dir)
+                },
+                spool_grace: Duration::from_secs_f64(out.spool_grace),
+                spool_always: out.spool_always,
             };
-            Ok(Box::new(
-                KafkaSink::new(&settings, stats).context("creating the Kafka producer")?,
-            ))
+            Ok(Box::new(KafkaSink::new(&settings, stats).with_context(
+                || {
+                    format!(
+                        "starting Kafka delivery (spool at {})",
+                        out.spool_dir.display()
+                    )
+                },
+            )?))
         }
         None => Ok(Box::new(
             JsonLines::open(&out.output, stats)
@@ -132,8 +146,9 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
         }
     })
     .with_context(|| format!("replaying {}", args.file.display()))?;
-    sink.flush(Duration::from_secs(30))?;
+    let flushed = sink.flush(Duration::from_secs(30));
     log_summary("replay finished", &stats, &sink_stats, too_large);
+    flushed?;
     let failed = SinkStats::get(&sink_stats.failed);
     if failed > 0 {
         anyhow::bail!("{failed} records could not be delivered (see the warnings above)");
@@ -171,8 +186,15 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
         dropped_gap = s.http.dropped_gap,
         parse_errors = %parse_errors.join(","),
         records = SinkStats::get(&sink.records),
+        produced = SinkStats::get(&sink.produced),
         delivered = SinkStats::get(&sink.delivered),
         failed = SinkStats::get(&sink.failed),
+        spooled = SinkStats::get(&sink.spooled),
+        replayed = SinkStats::get(&sink.replayed),
+        dropped_spool_full = SinkStats::get(&sink.dropped_spool_full),
+        spool_pending = SinkStats::get(&sink.spool_pending),
+        spool_bytes = SinkStats::get(&sink.spool_bytes),
+        queue_full = SinkStats::get(&sink.queue_full),
         records_too_large,
         "{what}"
     );
@@ -518,6 +540,12 @@ fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>, flush: Duration
             sink.idle()?;
         }
     }
-    sink.flush(flush)?;
-    Ok(())
+    match sink.flush(flush) {
+        // By design: undelivered records wait in the spool for the next start.
+        Err(SinkError::Spooled(n, dir)) => {
+            tracing::warn!(records = n, dir = %dir.display(), "left in the spool for the next start");
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }

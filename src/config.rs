@@ -114,6 +114,48 @@ pub struct OutputArgs {
     /// Seconds a Kafka batch may wait to fill (alias AKTO_TRAFFIC_BATCH_TIME_SECS).
     #[arg(long, env = "MIRROR_BATCH_TIME", default_value_t = 0.1)]
     pub batch_time: f64,
+    /// Kafka compression codec.
+    #[arg(long, env = "MIRROR_COMPRESSION", value_enum, default_value = "lz4")]
+    pub compression: crate::sink::kafka::Compression,
+    /// Any librdkafka setting, KEY=VALUE (repeatable; in the variable, separated by `;`): TLS,
+    /// SASL, timeouts. Applied after the receiver's own settings.
+    #[arg(
+        long = "kafka-option",
+        env = "MIRROR_KAFKA_OPTIONS",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+    /// Directory of the on-disk spool for records Kafka cannot take.
+    #[arg(
+        long,
+        env = "MIRROR_SPOOL_DIR",
+        default_value = "/var/lib/mirror-receiver/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Largest size of the spool in bytes; beyond it new records are dropped and counted.
+    #[arg(long, env = "MIRROR_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Seconds without a Kafka acknowledgement (records in flight) before records go to the spool.
+    #[arg(long, env = "MIRROR_SPOOL_GRACE", default_value_t = 2.0)]
+    pub spool_grace: f64,
+    /// Write every record to the spool (fsynced in batches) before producing it: nothing is only
+    /// in memory, at the cost of writing every record to disk.
+    #[arg(long, env = "MIRROR_SPOOL_ALWAYS")]
+    pub spool_always: bool,
+}
+
+impl OutputArgs {
+    /// librdkafka settings given with --kafka-option, split at the first `=`.
+    pub fn kafka_options(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+                _ => Err(bad("--kafka-option", o, "expected KEY=VALUE")),
+            })
+            .collect()
+    }
 }
 
 /// A setting that cannot be used, named as the user wrote it.
@@ -278,6 +320,21 @@ impl OutputArgs {
                 "must be between 0 and 900 seconds",
             ));
         }
+        if !(0.1..=3600.0).contains(&self.spool_grace) {
+            return Err(bad(
+                "--spool-grace",
+                self.spool_grace,
+                "must be between 0.1 and 3600 seconds",
+            ));
+        }
+        if self.spool_max_bytes < 1 << 20 {
+            return Err(bad(
+                "--spool-max-bytes",
+                self.spool_max_bytes,
+                "must be at least 1 MiB",
+            ));
+        }
+        self.kafka_options()?;
         Ok(())
     }
 }

@@ -100,7 +100,14 @@ fn receiver() -> Command {
             cmd.env_remove(&name);
         }
     }
-    cmd.env("NO_COLOR", "1").stdin(Stdio::null());
+    // Each receiver gets a spool directory of its own (a spool is locked by one process).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spool = std::env::temp_dir().join(format!("mr-kafka-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    cmd.env("NO_COLOR", "1")
+        .env("MIRROR_SPOOL_DIR", &spool)
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -756,11 +763,17 @@ fn kafka_sink_record_size_limits() {
     let topic = "mirror.receiver.big.records";
     broker.create_topic(topic, 1);
     let stats = Arc::new(SinkStats::default());
+    let spool = tempfile::tempdir().unwrap();
     let settings = KafkaSettings {
         brokers: broker.bootstrap(),
         topic: topic.into(),
         batch_size: 1000,
         batch_time: Duration::from_millis(100),
+        compression: mirror_receiver::sink::kafka::Compression::Lz4,
+        options: Vec::new(),
+        spool: mirror_receiver::sink::spool::SpoolConfig::new(spool.path()),
+        spool_grace: Duration::from_secs(2),
+        spool_always: false,
     };
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("producer");
     let max = RecordConfig::default().max_record_bytes;

@@ -231,15 +231,20 @@ impl Reassembler {
     }
 
     /// Moves a guessed start back to `start` (nothing was delivered yet, so nothing is lost).
+    /// Nothing was delivered yet (`next_off` is 0), so held segments are re-keyed relative to the
+    /// new start; a SYN can also move the start forward, and segments before it are dropped.
     fn rewind(&mut self, start: Seq, next: Seq) {
-        let back = next.diff(start);
-        if back > 0 {
-            let back = back as u64;
-            self.held = std::mem::take(&mut self.held)
-                .into_iter()
-                .map(|(k, v)| (k + back, v))
-                .collect();
-        }
+        let shift = next.diff(start);
+        let mut held_bytes = 0;
+        self.held = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = u64::try_from(k as i64 + shift).ok()?;
+                held_bytes += v.data.len();
+                Some((key, v))
+            })
+            .collect();
+        self.held_bytes = held_bytes;
         self.next = Some(start);
         self.guessed_start = false;
     }
@@ -364,6 +369,9 @@ impl Reassembler {
             && next >= fin
         {
             self.ended = true;
+            // Bytes beyond the FIN are not part of the stream.
+            self.held.clear();
+            self.held_bytes = 0;
             out(StreamEvent::End { ts });
         }
     }

@@ -1,56 +1,64 @@
-//! Kafka delivery through librdkafka (rdkafka's bundled build).
+//! Kafka delivery that loses nothing while the disk has room.
 //!
-//! Delivery model: `send` hands a record to librdkafka's queue (librdkafka copies the payload, so
-//! the caller's encode buffer is reused); librdkafka batches by `linger.ms` / `batch.num.messages`,
-//! retries transient errors itself, and reports each record's fate to the delivery callback, which
-//! counts acknowledgements and permanent failures. A full queue is backpressure: the record is taken
-//! back and offered again after serving callbacks, never dropped. The producer is idempotent with
-//! `acks=all`, so librdkafka's own retries cannot duplicate or reorder records.
+//! Delivery model. Records are produced through librdkafka (rdkafka's bundled build) with
+//! `acks=all` and idempotence on, so librdkafka's own retries neither duplicate nor reorder records;
+//! the message key is the connection id, so one connection's records stay in order within a
+//! partition. librdkafka copies each payload, so the caller's encode buffer is reused. Every
+//! record's fate comes back through the delivery callback, which only forwards it to the sink
+//! thread as an [`Event`]; all decisions and all disk IO happen in the sink thread.
+//!
+//! Kafka is *healthy* while it acknowledges. It is taken as unavailable when librdkafka reports all
+//! brokers down, or when records are in flight and nothing was acknowledged for `--spool-grace`.
+//! Then the records still inside librdkafka's queue are purged, and their delivery reports (and
+//! those of records that failed retriably) put them in the on-disk [`Spool`]; new records go to the
+//! spool directly. So at most the last grace window is in memory only, should the process be
+//! killed. `--spool-always` writes every record to the spool first (fsynced in batches) and
+//! produces only from the spool: no window at all, for the cost of writing every record to disk.
+//!
+//! While Kafka is unavailable one spooled record at a time is produced as a canary; its
+//! acknowledgement marks Kafka healthy again, and the spool then drains in order, a bounded number
+//! of records in flight, while new records keep flowing. A spooled record leaves the spool only
+//! when Kafka acknowledged it, so delivery is at least once: a record in flight when Kafka went
+//! away may arrive twice.
+//!
+//! A full librdkafka queue is backpressure: the record is taken back and offered again, never
+//! dropped. A record the broker can never take (too large, invalid) is a permanent failure: counted
+//! by kind, logged (rate-limited), not retried. When the spool is full, new records are dropped,
+//! counted and logged (rate-limited); nothing already spooled is touched.
 
-use super::{Sink, SinkError, SinkStats};
+use super::spool::{Spool, SpoolConfig, SpoolError, SpoolPos};
+use super::{RateLimit, Sink, SinkError, SinkStats};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Message};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Counts deliveries.
-pub struct DeliveryCounter {
-    stats: Arc<SinkStats>,
-    last_error_log: AtomicU64,
+/// Spooled records in flight at once while draining.
+const DRAIN_IN_FLIGHT: usize = 10_000;
+
+/// Compression codecs librdkafka offers.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
 }
 
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => SinkStats::add(&self.stats.delivered, 1),
-            Err((e, msg)) => self.failed(e, msg.topic()),
-        }
-    }
-}
-
-impl DeliveryCounter {
-    /// Counts a record lost for good and logs it, one line per 10 s at most: a dead broker fails
-    /// every record.
-    fn failed(&self, e: &KafkaError, topic: &str) {
-        SinkStats::add(&self.stats.failed, 1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_error_log.load(Ordering::Relaxed);
-        if now >= last + 10
-            && self
-                .last_error_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(error = %e, topic, "kafka delivery failed");
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
     }
 }
@@ -62,75 +70,397 @@ pub struct KafkaSettings {
     pub topic: String,
     pub batch_size: usize,
     pub batch_time: Duration,
+    pub compression: Compression,
+    /// librdkafka settings passed through as given (TLS, SASL, timeouts...), applied last.
+    pub options: Vec<(String, String)>,
+    pub spool: SpoolConfig,
+    /// Time without any acknowledgement, while records are in flight, after which Kafka is taken
+    /// as unavailable and records go to the spool.
+    pub spool_grace: Duration,
+    /// Write every record to the spool before producing it.
+    pub spool_always: bool,
+}
+
+/// What a delivery report or a client error tells the sink thread.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Delivered {
+        pos: Option<SpoolPos>,
+    },
+    Failed {
+        key: u64,
+        payload: Vec<u8>,
+        pos: Option<SpoolPos>,
+        error: KafkaError,
+    },
+    BrokersDown,
+}
+
+/// Per-record value carried through librdkafka to the delivery callback.
+pub struct Opaque {
+    key: u64,
+    /// Where the record is in the spool, when it was produced from there.
+    pos: Option<SpoolPos>,
+}
+
+/// Forwards delivery reports and client errors to the sink thread.
+pub(crate) struct Forwarder {
+    events: Sender<Event>,
+    error_log: RateLimit,
+}
+
+impl ClientContext for Forwarder {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            let _ = self.events.send(Event::BrokersDown);
+        }
+        if self.error_log.ready() {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ProducerContext for Forwarder {
+    type DeliveryOpaque = Box<Opaque>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Opaque>) {
+        let event = match result {
+            Ok(_) => Event::Delivered { pos: opaque.pos },
+            Err((error, msg)) => Event::Failed {
+                key: opaque.key,
+                payload: msg.payload().unwrap_or_default().to_vec(),
+                pos: opaque.pos,
+                error: error.clone(),
+            },
+        };
+        let _ = self.events.send(event);
+    }
+}
+
+/// Errors a broker will never accept however often the record is sent.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }
 
 pub struct KafkaSink {
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: ThreadedProducer<Forwarder>,
     topic: String,
+    events: Receiver<Event>,
+    spool: Spool,
+    spool_dir: std::path::PathBuf,
+    spool_always: bool,
+    grace: Duration,
+    healthy: bool,
+    /// Last acknowledgement (or start, or recovery).
+    last_progress: Instant,
+    /// Spooled records produced and not yet reported.
+    drained_in_flight: usize,
+    /// A spooled record failed: hand out the unacknowledged ones again once none is in flight.
+    rewind: bool,
+    spool_dirty: bool,
     stats: Arc<SinkStats>,
+    drop_log: RateLimit,
+    fail_log: RateLimit,
 }
 
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings, stats: Arc<SinkStats>) -> Result<KafkaSink, SinkError> {
-        let producer = ClientConfig::new()
+        let spool = Spool::open(settings.spool.clone())?;
+        let recovered = spool.pending();
+        if recovered > 0 {
+            tracing::info!(
+                records = recovered,
+                dir = %settings.spool.dir.display(),
+                "spool holds records from an earlier run; they are delivered first"
+            );
+        }
+        let (tx, events) = unbounded();
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &settings.brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
+            .set("compression.type", settings.compression.as_str())
             .set("linger.ms", settings.batch_time.as_millis().to_string())
             .set("batch.num.messages", settings.batch_size.to_string())
-            // librdkafka's default (1,000,000 bytes, key included) refuses a record of the
-            // default --max-record-bytes (1,000,000) plus its key. 1 MiB takes it and stays under
-            // the brokers' default limit (message.max.bytes 1,048,588).
+            // librdkafka's default message.max.bytes (1,000,000) counts the key too, so a record
+            // of the default --max-record-bytes would be refused; 1 MiB stays under the brokers'
+            // default limit (message.max.bytes 1,048,588).
             .set("message.max.bytes", "1048576")
-            .create_with_context(DeliveryCounter {
-                stats: stats.clone(),
-                last_error_log: AtomicU64::new(0),
-            })?;
+            // Records that cannot be delivered come back to the spool instead of waiting the
+            // default five minutes in memory.
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &settings.options {
+            config.set(k, v);
+        }
+        let producer = config.create_with_context(Forwarder {
+            events: tx,
+            error_log: RateLimit::new(Duration::from_secs(10)),
+        })?;
+        SinkStats::set(&stats.spool_bytes, spool.bytes());
+        SinkStats::set(&stats.spool_pending, recovered);
         Ok(KafkaSink {
             producer,
             topic: settings.topic.clone(),
+            events,
+            spool,
+            spool_dir: settings.spool.dir.clone(),
+            spool_always: settings.spool_always,
+            grace: settings.spool_grace,
+            healthy: true,
+            last_progress: Instant::now(),
+            drained_in_flight: 0,
+            rewind: false,
+            spool_dirty: false,
             stats,
+            drop_log: RateLimit::new(Duration::from_secs(10)),
+            fail_log: RateLimit::new(Duration::from_secs(10)),
         })
+    }
+
+    /// Hands a record to librdkafka, waiting while its queue is full.
+    fn produce(
+        &mut self,
+        key: u64,
+        payload: &[u8],
+        pos: Option<SpoolPos>,
+    ) -> Result<(), SinkError> {
+        let key_text = key.to_string();
+        let mut opaque = Box::new(Opaque { key, pos });
+        loop {
+            let record = BaseRecord::with_opaque_to(&self.topic, opaque)
+                .key(&key_text)
+                .payload(payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    SinkStats::add(&self.stats.produced, 1);
+                    if pos.is_some() {
+                        self.drained_in_flight += 1;
+                    }
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    SinkStats::add(&self.stats.queue_full, 1);
+                    opaque = back.delivery_opaque;
+                    self.pump()?;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, back)) if is_permanent(&error) => {
+                    self.permanent_failure(&error, back.delivery_opaque.pos)?;
+                    return Ok(());
+                }
+                Err((error, back)) => return Err(self.unexpected(error, back.delivery_opaque.pos)),
+            }
+        }
+    }
+
+    fn unexpected(&mut self, error: KafkaError, pos: Option<SpoolPos>) -> SinkError {
+        if pos.is_some() {
+            self.rewind = true;
+        }
+        SinkError::Kafka(error)
+    }
+
+    fn permanent_failure(
+        &mut self,
+        error: &KafkaError,
+        pos: Option<SpoolPos>,
+    ) -> Result<(), SinkError> {
+        SinkStats::add(&self.stats.failed, 1);
+        if let Some(pos) = pos {
+            self.spool.ack(pos)?;
+        }
+        if self.fail_log.ready() {
+            tracing::warn!(%error, "record refused by kafka for good; counted, not retried");
+        }
+        Ok(())
+    }
+
+    /// Puts a record in the spool, or counts it dropped when the spool is full.
+    fn spool_record(&mut self, key: u64, payload: &[u8]) -> Result<(), SinkError> {
+        match self.spool.append(key, payload) {
+            Ok(_) => {
+                SinkStats::add(&self.stats.spooled, 1);
+                self.spool_dirty = true;
+                Ok(())
+            }
+            Err(SpoolError::Full) => {
+                SinkStats::add(&self.stats.dropped_spool_full, 1);
+                if self.drop_log.ready() {
+                    tracing::error!(
+                        dir = %self.spool_dir.display(),
+                        "spool full: dropping new records (counted in dropped_spool_full)"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn set_unhealthy(&mut self, why: &str) {
+        if self.healthy {
+            tracing::warn!(why, "kafka unavailable: records go to the spool");
+            self.healthy = false;
+            // Whatever librdkafka still holds comes back through delivery reports and is spooled.
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
+    }
+
+    /// Applies every delivery report received so far.
+    fn pump(&mut self) -> Result<(), SinkError> {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Delivered { pos } => {
+                    SinkStats::add(&self.stats.delivered, 1);
+                    self.last_progress = Instant::now();
+                    if let Some(pos) = pos {
+                        self.drained_in_flight -= 1;
+                        SinkStats::add(&self.stats.replayed, 1);
+                        self.spool.ack(pos)?;
+                    }
+                    if !self.healthy {
+                        tracing::info!("kafka acknowledges again: draining the spool");
+                        self.healthy = true;
+                    }
+                }
+                Event::Failed {
+                    key,
+                    payload,
+                    pos,
+                    error,
+                } => {
+                    if pos.is_some() {
+                        self.drained_in_flight -= 1;
+                    }
+                    if is_permanent(&error) {
+                        self.permanent_failure(&error, pos)?;
+                    } else {
+                        match pos {
+                            // Already in the spool: hand it out again later.
+                            Some(_) => self.rewind = true,
+                            None => self.spool_record(key, &payload)?,
+                        }
+                        self.set_unhealthy("delivery failed");
+                    }
+                }
+                Event::BrokersDown => self.set_unhealthy("all brokers down"),
+            }
+        }
+        if self.rewind && self.drained_in_flight == 0 {
+            self.spool.rewind();
+            self.rewind = false;
+        }
+        Ok(())
+    }
+
+    /// Housekeeping: reports, the grace check, spool writes and draining.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        self.pump()?;
+        if self.healthy
+            && self.producer.in_flight_count() > 0
+            && self.last_progress.elapsed() > self.grace
+        {
+            self.set_unhealthy("no acknowledgement within --spool-grace");
+            self.pump()?;
+        }
+        if self.spool_dirty {
+            // fdatasync in batches: the spool survives a host crash, not only a process kill.
+            self.spool.flush(true)?;
+            self.spool_dirty = false;
+        }
+        self.drain()?;
+        SinkStats::set(&self.stats.spool_bytes, self.spool.bytes());
+        SinkStats::set(&self.stats.spool_pending, self.spool.pending());
+        Ok(())
+    }
+
+    /// Produces spooled records: many while Kafka is healthy, one canary while it is not.
+    fn drain(&mut self) -> Result<(), SinkError> {
+        if self.rewind {
+            return Ok(());
+        }
+        let limit = if self.healthy { DRAIN_IN_FLIGHT } else { 1 };
+        if !self.healthy && self.last_progress.elapsed() < self.grace {
+            return Ok(());
+        }
+        while self.drained_in_flight < limit {
+            let Some(rec) = self.spool.read_next()? else {
+                break;
+            };
+            if !self.healthy {
+                // The canary gets a full grace period of its own.
+                self.last_progress = Instant::now();
+            }
+            self.produce(rec.key, &rec.payload, Some(rec.pos))?;
+        }
+        Ok(())
     }
 }
 
 impl Sink for KafkaSink {
     fn send(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError> {
         SinkStats::add(&self.stats.records, 1);
-        let key = key.to_string();
-        let mut rec = BaseRecord::to(&self.topic).key(&key).payload(record);
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    SinkStats::add(&self.stats.queue_full, 1);
-                    std::thread::sleep(Duration::from_millis(10));
-                    rec = back;
-                }
-                // This record only (a larger --max-record-bytes than Kafka takes): count it as
-                // failed like a refused delivery; failing the sink would stop the whole daemon.
-                Err((
-                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                )) => {
-                    self.producer.context().failed(&e, &self.topic);
-                    return Ok(());
-                }
-                Err((e, _)) => {
-                    SinkStats::add(&self.stats.failed, 1);
-                    return Err(e.into());
-                }
-            }
+        self.pump()?;
+        if self.spool_always || !self.healthy {
+            self.spool_record(key, record)
+        } else {
+            self.produce(key, record, None)
         }
     }
 
+    fn idle(&mut self) -> Result<(), SinkError> {
+        self.tick()
+    }
+
+    /// Delivers what it can within `timeout`; whatever is left stays in the spool, on disk, for
+    /// the next start ([`SinkError::Spooled`] says how much).
     fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
-        let _ = self.producer.flush(timeout);
-        let left = u64::try_from(self.producer.in_flight_count()).unwrap_or(0);
-        if left > 0 {
-            return Err(SinkError::Undelivered(left));
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.tick()?;
+            let in_flight = self.producer.in_flight_count();
+            if in_flight == 0
+                && self.drained_in_flight == 0
+                && (self.spool.pending() == 0 || !self.healthy)
+                && !self.spool_dirty
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(())
+        // Out of time or Kafka away: what librdkafka still holds goes to the spool.
+        if self.producer.in_flight_count() > 0 {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let until = Instant::now() + Duration::from_secs(2);
+            while (self.producer.in_flight_count() > 0 || !self.events.is_empty())
+                && Instant::now() < until
+            {
+                self.pump()?;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.pump()?;
+        self.spool.flush(true)?;
+        SinkStats::set(&self.stats.spool_bytes, self.spool.bytes());
+        SinkStats::set(&self.stats.spool_pending, self.spool.pending());
+        match self.spool.pending() {
+            0 => Ok(()),
+            n => Err(SinkError::Spooled(n, self.spool_dir.clone())),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! records stay in order within a Kafka partition) and flushes on shutdown.
 
 pub mod kafka;
+pub mod spool;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,20 +14,64 @@ use std::time::Duration;
 pub struct SinkStats {
     /// Records handed to the sink.
     pub records: AtomicU64,
+    /// Records handed to librdkafka (new and replayed from the spool).
+    pub produced: AtomicU64,
     /// Records the destination confirmed (Kafka acknowledgements; written lines).
     pub delivered: AtomicU64,
-    /// Records that failed for good.
+    /// Records that failed for good (too large for the broker, invalid).
     pub failed: AtomicU64,
+    /// Records written to the spool because Kafka could not take them (or `--spool-always`).
+    pub spooled: AtomicU64,
+    /// Spooled records Kafka acknowledged.
+    pub replayed: AtomicU64,
+    /// New records dropped because the spool was full.
+    pub dropped_spool_full: AtomicU64,
     /// Times a full producer queue made a record wait (backpressure, not loss).
     pub queue_full: AtomicU64,
+    /// Bytes of the spool on disk (gauge).
+    pub spool_bytes: AtomicU64,
+    /// Records in the spool not yet acknowledged (gauge).
+    pub spool_pending: AtomicU64,
 }
 
 impl SinkStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
+    }
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Lets a repeated log line through at most once per period.
+#[derive(Debug)]
+pub struct RateLimit {
+    period: Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl RateLimit {
+    pub fn new(period: Duration) -> RateLimit {
+        RateLimit {
+            period,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// True when the line may be logged now.
+    pub fn ready(&self) -> bool {
+        let Ok(mut last) = self.last.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|l| now.duration_since(l) < self.period) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 
@@ -38,6 +83,12 @@ pub enum SinkError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0} records were not delivered before the flush timeout")]
     Undelivered(u64),
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
+    /// Kafka did not take everything before the flush ended; the rest is safe in the spool and
+    /// is delivered on the next start.
+    #[error("{0} records are left in the spool at {1} for the next start")]
+    Spooled(u64, std::path::PathBuf),
 }
 
 /// A destination for encoded records.

@@ -1,7 +1,7 @@
 //! Pure decoding of what arrives on the wire into a TCP segment view.
 //!
 //! Two entry points: [`decode_vxlan`] strips the VXLAN header of a UDP 4789 datagram (the form AWS
-//! Traffic Mirroring delivers), and [`decode_frame`] turns a link-layer frame (inner Ethernet with
+//! Traffic Mirroring delivers), and [`decode_capture_frame`] turns a link-layer frame (inner Ethernet with
 //! 802.1Q/QinQ, or the link types a capture file may use) into a [`TcpSegment`]. Both borrow from
 //! the input and never allocate. Errors are small `Copy` values whose [`DecodeError::as_str`] is a
 //! metric label.
