@@ -255,6 +255,8 @@ struct Shared {
     sink_failed: AtomicBool,
     stats: Vec<Mutex<PipelineStats>>,
     records_too_large: std::sync::atomic::AtomicU64,
+    /// Last loop time (µs) of each worker: the systemd watchdog is fed only while all are alive.
+    heartbeats: Vec<std::sync::atomic::AtomicU64>,
 }
 
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
@@ -279,6 +281,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         sink_failed: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::default()).collect(),
         records_too_large: Default::default(),
+        heartbeats: (0..workers)
+            .map(|_| std::sync::atomic::AtomicU64::new(now_us()))
+            .collect(),
     });
     let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
     let sink_shared = shared.clone();
@@ -318,7 +323,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     drop(shard_txs);
 
+    // systemd (Type=notify): ready once the sockets are bound and the sink is open. Outside
+    // systemd NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     wait_for_signal(&shared, &sink_stats)?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if shared.sink_failed.load(Ordering::SeqCst) {
         tracing::error!("stopping: the sink failed");
     } else {
@@ -416,6 +425,11 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
         let mut report = tokio::time::interval(Duration::from_secs(60));
         report.tick().await;
         let mut health = tokio::time::interval(Duration::from_millis(200));
+        // WatchdogSec: ping at half the period, and only while every worker's loop turns.
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut watchdog_tick = tokio::time::interval(
+            watchdog.map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(100))),
+        );
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -423,6 +437,14 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
                 _ = health.tick() => {
                     if shared.sink_failed.load(Ordering::SeqCst) {
                         break;
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    let oldest = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).min().unwrap_or(0);
+                    if now_us().saturating_sub(oldest) < 5_000_000 {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!("a worker is stuck: withholding the systemd watchdog ping");
                     }
                 }
                 _ = report.tick() => {
@@ -483,6 +505,7 @@ fn worker_loop(
     loop {
         let msg = rx.recv_timeout(Duration::from_millis(200));
         let now = now_us();
+        shared.heartbeats[index].store(now, Ordering::Relaxed);
         match msg {
             Ok(d) => {
                 pipeline.datagram(&d, now);
