@@ -257,6 +257,46 @@ struct Shared {
     records_too_large: std::sync::atomic::AtomicU64,
     /// Last loop time (µs) of each worker: the systemd watchdog is fed only while all are alive.
     heartbeats: Vec<std::sync::atomic::AtomicU64>,
+    /// Datagrams waiting in each worker's queue, as last seen by the worker.
+    queue_fill: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// Datagrams a worker's queue holds.
+const SHARD_QUEUE: usize = 64 * 1024;
+
+/// What the admin endpoint reports about the daemon.
+struct DaemonStatus {
+    shared: Arc<Shared>,
+    sink: Arc<SinkStats>,
+    kafka: bool,
+}
+
+impl crate::admin::Status for DaemonStatus {
+    fn pipeline(&self) -> PipelineStats {
+        total_stats(&self.shared)
+    }
+    fn sink(&self) -> &SinkStats {
+        &self.sink
+    }
+    fn not_ready(&self) -> Option<String> {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return Some("shutting down".into());
+        }
+        let fill = self
+            .shared
+            .queue_fill
+            .iter()
+            .map(|q| q.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        if fill as usize * 10 > SHARD_QUEUE * 9 {
+            return Some("worker queues above 90 %".into());
+        }
+        crate::admin::sink_not_ready(&self.sink, self.kafka)
+    }
+    fn records_too_large(&self) -> u64 {
+        self.shared.records_too_large.load(Ordering::Relaxed)
+    }
 }
 
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
@@ -284,6 +324,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         heartbeats: (0..workers)
             .map(|_| std::sync::atomic::AtomicU64::new(now_us()))
             .collect(),
+        queue_fill: (0..workers).map(|_| Default::default()).collect(),
     });
     let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
     let sink_shared = shared.clone();
@@ -301,7 +342,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut shard_txs = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..workers {
-        let (tx, rx) = bounded::<Datagram>(64 * 1024);
+        let (tx, rx) = bounded::<Datagram>(SHARD_QUEUE);
         shard_txs.push(tx);
         let (shared, rec_tx, pcfg, rcfg) =
             (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
@@ -323,6 +364,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     drop(shard_txs);
 
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(DaemonStatus {
+        shared: shared.clone(),
+        sink: sink_stats.clone(),
+        kafka: args.output.kafka_brokers.is_some(),
+    });
+    let (admin_addr, admin_thread) =
+        crate::admin::serve(args.admin_listen, status, admin_stop.clone())
+            .with_context(|| format!("binding the admin endpoint {}", args.admin_listen))?;
+    tracing::info!(admin = %admin_addr, "admin endpoint: /healthz /readyz /metrics");
     // systemd (Type=notify): ready once the sockets are bound and the sink is open. Outside
     // systemd NOTIFY_SOCKET is unset and this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -339,6 +390,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let _ = t.join();
     }
     let sink_result = join_until(sink_thread, deadline);
+    admin_stop.store(true, Ordering::SeqCst);
+    let _ = admin_thread.join();
     let total = total_stats(&shared);
     log_summary(
         "stopped",
@@ -412,6 +465,9 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     th.pending_overflow += sh.pending_overflow;
     th.skipped_bytes += sh.skipped_bytes;
     total.flows_active += s.flows_active;
+    for (vni, v) in &s.vni {
+        total.vni.entry(*vni).or_default().add(v);
+    }
 }
 
 fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
@@ -506,6 +562,7 @@ fn worker_loop(
         let msg = rx.recv_timeout(Duration::from_millis(200));
         let now = now_us();
         shared.heartbeats[index].store(now, Ordering::Relaxed);
+        shared.queue_fill[index].store(rx.len() as u64, Ordering::Relaxed);
         match msg {
             Ok(d) => {
                 pipeline.datagram(&d, now);

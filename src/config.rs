@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// Receive buffer per socket in bytes (SO_RCVBUF; raised past net.core.rmem_max as root).
     #[arg(long, env = "MIRROR_RECV_BUFFER", default_value_t = 64 << 20)]
     pub recv_buffer: usize,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "MIRROR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
     /// Seconds to finish in-flight work and flush the sink after SIGTERM/SIGINT.
     #[arg(long, env = "MIRROR_SHUTDOWN_TIMEOUT", default_value_t = 8.0)]
     pub shutdown_timeout: f64,

@@ -14,9 +14,11 @@
 //! `wire`, `flow`, `http`, `record` and `pipeline` are pure: bytes and `now` in, values out. IO
 //! lives in `capture`, `sink` and `app`.
 
+pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod filter;
 pub mod flow;
 pub mod http;
 pub mod pipeline;

@@ -37,7 +37,40 @@ pub struct PipelineStats {
     pub flow: FlowStats,
     pub http: HttpStats,
     pub flows_active: u64,
+    /// Counters per mirror session.
+    pub vni: std::collections::BTreeMap<u32, VniStats>,
 }
+
+/// Counters of one mirror session (VNI).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VniStats {
+    /// VXLAN datagrams with this VNI.
+    pub datagrams: u64,
+    /// Their bytes (VXLAN header and inner frame).
+    pub bytes: u64,
+    /// Datagrams whose inner frame did not decode to a TCP segment.
+    pub dropped: u64,
+    /// Request/response pairs emitted.
+    pub pairs: u64,
+    /// Requests emitted without a response.
+    pub unanswered: u64,
+}
+
+impl VniStats {
+    pub fn add(&mut self, o: &VniStats) {
+        self.datagrams += o.datagrams;
+        self.bytes += o.bytes;
+        self.dropped += o.dropped;
+        self.pairs += o.pairs;
+        self.unanswered += o.unanswered;
+    }
+}
+
+/// VNIs counted separately; further ones are summed under [`OTHER_VNI`] so a flood of forged VNIs
+/// cannot grow the table.
+pub const MAX_VNIS: usize = 4096;
+/// The key under which VNIs beyond [`MAX_VNIS`] are counted.
+pub const OTHER_VNI: u32 = u32::MAX;
 
 /// Settings of a pipeline shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +83,7 @@ pub struct Pipeline {
     table: FlowTable<Session>,
     ctx: HttpCtx,
     wire: WireStats,
+    vni: std::collections::BTreeMap<u32, VniStats>,
 }
 
 impl Pipeline {
@@ -58,6 +92,7 @@ impl Pipeline {
             table: FlowTable::new(cfg.flow),
             ctx: HttpCtx::new(cfg.http),
             wire: WireStats::default(),
+            vni: std::collections::BTreeMap::new(),
         }
     }
 
@@ -80,12 +115,29 @@ impl Pipeline {
         }
     }
 
+    fn vni_stats(&mut self, vni: u32) -> &mut VniStats {
+        let key = if self.vni.len() < MAX_VNIS || self.vni.contains_key(&vni) {
+            vni
+        } else {
+            OTHER_VNI
+        };
+        self.vni.entry(key).or_default()
+    }
+
     fn vxlan(&mut self, payload: &[u8], now: u64) {
-        let decoded = wire::decode_vxlan(payload)
-            .and_then(|v| wire::decode_ethernet(v.inner).map(|seg| (v.vni, seg)));
-        match decoded {
-            Ok((vni, seg)) => self.segment(vni, &seg, now),
-            Err(e) => self.wire.count_error(e),
+        let v = match wire::decode_vxlan(payload) {
+            Ok(v) => v,
+            Err(e) => return self.wire.count_error(e),
+        };
+        let stats = self.vni_stats(v.vni);
+        stats.datagrams += 1;
+        stats.bytes += payload.len() as u64;
+        match wire::decode_ethernet(v.inner) {
+            Ok(seg) => self.segment(v.vni, &seg, now),
+            Err(e) => {
+                self.vni_stats(v.vni).dropped += 1;
+                self.wire.count_error(e);
+            }
         }
     }
 
@@ -110,6 +162,15 @@ impl Pipeline {
 
     /// Exchanges finished since the last call.
     pub fn exchanges(&mut self) -> std::vec::Drain<'_, Exchange> {
+        for i in 0..self.ctx.out.len() {
+            let (vni, answered) = (self.ctx.out[i].vni, self.ctx.out[i].response.is_some());
+            let stats = self.vni_stats(vni);
+            if answered {
+                stats.pairs += 1;
+            } else {
+                stats.unanswered += 1;
+            }
+        }
         self.ctx.out.drain(..)
     }
 
@@ -123,6 +184,7 @@ impl Pipeline {
             flow: self.table.stats,
             http: self.ctx.stats.clone(),
             flows_active: self.table.len() as u64,
+            vni: self.vni.clone(),
         }
     }
 }

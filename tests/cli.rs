@@ -25,6 +25,8 @@ fn cmd() -> Command {
         }
     }
     c.env_remove("RUST_LOG");
+    // Daemons in parallel tests must not share the default admin port.
+    c.env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0");
     c
 }
 

@@ -107,6 +107,7 @@ fn receiver() -> Command {
     let _ = std::fs::remove_dir_all(&spool);
     cmd.env("NO_COLOR", "1")
         .env("MIRROR_SPOOL_DIR", &spool)
+        .env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     cmd
 }

@@ -132,6 +132,7 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
         .arg("--output")
         .arg(dir.path().join("out.jsonl"))
         .env("NOTIFY_SOCKET", &sock_path)
+        .env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0")
         .env("WATCHDOG_USEC", "400000")
         .stderr(std::process::Stdio::null())
         .spawn()

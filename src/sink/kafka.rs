@@ -137,6 +137,35 @@ impl ProducerContext for Forwarder {
     }
 }
 
+/// Fetches the topic's metadata every 2 s and records when it last succeeded: readiness wants
+/// proof that Kafka answers even while no record is in flight. Ends with the sink.
+fn spawn_metadata_probe(
+    producer: Arc<ThreadedProducer<Forwarder>>,
+    topic: String,
+    stats: Arc<SinkStats>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("kafka-probe".into())
+        .spawn(move || {
+            while Arc::strong_count(&producer) > 1 {
+                if producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok()
+                {
+                    SinkStats::set(&stats.metadata_ok_at, super::epoch_secs());
+                }
+                for _ in 0..20 {
+                    if Arc::strong_count(&producer) == 1 {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Errors a broker will never accept however often the record is sent.
 fn is_permanent(error: &KafkaError) -> bool {
     matches!(
@@ -152,7 +181,7 @@ fn is_permanent(error: &KafkaError) -> bool {
 }
 
 pub struct KafkaSink {
-    producer: ThreadedProducer<Forwarder>,
+    producer: Arc<ThreadedProducer<Forwarder>>,
     topic: String,
     events: Receiver<Event>,
     spool: Spool,
@@ -202,12 +231,16 @@ impl KafkaSink {
         for (k, v) in &settings.options {
             config.set(k, v);
         }
-        let producer = config.create_with_context(Forwarder {
+        let producer: ThreadedProducer<Forwarder> = config.create_with_context(Forwarder {
             events: tx,
             error_log: RateLimit::new(Duration::from_secs(10)),
         })?;
         SinkStats::set(&stats.spool_bytes, spool.bytes());
         SinkStats::set(&stats.spool_pending, recovered);
+        SinkStats::set(&stats.spool_max_bytes, settings.spool.max_bytes);
+        SinkStats::set(&stats.destination_up, 1);
+        let producer = Arc::new(producer);
+        spawn_metadata_probe(producer.clone(), settings.topic.clone(), stats.clone())?;
         Ok(KafkaSink {
             producer,
             topic: settings.topic.clone(),
@@ -311,6 +344,7 @@ impl KafkaSink {
         if self.healthy {
             tracing::warn!(why, "kafka unavailable: records go to the spool");
             self.healthy = false;
+            SinkStats::set(&self.stats.destination_up, 0);
             // Whatever librdkafka still holds comes back through delivery reports and is spooled.
             self.producer
                 .purge(PurgeConfig::default().queue().inflight());
@@ -332,6 +366,7 @@ impl KafkaSink {
                     if !self.healthy {
                         tracing::info!("kafka acknowledges again: draining the spool");
                         self.healthy = true;
+                        SinkStats::set(&self.stats.destination_up, 1);
                     }
                 }
                 Event::Failed {

@@ -32,6 +32,19 @@ pub struct SinkStats {
     pub spool_bytes: AtomicU64,
     /// Records in the spool not yet acknowledged (gauge).
     pub spool_pending: AtomicU64,
+    /// The spool's size limit (0 without a spool).
+    pub spool_max_bytes: AtomicU64,
+    /// 1 while the destination takes records (Kafka acknowledges; the file is writable).
+    pub destination_up: AtomicU64,
+    /// Epoch second of the last successful Kafka metadata fetch (0: never; unused for files).
+    pub metadata_ok_at: AtomicU64,
+}
+
+/// Seconds since the epoch.
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl SinkStats {
@@ -122,6 +135,7 @@ impl JsonLines {
                     .open(path)?,
             )
         };
+        SinkStats::set(&stats.destination_up, 1);
         Ok(JsonLines {
             out: std::io::BufWriter::with_capacity(256 * 1024, out),
             stats,
