@@ -105,6 +105,11 @@ impl Metrics {
             counter!("mirror_http_bodies_truncated_total").absolute(h.bodies_truncated);
             counter!("mirror_http_decode_failures_total").absolute(h.decode_failures);
             counter!("mirror_records_too_large_total").absolute(records_too_large);
+            counter!("mirror_filter_passed_total").absolute(p.filter.passed);
+            for r in crate::filter::DropReason::ALL {
+                counter!("mirror_filter_dropped_total", "reason" => r.as_str())
+                    .absolute(p.filter.dropped_by(r));
+            }
             let g = SinkStats::get;
             counter!("mirror_sink_records_total").absolute(g(&s.records));
             counter!("mirror_sink_produced_total").absolute(g(&s.produced));

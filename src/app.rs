@@ -84,9 +84,13 @@ pub fn replay_capture<R: std::io::Read, E>(
     reader: &mut CaptureReader<R>,
     default_vni: u32,
     cfg: &PipelineConfig,
+    filter: Option<Arc<crate::filter::Filter>>,
     mut each: impl FnMut(Exchange) -> Result<(), E>,
 ) -> Result<PipelineStats, ReplayError<E>> {
     let mut pipeline = Pipeline::new(cfg);
+    if let Some(f) = filter {
+        pipeline = pipeline.with_filter(f);
+    }
     let mut last_ts = 0u64;
     let mut next_expire = 0u64;
     let mut unknown_link = 0u64;
@@ -136,15 +140,20 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
     let encoder = Encoder::new(rcfg);
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut too_large = 0;
-    let stats = replay_capture(&mut reader, args.vni, &pcfg, |ex| {
-        match encoder.encode(&ex, &mut buf) {
+    let filter = args.pipeline.filter()?;
+    let stats = replay_capture(
+        &mut reader,
+        args.vni,
+        &pcfg,
+        Some(filter),
+        |ex| match encoder.encode(&ex, &mut buf) {
             Ok(()) => sink.send(ex.connection_id, &buf),
             Err(_) => {
                 too_large += 1;
                 Ok(())
             }
-        }
-    })
+        },
+    )
     .with_context(|| format!("replaying {}", args.file.display()))?;
     let flushed = sink.flush(Duration::from_secs(30));
     log_summary("replay finished", &stats, &sink_stats, too_large);
@@ -303,6 +312,7 @@ impl crate::admin::Status for DaemonStatus {
 /// flight was delivered (or the shutdown timeout passed).
 pub fn run(args: &RunArgs) -> Result<()> {
     let (pcfg, rcfg) = args.check()?;
+    let filter = args.pipeline.filter()?;
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -346,10 +356,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         shard_txs.push(tx);
         let (shared, rec_tx, pcfg, rcfg) =
             (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
+        let filter = filter.clone();
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker_loop(i, &pcfg, rcfg, rx, rec_tx, &shared))?,
+                .spawn(move || worker_loop(i, &pcfg, filter, rcfg, rx, rec_tx, &shared))?,
         );
     }
     drop(rec_tx);
@@ -465,6 +476,7 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     th.pending_overflow += sh.pending_overflow;
     th.skipped_bytes += sh.skipped_bytes;
     total.flows_active += s.flows_active;
+    total.filter.add(&s.filter);
     for (vni, v) in &s.vni {
         total.vni.entry(*vni).or_default().add(v);
     }
@@ -543,12 +555,13 @@ fn recv_loop(socket: &UdpSocket, shards: &[Sender<Datagram>], shared: &Shared) {
 fn worker_loop(
     index: usize,
     pcfg: &PipelineConfig,
+    filter: Arc<crate::filter::Filter>,
     rcfg: RecordConfig,
     rx: Receiver<Datagram>,
     records: Sender<Record>,
     shared: &Shared,
 ) {
-    let mut pipeline = Pipeline::new(pcfg);
+    let mut pipeline = Pipeline::new(pcfg).with_filter(filter);
     let encoder = Encoder::new(rcfg);
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut too_large = 0;

@@ -97,6 +97,43 @@ pub struct PipelineArgs {
     /// `akto_account_id` of every record.
     #[arg(long, env = "MIRROR_ACCOUNT_ID", default_value = "1000000")]
     pub account_id: String,
+    /// Akto's header rules as JSON: a list of {"key":{"eq":NAME,"ifAbsent":"accept"|"reject"},
+    /// "value":{"regex":RE}}; a pair is kept when every rule passes
+    /// (alias AKTO_MODULE_DISCOVERY_CONFIG).
+    #[arg(long, env = "MIRROR_DISCOVERY_CONFIG")]
+    pub discovery_config: Option<String>,
+    /// Drop pairs whose Host is empty or an IP literal (alias AKTO_IGNORE_IP_TRAFFIC).
+    #[arg(long, env = "MIRROR_IGNORE_IP_TRAFFIC")]
+    pub ignore_ip_traffic: bool,
+    /// Drop calls to the instance metadata service, 169.254.169.254
+    /// (alias AKTO_IGNORE_CLOUD_METADATA_CALLS).
+    #[arg(long, env = "MIRROR_IGNORE_CLOUD_METADATA_CALLS")]
+    pub ignore_cloud_metadata_calls: bool,
+    /// Keep only these hosts: names or `*.suffix` (repeatable; comma-separated in the variable).
+    #[arg(long = "allow-host", env = "MIRROR_ALLOW_HOSTS", value_delimiter = ',')]
+    pub allow_hosts: Vec<String>,
+    /// Drop these hosts (wins over --allow-host).
+    #[arg(long = "deny-host", env = "MIRROR_DENY_HOSTS", value_delimiter = ',')]
+    pub deny_hosts: Vec<String>,
+    /// Keep only paths starting with these prefixes.
+    #[arg(long = "allow-path", env = "MIRROR_ALLOW_PATHS", value_delimiter = ',')]
+    pub allow_paths: Vec<String>,
+    /// Drop paths starting with these prefixes (wins over --allow-path).
+    #[arg(long = "deny-path", env = "MIRROR_DENY_PATHS", value_delimiter = ',')]
+    pub deny_paths: Vec<String>,
+    /// Share of pairs kept, 0 to 1 (deterministic per exchange, so replays agree).
+    #[arg(long, env = "MIRROR_SAMPLE_RATE", default_value_t = 1.0)]
+    pub sample_rate: f64,
+    /// Replace this header's values by REDACTED in records (repeatable).
+    #[arg(
+        long = "redact-header",
+        env = "MIRROR_REDACT_HEADERS",
+        value_delimiter = ','
+    )]
+    pub redact_headers: Vec<String>,
+    /// Also redact authorization, cookie, set-cookie, x-api-key and proxy-authorization.
+    #[arg(long, env = "MIRROR_REDACT_DEFAULT")]
+    pub redact_default: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -210,6 +247,23 @@ pub fn apply_aliases(
     {
         output.batch_time = parse("AKTO_TRAFFIC_BATCH_TIME_SECS", &v)?;
     }
+    // Akto reads its booleans as true only when the value lower-cases to "true".
+    let akto_bool = |v: String| v.trim().eq_ignore_ascii_case("true");
+    if unset("discovery_config")
+        && let Some(v) = env("AKTO_MODULE_DISCOVERY_CONFIG")
+    {
+        pipeline.discovery_config = Some(v);
+    }
+    if unset("ignore_ip_traffic")
+        && let Some(v) = env("AKTO_IGNORE_IP_TRAFFIC")
+    {
+        pipeline.ignore_ip_traffic = akto_bool(v);
+    }
+    if unset("ignore_cloud_metadata_calls")
+        && let Some(v) = env("AKTO_IGNORE_CLOUD_METADATA_CALLS")
+    {
+        pipeline.ignore_cloud_metadata_calls = akto_bool(v);
+    }
     if unset("flow_idle_timeout")
         && let Some(v) = env("TRAFFIC_INACTIVITY_THRESHOLD")
     {
@@ -235,6 +289,39 @@ fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
 }
 
 impl PipelineArgs {
+    /// Builds the filter stage, naming the setting when one is invalid.
+    pub fn filter(&self) -> Result<std::sync::Arc<crate::filter::Filter>, ConfigError> {
+        let mut redact = self.redact_headers.clone();
+        if self.redact_default {
+            redact.extend(crate::filter::default_redactions());
+        }
+        let cfg = crate::filter::FilterConfig {
+            discovery_config: self.discovery_config.clone(),
+            ignore_ip_traffic: self.ignore_ip_traffic,
+            ignore_cloud_metadata_calls: self.ignore_cloud_metadata_calls,
+            allow_hosts: self.allow_hosts.clone(),
+            deny_hosts: self.deny_hosts.clone(),
+            allow_paths: self.allow_paths.clone(),
+            deny_paths: self.deny_paths.clone(),
+            sample_rate: self.sample_rate,
+            redact_headers: redact,
+        };
+        crate::filter::Filter::new(&cfg)
+            .map(std::sync::Arc::new)
+            .map_err(|e| {
+                let flag = match e.setting {
+                    crate::filter::FilterSetting::DiscoveryConfig => "--discovery-config",
+                    crate::filter::FilterSetting::AllowHosts => "--allow-host",
+                    crate::filter::FilterSetting::DenyHosts => "--deny-host",
+                    crate::filter::FilterSetting::AllowPaths => "--allow-path",
+                    crate::filter::FilterSetting::DenyPaths => "--deny-path",
+                    crate::filter::FilterSetting::SampleRate => "--sample-rate",
+                    crate::filter::FilterSetting::RedactHeaders => "--redact-header",
+                };
+                bad(flag, &e.value, &e.why)
+            })
+    }
+
     /// Checks the values and builds the typed configuration.
     pub fn to_config(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
         if self.max_flows == 0 {
@@ -281,6 +368,7 @@ impl RunArgs {
     /// Checks every setting of the daemon.
     pub fn check(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
         let configs = self.pipeline.to_config()?;
+        self.pipeline.filter()?;
         self.output.check()?;
         if !(0.0..=3600.0).contains(&self.shutdown_timeout) {
             return Err(bad(

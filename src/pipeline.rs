@@ -39,6 +39,8 @@ pub struct PipelineStats {
     pub flows_active: u64,
     /// Counters per mirror session.
     pub vni: std::collections::BTreeMap<u32, VniStats>,
+    /// Exchanges kept and dropped by the filters.
+    pub filter: crate::filter::FilterStats,
 }
 
 /// Counters of one mirror session (VNI).
@@ -84,6 +86,8 @@ pub struct Pipeline {
     ctx: HttpCtx,
     wire: WireStats,
     vni: std::collections::BTreeMap<u32, VniStats>,
+    filter: Option<std::sync::Arc<crate::filter::Filter>>,
+    filter_stats: crate::filter::FilterStats,
 }
 
 impl Pipeline {
@@ -93,7 +97,15 @@ impl Pipeline {
             ctx: HttpCtx::new(cfg.http),
             wire: WireStats::default(),
             vni: std::collections::BTreeMap::new(),
+            filter: None,
+            filter_stats: Default::default(),
         }
+    }
+
+    /// Applies `filter` (drops and redaction) to every exchange before it is handed out.
+    pub fn with_filter(mut self, filter: std::sync::Arc<crate::filter::Filter>) -> Pipeline {
+        self.filter = (!filter.is_noop()).then_some(filter);
+        self
     }
 
     /// Takes the UDP payload of a datagram received on the VXLAN port.
@@ -160,8 +172,12 @@ impl Pipeline {
         self.table.close_all(now, &mut self.ctx);
     }
 
-    /// Exchanges finished since the last call.
+    /// Exchanges finished since the last call, filtered and redacted.
     pub fn exchanges(&mut self) -> std::vec::Drain<'_, Exchange> {
+        if let Some(filter) = &self.filter {
+            let stats = &mut self.filter_stats;
+            self.ctx.out.retain_mut(|ex| filter.apply(ex, stats));
+        }
         for i in 0..self.ctx.out.len() {
             let (vni, answered) = (self.ctx.out[i].vni, self.ctx.out[i].response.is_some());
             let stats = self.vni_stats(vni);
@@ -185,6 +201,7 @@ impl Pipeline {
             http: self.ctx.stats.clone(),
             flows_active: self.table.len() as u64,
             vni: self.vni.clone(),
+            filter: self.filter_stats.clone(),
         }
     }
 }

@@ -354,3 +354,73 @@ fn daemon_takes_jumbo_frames_whole() {
     assert_eq!(recs[0]["requestPayload"].as_str().unwrap().len(), body_len);
     assert!(recs[0].get("truncated").is_none());
 }
+
+#[test]
+fn filters_drop_and_redact_before_records_leave() {
+    let rule = r#"[{"key":{"eq":"user-agent","ifAbsent":"reject"},"value":{"regex":"^curl/"}}]"#;
+    let out = cmd()
+        .args(["replay", "--deny-path", "/api/cart", "--redact-default"])
+        .env("AKTO_MODULE_DISCOVERY_CONFIG", rule)
+        .arg(sample())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = records(&out.stdout);
+    // Only the first request carries `User-Agent: curl/...`; the cart paths are denied anyway.
+    assert_eq!(summary(&recs), vec![expected_sample()[0].clone()]);
+    let headers: Value = serde_json::from_str(recs[0]["requestHeaders"].as_str().unwrap()).unwrap();
+    assert_eq!(headers["authorization"], "REDACTED");
+    assert_eq!(headers["host"], "shop.example");
+
+    let out = cmd()
+        .args(["replay", "--ignore-ip-traffic", "--sample-rate", "0"])
+        .arg(sample())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(records(&out.stdout).is_empty());
+}
+
+#[test]
+fn invalid_filters_are_rejected_by_name() {
+    for (args, env, name) in [
+        (
+            vec!["validate", "--sample-rate", "2"],
+            None,
+            "--sample-rate",
+        ),
+        (
+            vec!["validate", "--allow-path", "api"],
+            None,
+            "--allow-path",
+        ),
+        (
+            vec!["validate"],
+            Some(("AKTO_MODULE_DISCOVERY_CONFIG", "[{\"key\":")),
+            "--discovery-config",
+        ),
+        (
+            vec![
+                "validate",
+                "--discovery-config",
+                r#"[{"key":{"eq":"host"},"value":{"regex":"("}}]"#,
+            ],
+            None,
+            "--discovery-config",
+        ),
+    ] {
+        let mut c = cmd();
+        c.args(&args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+}

@@ -78,7 +78,7 @@ fn load_oracle(path: &Path) -> Oracle {
 fn replay(path: &Path) -> (Vec<Exchange>, PipelineStats) {
     let mut reader = CaptureReader::open(path).unwrap();
     let mut out = Vec::new();
-    let stats = replay_capture(&mut reader, 0, &PipelineConfig::default(), |ex| {
+    let stats = replay_capture(&mut reader, 0, &PipelineConfig::default(), None, |ex| {
         out.push(ex);
         Ok::<(), ()>(())
     })

@@ -7,6 +7,9 @@ use proptest::prelude::*;
 /// ebpf.md): keep only traffic of the istio namespace `bookinfo`.
 const AKTO_DOC_EXAMPLE: &str = r#"[{"key":{"eq":"x-forwarded-client-cert","ifAbsent":"reject"},"value":{"regex":".*bookinfo.*"}}]"#;
 
+type Headers<'a> = &'a [(&'a str, &'a str)];
+type Outcome = Result<(), DropReason>;
+
 const XFCC_BOOKINFO: &str = "By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews;\
     Hash=4f0c2d;Subject=\"\";URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
 const XFCC_DEFAULT: &str = "By=spiffe://cluster.local/ns/default/sa/web;Hash=1a2b";
@@ -82,7 +85,7 @@ fn discovery_err(json: &str) -> FilterError {
 #[test]
 fn akto_documented_example_keeps_only_bookinfo() {
     let f = discovery(AKTO_DOC_EXAMPLE);
-    let cases: &[(&[(&str, &str)], Result<(), DropReason>)] = &[
+    let cases: &[(Headers, Outcome)] = &[
         (
             &[
                 ("host", "reviews"),
@@ -137,7 +140,7 @@ fn akto_documented_example_parses_to_one_reject_rule() {
 #[test]
 fn akto_default_rule_drops_only_non_sidecar_envoy_traffic() {
     let f = discovery(AKTO_DEFAULT_DISCOVERY_CONFIG);
-    let cases: &[(&[(&str, &str)], Result<(), DropReason>)] = &[
+    let cases: &[(Headers, Outcome)] = &[
         (&[], Ok(())),
         (
             &[(
@@ -162,7 +165,7 @@ fn akto_default_rule_drops_only_non_sidecar_envoy_traffic() {
 #[test]
 fn discovery_rule_semantics_table() {
     // (config, request headers, expected)
-    let cases: &[(&str, &[(&str, &str)], Result<(), DropReason>)] = &[
+    let cases: &[(&str, Headers, Outcome)] = &[
         // Header name matched case-insensitively.
         (
             r#"[{"key":{"eq":"X-Tenant","ifAbsent":"reject"},"value":{"regex":"^acme$"}}]"#,
@@ -909,7 +912,7 @@ fn apply_counts_every_outcome_and_redacts_what_it_keeps() {
         ..FilterConfig::default()
     });
     let xfcc = ("x-forwarded-client-cert", XFCC_BOOKINFO);
-    let mut exchanges = vec![
+    let mut exchanges = [
         get(&[("host", "reviews"), xfcc, ("authorization", "t")]),
         get(&[("host", "ratings"), xfcc]),
         get(&[("host", "169.254.169.254"), xfcc]),
