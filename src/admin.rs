@@ -27,6 +27,18 @@ pub trait Status: Send + Sync + 'static {
     fn not_ready(&self) -> Option<String>;
     /// Counters that belong to the process rather than a shard (records too large...).
     fn records_too_large(&self) -> u64;
+    /// Datagrams refused by source and by VNI (--allow-source, --allow-vni).
+    fn refused(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+/// Counters kept by the process rather than by a pipeline shard.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessCounters {
+    pub records_too_large: u64,
+    /// Datagrams refused by source and by VNI.
+    pub refused: (u64, u64),
 }
 
 /// Renders every counter in Prometheus text format.
@@ -44,7 +56,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Sets every metric from the snapshots and renders the exposition text.
-    pub fn render(&self, p: &PipelineStats, s: &SinkStats, records_too_large: u64) -> String {
+    pub fn render(&self, p: &PipelineStats, s: &SinkStats, c: &ProcessCounters) -> String {
         metrics::with_local_recorder(&self.recorder, || {
             gauge!("mirror_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             counter!("mirror_datagrams_total").absolute(p.wire.datagrams);
@@ -104,7 +116,11 @@ impl Metrics {
             }
             counter!("mirror_http_bodies_truncated_total").absolute(h.bodies_truncated);
             counter!("mirror_http_decode_failures_total").absolute(h.decode_failures);
-            counter!("mirror_records_too_large_total").absolute(records_too_large);
+            counter!("mirror_records_too_large_total").absolute(c.records_too_large);
+            counter!("mirror_ingest_refused_total", "reason" => "source_not_allowed")
+                .absolute(c.refused.0);
+            counter!("mirror_ingest_refused_total", "reason" => "vni_not_allowed")
+                .absolute(c.refused.1);
             counter!("mirror_filter_passed_total").absolute(p.filter.passed);
             for r in crate::filter::DropReason::ALL {
                 counter!("mirror_filter_dropped_total", "reason" => r.as_str())
@@ -178,7 +194,10 @@ pub fn serve(
                         metrics.render(
                             &status.pipeline(),
                             status.sink(),
-                            status.records_too_large(),
+                            &ProcessCounters {
+                                records_too_large: status.records_too_large(),
+                                refused: status.refused(),
+                            },
                         ),
                         "text/plain; version=0.0.4",
                     ),
@@ -216,7 +235,7 @@ mod tests {
         );
         let s = SinkStats::default();
         SinkStats::set(&s.spool_bytes, 1234);
-        let text = Metrics::default().render(&p, &s, 0);
+        let text = Metrics::default().render(&p, &s, &ProcessCounters::default());
         assert!(text.contains("mirror_datagrams_total 42"), "{text}");
         assert!(
             text.contains("mirror_decode_drops_total{reason=\"not_tcp\"} 3"),
@@ -228,8 +247,11 @@ mod tests {
         // A second render reflects new values (counters are set, not added).
         p.wire.datagrams = 50;
         let m = Metrics::default();
-        m.render(&p, &s, 0);
-        assert!(m.render(&p, &s, 0).contains("mirror_datagrams_total 50"));
+        m.render(&p, &s, &ProcessCounters::default());
+        assert!(
+            m.render(&p, &s, &ProcessCounters::default())
+                .contains("mirror_datagrams_total 50")
+        );
     }
 
     #[test]

@@ -268,6 +268,9 @@ struct Shared {
     heartbeats: Vec<std::sync::atomic::AtomicU64>,
     /// Datagrams waiting in each worker's queue, as last seen by the worker.
     queue_fill: Vec<std::sync::atomic::AtomicU64>,
+    /// Datagrams refused by --allow-source / --allow-vni.
+    refused_source: std::sync::atomic::AtomicU64,
+    refused_vni: std::sync::atomic::AtomicU64,
 }
 
 /// Datagrams a worker's queue holds.
@@ -306,6 +309,12 @@ impl crate::admin::Status for DaemonStatus {
     fn records_too_large(&self) -> u64 {
         self.shared.records_too_large.load(Ordering::Relaxed)
     }
+    fn refused(&self) -> (u64, u64) {
+        (
+            self.shared.refused_source.load(Ordering::Relaxed),
+            self.shared.refused_vni.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
@@ -335,7 +344,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .map(|_| std::sync::atomic::AtomicU64::new(now_us()))
             .collect(),
         queue_fill: (0..workers).map(|_| Default::default()).collect(),
+        refused_source: Default::default(),
+        refused_vni: Default::default(),
     });
+    let admission = Arc::new(args.admission()?);
     let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
     let sink_shared = shared.clone();
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
@@ -366,11 +378,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     drop(rec_tx);
     let mut recv_threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, txs) = (shared.clone(), shard_txs.clone());
+        let (shared, txs, admission) = (shared.clone(), shard_txs.clone(), admission.clone());
         recv_threads.push(
             std::thread::Builder::new()
                 .name(format!("recv-{i}"))
-                .spawn(move || recv_loop(&socket, &txs, &shared))?,
+                .spawn(move || recv_loop(&socket, &txs, &admission, &shared))?,
         );
     }
     drop(shard_txs);
@@ -525,13 +537,30 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
     })
 }
 
-fn recv_loop(socket: &UdpSocket, shards: &[Sender<Datagram>], shared: &Shared) {
+fn recv_loop(
+    socket: &UdpSocket,
+    shards: &[Sender<Datagram>],
+    admission: &crate::admission::Admission,
+    shared: &Shared,
+) {
+    use crate::admission::Verdict;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     while !shared.stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
-            Ok((n, _)) => {
+            Ok((n, from)) => {
                 // A datagram longer than the buffer arrives cut; the decoder sees the truncation.
                 let n = n.min(MAX_DATAGRAM);
+                match admission.check(from.ip(), &buf[..n]) {
+                    Verdict::Accept => {}
+                    Verdict::SourceNotAllowed => {
+                        shared.refused_source.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Verdict::VniNotAllowed => {
+                        shared.refused_vni.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
                 let shard = shard_of(&buf[..n], shards.len());
                 if shards[shard].send(buf[..n].to_vec()).is_err() {
                     return;

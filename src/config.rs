@@ -47,6 +47,17 @@ pub struct RunArgs {
     /// Receive buffer per socket in bytes (SO_RCVBUF; raised past net.core.rmem_max as root).
     #[arg(long, env = "MIRROR_RECV_BUFFER", default_value_t = 64 << 20)]
     pub recv_buffer: usize,
+    /// Take datagrams only from these sources: CIDRs or addresses (repeatable; comma-separated in
+    /// the variable). Default: any source.
+    #[arg(
+        long = "allow-source",
+        env = "MIRROR_ALLOW_SOURCES",
+        value_delimiter = ','
+    )]
+    pub allow_sources: Vec<String>,
+    /// Take only these VNIs: numbers and ranges, e.g. `5569041,100-200`. Default: any.
+    #[arg(long = "allow-vni", env = "MIRROR_ALLOW_VNIS", value_delimiter = ',')]
+    pub allow_vnis: Vec<String>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics).
     #[arg(long, env = "MIRROR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
@@ -365,10 +376,19 @@ impl PipelineArgs {
 }
 
 impl RunArgs {
+    /// The source and VNI allow lists.
+    pub fn admission(&self) -> Result<crate::admission::Admission, ConfigError> {
+        crate::admission::Admission::new(&self.allow_sources, &[])
+            .map_err(|why| bad("--allow-source", self.allow_sources.join(","), &why))?;
+        crate::admission::Admission::new(&self.allow_sources, &self.allow_vnis)
+            .map_err(|why| bad("--allow-vni", self.allow_vnis.join(","), &why))
+    }
+
     /// Checks every setting of the daemon.
     pub fn check(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
         let configs = self.pipeline.to_config()?;
         self.pipeline.filter()?;
+        self.admission()?;
         self.output.check()?;
         if !(0.0..=3600.0).contains(&self.shutdown_timeout) {
             return Err(bad(

@@ -15,6 +15,7 @@
 //! lives in `capture`, `sink` and `app`.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod capture;
 pub mod config;

@@ -295,3 +295,27 @@ fn readyz_follows_the_broker() {
         || get(&d.admin, "/readyz").0 == 200,
     );
 }
+
+#[test]
+fn datagrams_from_unlisted_sources_or_vnis_are_refused_and_counted() {
+    let payloads = vxlan_payloads(&sample());
+    for (flag, value, reason) in [
+        ("--allow-source", "192.0.2.0/24", "source_not_allowed"),
+        ("--allow-vni", "7,100-200", "vni_not_allowed"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("records.jsonl");
+        let d = start(&[flag, value, "--output", out.to_str().unwrap()]);
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for p in &payloads {
+            sender.send_to(p, ("127.0.0.1", d.udp)).unwrap();
+        }
+        let name = format!("mirror_ingest_refused_total{{reason=\"{reason}\"}}");
+        wait_for("refusals counted", Duration::from_secs(15), || {
+            metric(&get(&d.admin, "/metrics").1, &name) == Some(payloads.len() as f64)
+        });
+        let text = get(&d.admin, "/metrics").1;
+        assert_eq!(metric(&text, "mirror_datagrams_total"), Some(0.0), "{flag}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap_or_default(), "");
+    }
+}

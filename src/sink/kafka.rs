@@ -17,7 +17,10 @@
 //!
 //! While Kafka is unavailable one spooled record at a time is produced as a canary; its
 //! acknowledgement marks Kafka healthy again, and the spool then drains in order, a bounded number
-//! of records in flight, while new records keep flowing. A spooled record leaves the spool only
+//! of records in flight, while new records keep flowing. A broker that fences the producer
+//! instance (refuses its epoch, as tansu does after librdkafka bumps the epoch over records purged
+//! in flight) refuses every later record too: once nothing is in flight, a new producer instance
+//! (a new producer id) replaces it. A spooled record leaves the spool only
 //! when Kafka acknowledged it, so delivery is at least once: a record in flight when Kafka went
 //! away may arrive twice.
 //!
@@ -180,8 +183,38 @@ fn is_permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// The broker refuses this producer instance (its epoch) for good: every later record would fail
+/// the same way until a new instance (a new producer id) takes over.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+/// Creates a producer instance and its metadata probe.
+fn start_producer(
+    config: &ClientConfig,
+    events: Sender<Event>,
+    topic: &str,
+    stats: &Arc<SinkStats>,
+) -> Result<Arc<ThreadedProducer<Forwarder>>, SinkError> {
+    let producer: ThreadedProducer<Forwarder> = config.create_with_context(Forwarder {
+        events,
+        error_log: RateLimit::new(Duration::from_secs(10)),
+    })?;
+    let producer = Arc::new(producer);
+    spawn_metadata_probe(producer.clone(), topic.to_owned(), stats.clone())?;
+    Ok(producer)
+}
+
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Forwarder>>,
+    /// What a new producer instance is created from.
+    config: ClientConfig,
+    events_tx: Sender<Event>,
+    /// The broker fenced the producer instance: replace it once nothing is in flight.
+    fenced: bool,
     topic: String,
     events: Receiver<Event>,
     spool: Spool,
@@ -231,18 +264,16 @@ impl KafkaSink {
         for (k, v) in &settings.options {
             config.set(k, v);
         }
-        let producer: ThreadedProducer<Forwarder> = config.create_with_context(Forwarder {
-            events: tx,
-            error_log: RateLimit::new(Duration::from_secs(10)),
-        })?;
+        let producer = start_producer(&config, tx.clone(), &settings.topic, &stats)?;
         SinkStats::set(&stats.spool_bytes, spool.bytes());
         SinkStats::set(&stats.spool_pending, recovered);
         SinkStats::set(&stats.spool_max_bytes, settings.spool.max_bytes);
         SinkStats::set(&stats.destination_up, 1);
-        let producer = Arc::new(producer);
-        spawn_metadata_probe(producer.clone(), settings.topic.clone(), stats.clone())?;
         Ok(KafkaSink {
             producer,
+            config,
+            events_tx: tx,
+            fenced: false,
             topic: settings.topic.clone(),
             events,
             spool,
@@ -378,6 +409,13 @@ impl KafkaSink {
                     if pos.is_some() {
                         self.drained_in_flight -= 1;
                     }
+                    if is_fenced(&error) && !self.fenced {
+                        tracing::warn!(
+                            %error,
+                            "kafka fenced the producer: a new producer instance takes over"
+                        );
+                        self.fenced = true;
+                    }
                     if is_permanent(&error) {
                         self.permanent_failure(&error, pos)?;
                     } else {
@@ -409,6 +447,12 @@ impl KafkaSink {
             self.set_unhealthy("no acknowledgement within --spool-grace");
             self.pump()?;
         }
+        if self.fenced && self.producer.in_flight_count() == 0 && self.drained_in_flight == 0 {
+            // The old instance goes with its last reference (its metadata probe stops with it).
+            self.producer =
+                start_producer(&self.config, self.events_tx.clone(), &self.topic, &self.stats)?;
+            self.fenced = false;
+        }
         if self.spool_dirty {
             // fdatasync in batches: the spool survives a host crash, not only a process kill.
             self.spool.flush(true)?;
@@ -422,7 +466,7 @@ impl KafkaSink {
 
     /// Produces spooled records: many while Kafka is healthy, one canary while it is not.
     fn drain(&mut self) -> Result<(), SinkError> {
-        if self.rewind {
+        if self.rewind || self.fenced {
             return Ok(());
         }
         let limit = if self.healthy { DRAIN_IN_FLIGHT } else { 1 };
