@@ -24,6 +24,21 @@ pub struct Cli {
     /// RUST_LOG, when set, overrides it with a full filter.
     #[arg(long, global = true, env = "MIRROR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log lines as text or as JSON objects (one per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "MIRROR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -288,6 +303,17 @@ pub fn apply_aliases(
     Ok(())
 }
 
+/// Checks that files can be created in `dir` (creating it first when `create`).
+fn writable_dir(dir: &std::path::Path, create: bool) -> Result<(), String> {
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let probe = dir.join(format!(".mirror-receiver-validate-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("not writable: {e}"))
+}
+
 fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
     if !(0.0..=1e9).contains(&secs) {
         return Err(bad(
@@ -376,6 +402,38 @@ impl PipelineArgs {
 }
 
 impl RunArgs {
+    /// What `validate` checks beyond the values themselves: Kafka brokers resolve, the spool
+    /// directory (with Kafka) or the output file's directory is writable.
+    pub fn check_environment(&self) -> Result<(), ConfigError> {
+        use std::net::ToSocketAddrs;
+        if let Some(brokers) = &self.output.kafka_brokers {
+            for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+                let hostport = b.rsplit_once("://").map_or(b, |(_, r)| r);
+                match hostport.to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(bad("--kafka-brokers", b, "resolves to no address")),
+                    Err(e) => {
+                        return Err(bad(
+                            "--kafka-brokers",
+                            b,
+                            &format!("does not resolve ({e}); expected HOST:PORT"),
+                        ));
+                    }
+                }
+            }
+            writable_dir(&self.output.spool_dir, true)
+                .map_err(|why| bad("--spool-dir", self.output.spool_dir.display(), &why))?;
+        } else if self.output.output != "-" {
+            let path = std::path::Path::new(&self.output.output);
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            writable_dir(dir, false).map_err(|why| bad("--output", &self.output.output, &why))?;
+        }
+        Ok(())
+    }
+
     /// The source and VNI allow lists.
     pub fn admission(&self) -> Result<crate::admission::Admission, ConfigError> {
         crate::admission::Admission::new(&self.allow_sources, &[])

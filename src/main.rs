@@ -25,10 +25,13 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 
     let sub = matches.subcommand().map(|(_, m)| m);
     let result = match (&mut cli.command, sub) {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
 
 fn validate(args: &config::RunArgs) -> anyhow::Result<()> {
     args.check()?;
+    args.check_environment()?;
     println!("configuration is valid");
     Ok(())
 }

@@ -424,3 +424,21 @@ fn invalid_filters_are_rejected_by_name() {
         assert!(err.contains(name), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = cmd()
+        .args(["--log-format", "json", "replay"])
+        .arg(sample())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: Value = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("each log line is JSON"))
+        .find(|v| v["message"] == "replay finished")
+        .expect("summary line");
+    assert_eq!(summary["pairs"], 5);
+    assert_eq!(summary["level"], "INFO");
+}

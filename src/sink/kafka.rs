@@ -449,8 +449,12 @@ impl KafkaSink {
         }
         if self.fenced && self.producer.in_flight_count() == 0 && self.drained_in_flight == 0 {
             // The old instance goes with its last reference (its metadata probe stops with it).
-            self.producer =
-                start_producer(&self.config, self.events_tx.clone(), &self.topic, &self.stats)?;
+            self.producer = start_producer(
+                &self.config,
+                self.events_tx.clone(),
+                &self.topic,
+                &self.stats,
+            )?;
             self.fenced = false;
         }
         if self.spool_dirty {

@@ -72,7 +72,8 @@
 //! * **Bounded disk**: segment files (including acknowledged records in segments not yet deleted)
 //!   never exceed `max_bytes`; [`Spool::append`] returns [`SpoolError::Full`] instead. When every
 //!   record is acknowledged and the active segment holds at least 1 MiB (or `segment_bytes`, if
-//!   smaller), a fresh segment is started so the drained one can be deleted.
+//!   smaller), or holds anything and an append would not fit otherwise, a fresh segment is started
+//!   so the drained one can be deleted.
 //! * **Bounded memory**: frames are read one at a time through a `BufReader` (one payload in
 //!   memory at a time); appends are buffered up to 256 KiB; the bookkeeping is a set of positions
 //!   read and not acknowledged plus one of acknowledged-out-of-order positions, both bounded by
@@ -476,6 +477,11 @@ impl Spool {
             });
         }
         let frame = HEADER + payload.len() as u64;
+        // Acknowledged records count until their segment goes: a drained active segment smaller
+        // than the roll threshold would otherwise keep the spool full for good.
+        if self.bytes.saturating_add(frame) > self.max_bytes && self.roll_drained(0)? {
+            self.persist(false, false)?;
+        }
         if self.bytes.saturating_add(frame) > self.max_bytes {
             self.stats.dropped_full += 1;
             return Err(SpoolError::Full);
@@ -822,8 +828,16 @@ impl Spool {
     /// Everything acknowledged and the active segment large: start a fresh one so that this one
     /// can be deleted.
     fn roll_if_drained(&mut self) -> io::Result<()> {
+        self.roll_drained(DRAIN_ROLL_BYTES.min(self.segment_bytes))
+            .map(drop)
+    }
+
+    /// Starts a fresh segment when every record is acknowledged and the active segment holds at
+    /// least `threshold` bytes (and one at all); the drained one is deleted with the next cursor
+    /// write, which the full-spool path in `append` does at once. True when it rolled.
+    fn roll_drained(&mut self, threshold: u64) -> io::Result<bool> {
         let len = self.writer.len();
-        let threshold = DRAIN_ROLL_BYTES.min(self.segment_bytes).max(1);
+        let threshold = threshold.max(1);
         let at_end = SpoolPos {
             segment: self.writer.segment,
             offset: len,
@@ -835,8 +849,9 @@ impl Spool {
         {
             self.roll(false)?;
             self.settle_frontier();
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Moves the frontier out of sealed segments it has read to the end.
