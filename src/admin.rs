@@ -81,6 +81,7 @@ impl Metrics {
             }
             let f = &p.flow;
             gauge!("mirror_flows_active").set(p.flows_active as f64);
+            gauge!("mirror_memory_budget_used_bytes").set(p.buffered_bytes as f64);
             counter!("mirror_flows_opened_total").absolute(f.opened);
             for (reason, n) in [
                 (CloseReason::Fin, f.closed_fin),
@@ -89,6 +90,7 @@ impl Metrics {
                 (CloseReason::Evicted, f.evicted),
                 (CloseReason::Shutdown, f.closed_shutdown),
                 (CloseReason::Reused, f.closed_reused),
+                (CloseReason::MemoryBudget, f.evicted_memory),
             ] {
                 counter!("mirror_flows_closed_total", "reason" => reason.as_str()).absolute(n);
             }

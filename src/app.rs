@@ -320,13 +320,16 @@ impl crate::admin::Status for DaemonStatus {
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
 /// flight was delivered (or the shutdown timeout passed).
 pub fn run(args: &RunArgs) -> Result<()> {
-    let (pcfg, rcfg) = args.check()?;
+    let (mut pcfg, rcfg) = args.check()?;
     let filter = args.pipeline.filter()?;
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         args.workers
     };
+    // Each shard owns its flows, so each gets its share of the budget and of the flow count.
+    pcfg.flow.memory_budget /= workers;
+    pcfg.flow.max_flows = pcfg.flow.max_flows.div_ceil(workers);
     let sink_stats = Arc::new(SinkStats::default());
     let sink = open_sink(&args.output, sink_stats.clone())?;
     let sockets: Vec<UdpSocket> = (0..workers)
@@ -465,6 +468,7 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     tf.evicted += sf.evicted;
     tf.closed_shutdown += sf.closed_shutdown;
     tf.closed_reused += sf.closed_reused;
+    tf.evicted_memory += sf.evicted_memory;
     tf.reassembly.ooo_segments += sf.reassembly.ooo_segments;
     tf.reassembly.retransmitted_bytes += sf.reassembly.retransmitted_bytes;
     tf.reassembly.gaps += sf.reassembly.gaps;
@@ -488,6 +492,7 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     th.pending_overflow += sh.pending_overflow;
     th.skipped_bytes += sh.skipped_bytes;
     total.flows_active += s.flows_active;
+    total.buffered_bytes += s.buffered_bytes;
     total.filter.add(&s.filter);
     for (vni, v) in &s.vni {
         total.vni.entry(*vni).or_default().add(v);

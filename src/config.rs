@@ -108,6 +108,11 @@ pub struct PipelineArgs {
     /// (alias TRAFFIC_MAX_ACTIVE_CONN).
     #[arg(long, env = "MIRROR_MAX_FLOWS", default_value_t = 100_000)]
     pub max_flows: usize,
+    /// Bytes of buffered stream data (out-of-order segments, messages in progress, requests
+    /// waiting for responses) across all flows; at the budget the least recently active flows are
+    /// evicted (aliases TRAFFIC_BUFFER_THRESHOLD, AKTO_MEM_THRESH_RESTART, both in MB).
+    #[arg(long, env = "MIRROR_MEMORY_BUDGET", default_value_t = 1 << 30)]
+    pub memory_budget: usize,
     /// Out-of-order bytes buffered per direction before a hole becomes a gap.
     #[arg(long, env = "MIRROR_MAX_REORDER_BYTES", default_value_t = 256 * 1024)]
     pub max_reorder_bytes: usize,
@@ -295,6 +300,16 @@ pub fn apply_aliases(
     {
         pipeline.flow_idle_timeout = parse("TRAFFIC_INACTIVITY_THRESHOLD", &v)?;
     }
+    // Akto's module restarts itself at these thresholds (MB); here they bound buffered bytes.
+    if unset("memory_budget") {
+        for name in ["TRAFFIC_BUFFER_THRESHOLD", "AKTO_MEM_THRESH_RESTART"] {
+            if let Some(v) = env(name) {
+                let mb: usize = parse(name, &v)?;
+                pipeline.memory_budget = mb.saturating_mul(1 << 20);
+                break;
+            }
+        }
+    }
     if unset("max_flows")
         && let Some(v) = env("TRAFFIC_MAX_ACTIVE_CONN")
     {
@@ -361,6 +376,13 @@ impl PipelineArgs {
 
     /// Checks the values and builds the typed configuration.
     pub fn to_config(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
+        if self.memory_budget < 1 << 20 {
+            return Err(bad(
+                "--memory-budget",
+                self.memory_budget,
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
         if self.max_flows == 0 {
             return Err(bad("--max-flows", 0, "must be at least 1"));
         }
@@ -382,6 +404,7 @@ impl PipelineArgs {
             flow: FlowConfig {
                 idle_timeout_us: seconds_to_us("--flow-idle-timeout", self.flow_idle_timeout)?,
                 max_flows: self.max_flows,
+                memory_budget: self.memory_budget,
                 reassembly: ReassemblyConfig {
                     max_ooo_bytes: self.max_reorder_bytes,
                     reorder_timeout_us: seconds_to_us("--reorder-timeout", self.reorder_timeout)?,

@@ -37,6 +37,8 @@ pub struct PipelineStats {
     pub flow: FlowStats,
     pub http: HttpStats,
     pub flows_active: u64,
+    /// Stream bytes buffered (what --memory-budget bounds).
+    pub buffered_bytes: u64,
     /// Counters per mirror session.
     pub vni: std::collections::BTreeMap<u32, VniStats>,
     /// Exchanges kept and dropped by the filters.
@@ -200,6 +202,7 @@ impl Pipeline {
             flow: self.table.stats,
             http: self.ctx.stats.clone(),
             flows_active: self.table.len() as u64,
+            buffered_bytes: self.table.buffered_bytes() as u64,
             vni: self.vni.clone(),
             filter: self.filter_stats.clone(),
         }

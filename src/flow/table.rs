@@ -25,6 +25,9 @@ pub enum CloseReason {
     Shutdown,
     /// A SYN started a new connection on the same addresses and ports.
     Reused,
+    /// The shard's buffered bytes reached the memory budget and this flow was the least
+    /// recently active.
+    MemoryBudget,
 }
 
 impl CloseReason {
@@ -36,6 +39,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Reused => "reused",
+            CloseReason::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -48,6 +52,10 @@ pub trait StreamHandler: Default {
     fn event(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, side: Side, ev: StreamEvent<'_>);
     /// The flow ends; no events follow.
     fn close(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, reason: CloseReason, now: u64);
+    /// Bytes the handler holds for this flow (counted against the memory budget).
+    fn buffered(&self) -> usize {
+        0
+    }
 }
 
 /// Limits of a flow table.
@@ -58,6 +66,10 @@ pub struct FlowConfig {
     pub idle_timeout_us: u64,
     /// Flows held at once; the least recently active is evicted beyond it. Default 100,000.
     pub max_flows: usize,
+    /// Bytes of stream data buffered across the table (out-of-order segments, heads and bodies
+    /// in progress, requests waiting for responses). At the budget the least recently active
+    /// flows are evicted. Default: unlimited (the daemon sets `--memory-budget` per shard).
+    pub memory_budget: usize,
     pub reassembly: ReassemblyConfig,
 }
 
@@ -66,6 +78,7 @@ impl Default for FlowConfig {
         FlowConfig {
             idle_timeout_us: 30_000_000,
             max_flows: 100_000,
+            memory_budget: usize::MAX,
             reassembly: ReassemblyConfig::default(),
         }
     }
@@ -85,6 +98,8 @@ pub struct FlowStats {
     pub closed_shutdown: u64,
     /// Flows ended by a SYN of a new connection on the same 4-tuple.
     pub closed_reused: u64,
+    /// Flows evicted because the memory budget was reached.
+    pub evicted_memory: u64,
     pub reassembly: ReassemblyStats,
 }
 
@@ -97,6 +112,7 @@ impl FlowStats {
             CloseReason::Evicted => self.evicted += 1,
             CloseReason::Shutdown => self.closed_shutdown += 1,
             CloseReason::Reused => self.closed_reused += 1,
+            CloseReason::MemoryBudget => self.evicted_memory += 1,
         }
     }
 }
@@ -105,6 +121,14 @@ struct Flow<H> {
     dirs: [Reassembler; 2],
     handler: H,
     last_seen: u64,
+    /// Buffered bytes as of the last update (what `FlowTable::buffered` counts for it).
+    bytes: usize,
+}
+
+impl<H: StreamHandler> Flow<H> {
+    fn measure(&self) -> usize {
+        self.dirs[0].buffered_bytes() + self.dirs[1].buffered_bytes() + self.handler.buffered()
+    }
 }
 
 /// Bidirectional flows of one shard.
@@ -112,6 +136,8 @@ pub struct FlowTable<H: StreamHandler> {
     flows: LruCache<FlowKey, Flow<H>, lru::DefaultHasher>,
     cfg: FlowConfig,
     pub stats: FlowStats,
+    /// Sum of every flow's `bytes`.
+    buffered: usize,
 }
 
 impl<H: StreamHandler> FlowTable<H> {
@@ -120,6 +146,7 @@ impl<H: StreamHandler> FlowTable<H> {
             flows: LruCache::unbounded_with_hasher(lru::DefaultHasher::default()),
             cfg,
             stats: FlowStats::default(),
+            buffered: 0,
         }
     }
 
@@ -131,12 +158,26 @@ impl<H: StreamHandler> FlowTable<H> {
         self.flows.is_empty()
     }
 
-    /// Bytes held out of order across all flows.
+    /// Stream bytes buffered across all flows (what the memory budget bounds).
     pub fn buffered_bytes(&self) -> usize {
-        self.flows
-            .iter()
-            .map(|(_, f)| f.dirs[0].buffered_bytes() + f.dirs[1].buffered_bytes())
-            .sum()
+        self.buffered
+    }
+
+    /// Re-measures a flow after it changed, then evicts least recently active flows while the
+    /// table is over its memory budget.
+    fn account(&mut self, key: &FlowKey, now: u64, ctx: &mut H::Ctx) {
+        if let Some(flow) = self.flows.peek_mut(key) {
+            let bytes = flow.measure();
+            self.buffered = self.buffered - flow.bytes + bytes;
+            flow.bytes = bytes;
+        }
+        while self.buffered > self.cfg.memory_budget {
+            let Some((lru, _)) = self.flows.peek_lru() else {
+                break;
+            };
+            let lru = *lru;
+            self.close(lru, CloseReason::MemoryBudget, now, ctx);
+        }
     }
 
     /// Takes one decoded segment of mirror session `vni` at time `now` (µs).
@@ -167,6 +208,7 @@ impl<H: StreamHandler> FlowTable<H> {
                     dirs: Default::default(),
                     handler: H::default(),
                     last_seen: now,
+                    bytes: 0,
                 },
             );
         }
@@ -210,6 +252,8 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         if let Some(reason) = done {
             self.close(key, reason, now, ctx);
+        } else {
+            self.account(&key, now, ctx);
         }
     }
 
@@ -224,13 +268,17 @@ impl<H: StreamHandler> FlowTable<H> {
         }
         let cfg = &self.cfg.reassembly;
         let stats = &mut self.stats.reassembly;
+        let mut buffered = 0;
         for (key, flow) in self.flows.iter_mut() {
             let Flow { dirs, handler, .. } = flow;
             for side in [Side::Lo, Side::Hi] {
                 let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, key, side, ev);
                 dirs[side.index()].expire_holes(now, cfg, stats, &mut emit);
             }
+            flow.bytes = flow.measure();
+            buffered += flow.bytes;
         }
+        self.buffered = buffered;
     }
 
     /// Closes every flow (end of capture, shutdown).
@@ -252,6 +300,7 @@ impl<H: StreamHandler> FlowTable<H> {
         let Some(mut flow) = self.flows.pop(&key) else {
             return;
         };
+        self.buffered -= flow.bytes;
         self.stats.count_close(reason);
         let Flow { dirs, handler, .. } = &mut flow;
         for side in [Side::Lo, Side::Hi] {

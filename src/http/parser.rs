@@ -176,6 +176,12 @@ impl Parser {
         self.buf.len() - self.pos
     }
 
+    /// Every byte the parser holds: its buffer's capacity and the body of the message in
+    /// progress.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.msg.as_ref().map_or(0, |m| m.body.capacity())
+    }
+
     /// True once the direction switched protocols.
     pub fn in_tunnel(&self) -> bool {
         self.state == State::Tunnel

@@ -114,6 +114,30 @@ impl StreamHandler for Session {
         }
     }
 
+    fn buffered(&self) -> usize {
+        let body = |m: &Message| m.body.capacity();
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| {
+                let req = match &p.request {
+                    ReqState::Complete(m) => body(m),
+                    _ => 0,
+                };
+                let resp = match &p.response {
+                    RespSlot::Some(m) => body(m),
+                    _ => 0,
+                };
+                req + resp
+            })
+            .sum();
+        self.probes.iter().map(|p| p.buf.capacity()).sum::<usize>()
+            + self.requests.held_bytes()
+            + self.responses.held_bytes()
+            + pending
+            + self.early.iter().map(body).sum::<usize>()
+    }
+
     fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, _now: u64) {
         let Some(client) = self.client else {
             return;

@@ -21,6 +21,9 @@ impl StreamHandler for Recorder {
             self.data[side.index()].extend_from_slice(b);
         }
     }
+    fn buffered(&self) -> usize {
+        self.data[0].len() + self.data[1].len()
+    }
     fn close(&mut self, log: &mut Log, key: &FlowKey, reason: CloseReason, _: u64) {
         log.closed
             .push((*key, reason, std::mem::take(&mut self.data)));
@@ -184,4 +187,28 @@ fn a_syn_with_a_new_isn_starts_a_new_connection_on_a_reused_tuple() {
     assert_eq!(t.stats.closed_reused, 1);
     t.close_all(5, &mut log);
     assert_eq!(log.closed[1].2[0], b"new");
+}
+
+#[test]
+fn the_memory_budget_evicts_least_recently_active_flows() {
+    let cfg = FlowConfig {
+        memory_budget: 10,
+        ..FlowConfig::default()
+    };
+    let mut t: FlowTable<Recorder> = FlowTable::new(cfg);
+    let mut log = Log::default();
+    t.segment(0, &tcp("10.0.0.1:1", S, 1, b"aaaa", NONE), 0, &mut log);
+    t.segment(0, &tcp("10.0.0.1:2", S, 1, b"bbbb", NONE), 1, &mut log);
+    // Out-of-order bytes count too.
+    t.segment(0, &tcp("10.0.0.1:2", S, 20, b"zz", NONE), 2, &mut log);
+    assert_eq!(t.buffered_bytes(), 10);
+    assert!(log.closed.is_empty());
+    t.segment(0, &tcp("10.0.0.1:3", S, 1, b"cc", NONE), 3, &mut log);
+    assert_eq!(log.closed.len(), 1);
+    assert_eq!(log.closed[0].1, CloseReason::MemoryBudget);
+    assert_eq!(log.closed[0].0.lo.port(), 1);
+    assert_eq!(t.buffered_bytes(), 8);
+    assert_eq!(t.stats.evicted_memory, 1);
+    t.close_all(4, &mut log);
+    assert_eq!(t.buffered_bytes(), 0);
 }
