@@ -24,6 +24,10 @@ pub struct Cli {
     /// RUST_LOG, when set, overrides it with a full filter.
     #[arg(long, global = true, env = "MIRROR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// A TOML file with the same settings: keys are the flag names (`kafka-brokers` or
+    /// `kafka_brokers`), lists for repeatable flags. Flags and variables win over the file.
+    #[arg(long, global = true, env = "MIRROR_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log lines as text or as JSON objects (one per line, for log shippers).
     #[arg(
         long,
@@ -552,3 +556,112 @@ pub fn log_filter(level: &str) -> Result<&'static str, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Akto variable names that stand for a flag (by clap id); they win over the config file.
+const ALIASES: &[(&str, &[&str])] = &[
+    (
+        "kafka_brokers",
+        &["AKTO_KAFKA_BROKER_MAL", "AKTO_KAFKA_BROKER_URL"],
+    ),
+    ("batch_size", &["AKTO_TRAFFIC_BATCH_SIZE"]),
+    ("batch_time", &["AKTO_TRAFFIC_BATCH_TIME_SECS"]),
+    ("flow_idle_timeout", &["TRAFFIC_INACTIVITY_THRESHOLD"]),
+    ("max_flows", &["TRAFFIC_MAX_ACTIVE_CONN"]),
+    (
+        "memory_budget",
+        &["TRAFFIC_BUFFER_THRESHOLD", "AKTO_MEM_THRESH_RESTART"],
+    ),
+    ("discovery_config", &["AKTO_MODULE_DISCOVERY_CONFIG"]),
+    ("ignore_ip_traffic", &["AKTO_IGNORE_IP_TRAFFIC"]),
+    (
+        "ignore_cloud_metadata_calls",
+        &["AKTO_IGNORE_CLOUD_METADATA_CALLS"],
+    ),
+    ("log_level", &["AKTO_LOG_LEVEL"]),
+];
+
+/// Reads `--config FILE` (or MIRROR_CONFIG) and returns the command line with the file's settings
+/// appended for every flag the command line, a `MIRROR_*` variable or an Akto alias did not set:
+/// precedence flag, variable, file, default. Unknown keys and values of the wrong type are errors
+/// naming the key.
+pub fn apply_config_file(
+    argv: Vec<std::ffi::OsString>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<std::ffi::OsString>, ConfigError> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let Ok(matches) = cmd.clone().try_get_matches_from(argv.clone()) else {
+        // Let the real parse report the command-line error.
+        return Ok(argv);
+    };
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok(argv);
+    };
+    let Some((sub_name, sub_matches)) = matches.subcommand() else {
+        return Ok(argv);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad("--config", path.display(), &format!("cannot read it: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| bad("--config", path.display(), &format!("not valid TOML: {e}")))?;
+    let sub = cmd
+        .find_subcommand(sub_name)
+        .ok_or_else(|| bad("--config", path.display(), "no such command"))?;
+    let mut out = argv;
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let in_sub = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && !a.is_positional());
+        let (arg, source_matches) = match in_sub {
+            Some(a) => (a, sub_matches),
+            None => (
+                cmd.get_arguments()
+                    .find(|a| a.get_long() == Some(long.as_str()))
+                    .ok_or_else(|| bad(key, format!("{value:?}"), "no such setting"))?,
+                &matches,
+            ),
+        };
+        let id = arg.get_id().as_str();
+        if id == "config" {
+            return Err(bad(
+                key,
+                format!("{value:?}"),
+                "a config file cannot name another",
+            ));
+        }
+        let set_elsewhere = !matches!(
+            source_matches.value_source(id),
+            None | Some(ValueSource::DefaultValue)
+        );
+        let by_alias = ALIASES
+            .iter()
+            .any(|(a, names)| *a == id && names.iter().any(|n| env(n).is_some()));
+        if set_elsewhere || by_alias {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let items: Vec<&toml::Value> = match value {
+            toml::Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        for item in items {
+            match item {
+                toml::Value::Boolean(true) => out.push(flag.clone().into()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
+                toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
+                toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
+                other => {
+                    return Err(bad(
+                        key,
+                        format!("{other:?}"),
+                        "expected a string, number, boolean or list",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -3,12 +3,19 @@ use mirror_receiver::config::{self, Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let env = |name: &str| std::env::var(name).ok();
+    let argv = match config::apply_config_file(std::env::args_os().collect(), &env) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mirror-receiver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = Cli::command().get_matches_from(argv);
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let env = |name: &str| std::env::var(name).ok();
     if matches!(
         matches.value_source("log_level"),
         Some(clap::parser::ValueSource::DefaultValue)

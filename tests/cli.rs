@@ -442,3 +442,70 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(summary["pairs"], 5);
     assert_eq!(summary["level"], "INFO");
 }
+
+#[test]
+fn config_file_fills_what_flags_and_variables_leave_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("receiver.toml");
+    std::fs::write(
+        &file,
+        "account-id = \"777\"\ndeny_path = [\"/api/cart\"]\nredact-default = true\nmax-body-bytes = 4096\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], env: Option<(&str, &str)>| {
+        let mut c = cmd();
+        c.arg("--config")
+            .arg(&file)
+            .arg("replay")
+            .args(extra)
+            .arg(sample());
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        records(&out.stdout)
+    };
+    let recs = run(&[], None);
+    assert_eq!(recs.len(), 4, "the cart paths are denied by the file");
+    assert!(recs.iter().all(|r| r["akto_account_id"] == "777"));
+    let h: Value = serde_json::from_str(recs[0]["requestHeaders"].as_str().unwrap()).unwrap();
+    assert_eq!(h["authorization"], "REDACTED");
+    // A flag wins over the file, and so does a MIRROR_* variable.
+    assert!(
+        run(&["--account-id", "1"], None)
+            .iter()
+            .all(|r| r["akto_account_id"] == "1")
+    );
+    assert!(
+        run(&[], Some(("MIRROR_ACCOUNT_ID", "2")))
+            .iter()
+            .all(|r| r["akto_account_id"] == "2")
+    );
+
+    std::fs::write(&file, "acount-id = \"777\"\n").unwrap();
+    let out = cmd()
+        .arg("--config")
+        .arg(&file)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("acount-id") && err.contains("no such setting"),
+        "{err}"
+    );
+    std::fs::write(&file, "account-id = = 1\n").unwrap();
+    let out = cmd()
+        .arg("--config")
+        .arg(&file)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
+}
