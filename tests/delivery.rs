@@ -1,0 +1,1555 @@
+//! Delivery through broker failures, end to end: the `run` daemon receives mirrored traffic as
+//! VXLAN datagrams on loopback (sent by the corpus' `replay_udp.py`), and its records are consumed
+//! back from a real Kafka-compatible broker (tansu, in-memory storage) and compared with what
+//! `mirror-receiver replay` of the same capture writes as JSON lines. Records are compared whole
+//! except `time` (the daemon stamps arrival time, a replay capture time). The daemon runs with its
+//! production producer settings (idempotence on); `--spool-grace 2`.
+//!
+//! * `broker_down_at_start`: no broker when the daemon starts; traffic arrives and goes to the
+//!   spool; the broker comes up on that address 10 s later: every record arrives exactly once.
+//! * `broker_paused_while_traffic_flows`: the broker is SIGSTOPped for 10 s in the middle of the
+//!   traffic and resumed: every record arrives at least once and nothing else does; duplicates
+//!   (records purged in flight that the broker stored after all) are counted and printed. tansu
+//!   fences the producer after librdkafka bumps its epoch over the purged records (Kafka accepts
+//!   the bump), so this also covers the sink replacing a fenced producer.
+//! * `receiver_killed_with_records_spooled`: with the broker down, the daemon is SIGKILLed once
+//!   every record is in the spool files; restarted on the same spool with a broker up, it delivers
+//!   every spooled record, once.
+//! * `spool_full_drops_are_counted`: a 1 MiB spool and no broker while ~7.7 MB of records (the
+//!   corpus' `real-load-10k`) arrive, then a broker: the records that reach Kafka plus
+//!   `dropped_spool_full` equal the records received, exactly. Then a restart on the same spool
+//!   (the drained segment still on disk) and a second outage: the spool takes records again.
+//! * `oversized_record_fails_alone`: records larger than the producer's `message.max.bytes`
+//!   (lowered with `--kafka-option`) are counted in `failed` and every other record, before and
+//!   after them, is delivered. tansu 0.6 enforces no message size limit (its storage never answers
+//!   MESSAGE_TOO_LARGE), so the refusal comes from librdkafka's own check at produce time, not
+//!   from a broker's delivery report.
+//! * `sigterm_during_outage_keeps_spool`: SIGTERM with the broker down and a canary in flight: the
+//!   daemon exits 0 at once, every record stays in the spool, and the next start delivers them.
+//!
+//! Every record of the synthetic captures is unique (its path names connection and request), so
+//! loss and duplication are seen record by record; `real-load-10k` has only 3 distinct records
+//! (apart from `time`), compared as a multiset.
+//!
+//! The tests share ports and the CPU and run one at a time. Prerequisites as in tests/kafka.rs:
+//! tansu (`TANSU_BIN`, PATH, `~/.cargo/bin/tansu`), the corpus at `../shared/corpus` (or
+//! `MIRROR_CORPUS_DIR`) and python3; without them the tests say why and pass, unless
+//! `TANSU_REQUIRED=1`. `DELIVERY_KAFKA_DEBUG=eos,msg,broker` turns on librdkafka's debug log in
+//! the daemons.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
+
+/// One test at a time: they bind ports, start brokers and load the CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites
+
+/// Skips (or, with `TANSU_REQUIRED=1`, fails) a test whose prerequisite is missing.
+fn skip(test: &str, why: &str) {
+    if std::env::var("TANSU_REQUIRED").is_ok_and(|v| v == "1") {
+        panic!("{test}: {why} (TANSU_REQUIRED=1, so this is a failure, not a skip)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+fn tansu_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("TANSU_BIN={} is not a file", p.display()))
+        };
+    }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = Path::new(&home).join(".cargo/bin/tansu");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err("tansu not found (TANSU_BIN, PATH, ~/.cargo/bin); `cargo install tansu --locked`".into())
+}
+
+fn corpus_dir() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("MIRROR_CORPUS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"),
+    };
+    if dir.join("replay_udp.py").is_file() && dir.join(LOAD_CAPTURE).is_file() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "corpus (replay_udp.py, {LOAD_CAPTURE}) not found at {}",
+            dir.display()
+        ))
+    }
+}
+
+const LOAD_CAPTURE: &str = "vxlan/real-load-10k.vxlan.pcap";
+
+/// What every test needs, or `None` after reporting the skip.
+struct Env {
+    tansu: PathBuf,
+    corpus: PathBuf,
+}
+
+fn prerequisites(test: &str) -> Option<Env> {
+    let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
+    let corpus = corpus_dir().map_err(|e| skip(test, &e)).ok()?;
+    if Command::new("python3")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        skip(test, "python3 not found (needed by replay_udp.py)");
+        return None;
+    }
+    Some(Env { tansu, corpus })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A command with the receiver's configuration variables removed, so only the flags count.
+fn receiver() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("MIRROR_")
+            || n.starts_with("AKTO_")
+            || n.starts_with("TRAFFIC_")
+            || n == "RUST_LOG"
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    // The admin endpoint (where the daemon has one) on a port of its own, not the default 8080
+    // other daemons may hold; an environment variable, so a daemon without it ignores it.
+    cmd.env("NO_COLOR", "1")
+        .env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn read_all(r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = BufReader::new(r).read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    })
+}
+
+/// Waits for `child` at most `timeout`; kills it past that.
+fn wait_until(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command to completion within `timeout`, capturing its output.
+fn run(cmd: &mut Command, timeout: Duration) -> Finished {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let out = read_all(child.stdout.take().unwrap());
+    let err = read_all(child.stderr.take().unwrap());
+    let status = wait_until(&mut child, timeout);
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!("{what} did not finish within {timeout:?}\nstderr:\n{stderr}");
+    };
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn run_ok(cmd: &mut Command, timeout: Duration) -> Finished {
+    let what = format!("{cmd:?}");
+    let f = run(cmd, timeout);
+    assert!(
+        f.status.success(),
+        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        f.status,
+        f.stdout,
+        f.stderr
+    );
+    f
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signalling our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A tansu broker with in-memory storage, killed on drop.
+struct Broker {
+    child: Child,
+    bin: PathBuf,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Broker {
+    /// A broker on a port of its own.
+    fn start(bin: &Path) -> Broker {
+        // The port is chosen before tansu binds it: another process may take it in between, so
+        // a broker that exits at once is retried on a new port.
+        for _ in 0..3 {
+            if let Some(b) = Broker::try_start(bin, free_tcp_port()) {
+                return b;
+            }
+        }
+        panic!("tansu could not be started (see its output above)");
+    }
+
+    /// A broker on `port` (where a daemon already looks for it).
+    fn start_on(bin: &Path, port: u16) -> Broker {
+        Broker::try_start(bin, port)
+            .unwrap_or_else(|| panic!("tansu could not be started on port {port}"))
+    }
+
+    fn try_start(bin: &Path, port: u16) -> Option<Broker> {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().expect("broker log file");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut broker = Broker {
+            child,
+            bin: bin.to_owned(),
+            port,
+            log,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if broker.child.try_wait().unwrap().is_some() {
+                eprintln!("tansu exited at start:\n{}", broker.log_text());
+                return None;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Some(broker);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not accept connections on {addr} within 20 s:\n{}",
+                broker.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut last = String::new();
+        for _ in 0..5 {
+            let f = run(
+                Command::new(&self.bin)
+                    .args(["topic", "create", name, "--broker", &url])
+                    .args(["--partitions", &partitions.to_string()])
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null()),
+                Duration::from_secs(20),
+            );
+            if f.status.success() {
+                return;
+            }
+            last = format!("{}\n{}{}", f.status, f.stdout, f.stderr);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!(
+            "tansu topic create {name} failed: {last}\nbroker log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// SIGSTOP: connections stay open, nothing is answered.
+    fn pause(&self) {
+        signal(&self.child, libc::SIGSTOP);
+    }
+
+    fn resume(&self) {
+        signal(&self.child, libc::SIGCONT);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The delivery flags every daemon of these tests gets.
+struct DaemonConfig<'a> {
+    brokers: String,
+    topic: &'a str,
+    spool_dir: &'a Path,
+    spool_max_bytes: u64,
+    extra: Vec<String>,
+}
+
+impl DaemonConfig<'_> {
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = receiver();
+        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--workers", "2"])
+            .args(["--kafka-brokers", &self.brokers, "--topic", self.topic])
+            .arg("--spool-dir")
+            .arg(self.spool_dir)
+            .args(["--spool-grace", "2"])
+            .args(["--spool-max-bytes", &self.spool_max_bytes.to_string()])
+            .args(["--flow-idle-timeout", "5"])
+            .args(&self.extra);
+        if !self.extra.iter().any(|a| a == "--shutdown-timeout") {
+            cmd.args(["--shutdown-timeout", "20"]);
+        }
+        // DELIVERY_KAFKA_DEBUG=eos,msg,broker (librdkafka debug contexts) to see why a test fails.
+        if let Some(contexts) = std::env::var_os("DELIVERY_KAFKA_DEBUG") {
+            cmd.args(["--log-level", "debug", "--kafka-option"])
+                .arg(format!("debug={}", contexts.to_string_lossy()));
+        }
+        cmd
+    }
+}
+
+/// A running daemon, killed on drop if a test fails before stopping it.
+struct Daemon {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon on a free UDP port and waits until it receives.
+    fn start(cfg: &DaemonConfig) -> Daemon {
+        let port = free_udp_port();
+        let mut child = cfg
+            .command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the daemon");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let all = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
+                eprintln!("  daemon: {line}");
+                let mut all = all.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            port,
+            stderr,
+            lines,
+        };
+        daemon.wait_for_line("receiving VXLAN", Duration::from_secs(15));
+        daemon
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("daemon closed stderr before {needle:?}:\n{}", self.stderr())
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) before {needle:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from the daemon within {timeout:?}:\n{}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// SIGTERM; asserts a clean exit within `timeout` and returns the counters of the summary.
+    fn stop(&mut self, timeout: Duration) -> Summary {
+        signal(&self.child, libc::SIGTERM);
+        let status = wait_until(&mut self.child, timeout);
+        // The stderr thread may still be copying the last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        let stderr = self.stderr();
+        let Some(status) = status else {
+            panic!("daemon still running {timeout:?} after SIGTERM:\n{stderr}");
+        };
+        assert!(
+            status.success(),
+            "daemon exit after SIGTERM: {status}\n{stderr}"
+        );
+        Summary::parse(&stderr)
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The counters of the daemon's summary line at exit.
+#[derive(Debug)]
+struct Summary(BTreeMap<String, u64>);
+
+impl Summary {
+    fn parse(stderr: &str) -> Summary {
+        let line = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains(" stopped") && l.contains("records="))
+            .unwrap_or_else(|| panic!("no summary line at exit:\n{stderr}"));
+        let counters = line
+            .split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect();
+        Summary(counters)
+    }
+
+    fn get(&self, name: &str) -> u64 {
+        *self
+            .0
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}= in the summary {:?}", self.0))
+    }
+
+    fn show(&self) -> String {
+        [
+            "records",
+            "produced",
+            "delivered",
+            "failed",
+            "spooled",
+            "replayed",
+            "dropped_spool_full",
+            "spool_pending",
+            "queue_full",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", self.0.get(*k).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
+/// `replay_udp.py` sending a capture to the daemon, killed on drop.
+struct Sender {
+    child: Child,
+    started: Instant,
+}
+
+impl Sender {
+    fn start(env: &Env, capture: &Path, port: u16, pps: u32) -> Sender {
+        let child = Command::new("python3")
+            .arg(env.corpus.join("replay_udp.py"))
+            .arg(capture)
+            .args(["--port", &port.to_string(), "--pps", &pps.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting replay_udp.py");
+        Sender {
+            child,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(&mut self, timeout: Duration) {
+        let status = wait_until(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("replay_udp.py did not finish within {timeout:?}"));
+        assert!(status.success(), "replay_udp.py: {status}");
+        eprintln!("  traffic sent in {:.1?}", self.started.elapsed());
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a whole capture and waits for the sender.
+fn send_all(env: &Env, capture: &Path, port: u16, pps: u32) {
+    Sender::start(env, capture, port, pps).finish(Duration::from_secs(60));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic traffic
+
+/// Writes a VXLAN capture (as a mirror target receives it) of `conns` keep-alive HTTP/1.1
+/// connections with `per_conn` exchanges each, interleaved across connections. Every request has
+/// a path of its own (`/delivery/<tag>/c<conn>/r<i>`), so every record is unique; the response
+/// body of exchange (conn, i) is `body(conn, i)` bytes of JSON.
+fn synth_capture(
+    path: &Path,
+    tag: &str,
+    conns: u32,
+    per_conn: u32,
+    body: impl Fn(u32, u32) -> usize,
+) {
+    let mut pcap = Pcap::default();
+    let mut flows: Vec<Tcp> = (0..conns).map(Tcp::new).collect();
+    for f in &mut flows {
+        f.segment(&mut pcap, true, SYN, b"");
+        f.segment(&mut pcap, false, SYN | ACK, b"");
+        f.segment(&mut pcap, true, ACK, b"");
+    }
+    for i in 0..per_conn {
+        for (c, f) in (0..conns).zip(&mut flows) {
+            let req = format!(
+                "GET /delivery/{tag}/c{c}/r{i} HTTP/1.1\r\nHost: delivery.test\r\n\
+                 User-Agent: delivery-test/1.0\r\nAccept: application/json\r\n\r\n"
+            );
+            f.send(&mut pcap, true, req.as_bytes());
+            let head = format!("{{\"conn\":{c},\"req\":{i},\"pad\":\"");
+            let pad = body(c, i).saturating_sub(head.len() + 2);
+            let body = format!("{head}{}\"}}", "x".repeat(pad));
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            f.send(&mut pcap, false, resp.as_bytes());
+        }
+    }
+    for f in &mut flows {
+        f.segment(&mut pcap, true, FIN | ACK, b"");
+        f.segment(&mut pcap, false, FIN | ACK, b"");
+        f.segment(&mut pcap, true, ACK, b"");
+    }
+    std::fs::write(path, pcap.bytes).expect("writing the capture");
+}
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+const MSS: usize = 1448;
+
+/// A classic pcap (Ethernet) being written in memory.
+struct Pcap {
+    bytes: Vec<u8>,
+    ts_us: u64,
+}
+
+impl Default for Pcap {
+    fn default() -> Pcap {
+        let mut bytes = Vec::new();
+        bytes.extend(0xa1b2_c3d4u32.to_le_bytes());
+        bytes.extend(2u16.to_le_bytes());
+        bytes.extend(4u16.to_le_bytes());
+        bytes.extend([0; 8]); // thiszone, sigfigs
+        bytes.extend(65535u32.to_le_bytes());
+        bytes.extend(1u32.to_le_bytes()); // Ethernet
+        Pcap {
+            bytes,
+            ts_us: 1_750_000_000_000_000,
+        }
+    }
+}
+
+impl Pcap {
+    fn frame(&mut self, frame: &[u8]) {
+        self.ts_us += 50;
+        let len = u32::try_from(frame.len()).unwrap();
+        self.bytes
+            .extend(u32::try_from(self.ts_us / 1_000_000).unwrap().to_le_bytes());
+        self.bytes
+            .extend(u32::try_from(self.ts_us % 1_000_000).unwrap().to_le_bytes());
+        self.bytes.extend(len.to_le_bytes());
+        self.bytes.extend(len.to_le_bytes());
+        self.bytes.extend(frame);
+    }
+}
+
+fn ethernet(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
+    f.extend(payload);
+    f
+}
+
+fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(20 + payload.len()).unwrap().to_be_bytes();
+    let mut h = vec![0x45, 0, total[0], total[1], 0, 0, 0, 0, 64, proto, 0, 0];
+    h.extend(src);
+    h.extend(dst);
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    h.extend(payload);
+    h
+}
+
+/// One TCP connection of the synthetic capture.
+struct Tcp {
+    client: ([u8; 4], u16),
+    server: ([u8; 4], u16),
+    seq: [u32; 2],
+    /// Outer UDP source port (AWS: one per flow).
+    outer_sport: u16,
+}
+
+impl Tcp {
+    fn new(c: u32) -> Tcp {
+        let [_, _, hi, lo] = c.to_be_bytes();
+        Tcp {
+            client: ([10, 1, hi, lo], 40000 + u16::try_from(c % 20000).unwrap()),
+            server: ([10, 2, 0, 1], 80),
+            seq: [1_000_000 * c, 2_000_000 + 1_000_000 * c],
+            outer_sport: 65280 + u16::try_from(c % 256).unwrap(),
+        }
+    }
+
+    fn segment(&mut self, pcap: &mut Pcap, from_client: bool, flags: u8, data: &[u8]) {
+        let (me, peer) = if from_client { (0, 1) } else { (1, 0) };
+        let (src, dst) = if from_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        };
+        // Every segment but the client's SYN acknowledges the peer.
+        let ack = if flags & SYN == 0 || !from_client {
+            self.seq[peer]
+        } else {
+            0
+        };
+        let mut tcp = Vec::with_capacity(20 + data.len());
+        tcp.extend(src.1.to_be_bytes());
+        tcp.extend(dst.1.to_be_bytes());
+        tcp.extend(self.seq[me].to_be_bytes());
+        tcp.extend(ack.to_be_bytes());
+        tcp.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend(data);
+        let inner = ethernet(&ipv4(6, src.0, dst.0, &tcp));
+        let mut udp_payload = vec![0x08, 0, 0, 0, 0, 0, 7, 0]; // VXLAN, VNI 7
+        udp_payload.extend(&inner);
+        let udp_len = u16::try_from(8 + udp_payload.len()).unwrap();
+        let mut udp = Vec::new();
+        udp.extend(self.outer_sport.to_be_bytes());
+        udp.extend(4789u16.to_be_bytes());
+        udp.extend(udp_len.to_be_bytes());
+        udp.extend([0, 0]);
+        udp.extend(udp_payload);
+        pcap.frame(&ethernet(&ipv4(17, [10, 0, 0, 1], [10, 0, 0, 2], &udp)));
+        let advance = data.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
+        self.seq[me] = self.seq[me].wrapping_add(advance);
+    }
+
+    fn send(&mut self, pcap: &mut Pcap, from_client: bool, data: &[u8]) {
+        let chunks: Vec<&[u8]> = data.chunks(MSS).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let flags = if n + 1 == chunks.len() {
+                PSH | ACK
+            } else {
+                ACK
+            };
+            self.segment(pcap, from_client, flags, chunk);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// The JSON lines a replay of `capture` writes (the reference for the daemon's records).
+fn replay_json_lines(capture: &Path) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    run_ok(
+        receiver()
+            .arg("replay")
+            .arg(capture)
+            .arg("--output")
+            .arg(&out),
+        Duration::from_secs(60),
+    );
+    let text = std::fs::read_to_string(&out).expect("reading the JSON-lines output");
+    text.lines().map(str::to_owned).collect()
+}
+
+/// A record without its `time` (keys sorted), after checking it is a record at all.
+fn untimed(payload: &str) -> String {
+    let v: Value = serde_json::from_str(payload)
+        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {payload:.300}"));
+    let Value::Object(mut map) = v else {
+        panic!("record is not a JSON object: {payload:.300}");
+    };
+    assert_eq!(map["source"], "MIRRORING", "source of {payload:.300}");
+    assert!(map.remove("time").is_some(), "record without time");
+    Value::Object(map).to_string()
+}
+
+fn counts<'a>(records: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, usize> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        *m.entry(r.as_str()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// How the records read from Kafka compare with the expected ones (both untimed).
+#[derive(Debug, Default)]
+struct Comparison {
+    /// Expected records never read.
+    missing: usize,
+    /// Records read beyond the number of times they were expected (at least once: duplicates).
+    duplicates: usize,
+    /// Records read that were never expected.
+    unexpected: usize,
+    first_missing: Option<String>,
+    first_unexpected: Option<String>,
+}
+
+impl Comparison {
+    fn new(got: &[String], want: &[String]) -> Comparison {
+        let (g, w) = (counts(got), counts(want));
+        let mut c = Comparison::default();
+        for (rec, &n) in &w {
+            let have = g.get(rec).copied().unwrap_or(0);
+            if have < n {
+                c.missing += n - have;
+                c.first_missing.get_or_insert_with(|| (*rec).to_owned());
+            }
+        }
+        for (rec, &n) in &g {
+            match w.get(rec) {
+                Some(&m) if n > m => c.duplicates += n - m,
+                Some(_) => {}
+                None => {
+                    c.unexpected += n;
+                    c.first_unexpected.get_or_insert_with(|| (*rec).to_owned());
+                }
+            }
+        }
+        c
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "missing {}, duplicates {}, unexpected {}; first missing: {:.300}; first unexpected: {:.300}",
+            self.missing,
+            self.duplicates,
+            self.unexpected,
+            self.first_missing.as_deref().unwrap_or("-"),
+            self.first_unexpected.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+/// Reads a topic from the beginning of every partition.
+struct TopicReader {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Payloads read, untimed.
+    records: Vec<String>,
+}
+
+impl TopicReader {
+    fn new(bootstrap: &str, topic: &str) -> TopicReader {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set(
+                "group.id",
+                format!("mirror-receiver-delivery-{}-{nanos}", std::process::id()),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("creating the consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        assert!(partitions > 0, "topic {topic} has no partitions");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, i32::try_from(p).unwrap(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assigning partitions");
+        TopicReader {
+            consumer,
+            topic: topic.to_owned(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Polls once; true when a message was read.
+    fn poll_once(&mut self) -> bool {
+        match self.consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                assert_eq!(m.topic(), self.topic);
+                let key = m.key().expect("message without key");
+                assert!(
+                    std::str::from_utf8(key).is_ok_and(|k| k.parse::<u64>().is_ok()),
+                    "key {key:?} is not a connection id"
+                );
+                let payload = m.payload().expect("message without payload");
+                let payload = std::str::from_utf8(payload).expect("UTF-8 payload");
+                self.records.push(untimed(payload));
+                true
+            }
+            Some(Err(e)) => {
+                eprintln!("  consumer: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Polls until every record of `want` was read at least once, or `timeout` passed; returns
+    /// whether they were.
+    fn read_all_of(&mut self, want: &[String], timeout: Duration) -> bool {
+        let want = counts(want);
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &self.records {
+            *seen.entry(r.clone()).or_insert(0) += 1;
+        }
+        let complete = |seen: &BTreeMap<String, usize>| {
+            want.iter()
+                .all(|(r, &n)| seen.get(*r).is_some_and(|&s| s >= n))
+        };
+        let deadline = Instant::now() + timeout;
+        while !complete(&seen) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if self.poll_once() {
+                let r = self.records.last().unwrap().clone();
+                *seen.entry(r).or_insert(0) += 1;
+            }
+        }
+        true
+    }
+
+    /// Polls until `n` records were read or `timeout` passed; returns whether they were.
+    fn read_count(&mut self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.records.len() < n && Instant::now() < deadline {
+            self.poll_once();
+        }
+        self.records.len() >= n
+    }
+
+    /// Polls until nothing new came for `quiet`, at most `timeout`.
+    fn read_until_quiet(&mut self, quiet: Duration, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Instant::now();
+        while Instant::now() < deadline && last.elapsed() < quiet {
+            if self.poll_once() {
+                last = Instant::now();
+            }
+        }
+    }
+
+    /// Keeps polling for `period` (to catch records beyond the expected ones).
+    fn linger(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        while Instant::now() < deadline {
+            self.poll_once();
+        }
+    }
+}
+
+/// Bytes the spool's segment files hold (as the OS sees them).
+fn spool_segment_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("spool-") && name.ends_with(".log")
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes a spool frame of `record` takes: length, checksum, key, payload.
+fn frame_bytes(record: &str) -> u64 {
+    16 + record.len() as u64
+}
+
+fn untimed_all(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|l| untimed(l)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// No broker at start; traffic arrives and goes to the spool; the broker comes up on the
+/// configured address 10 s later: every record arrives, exactly once.
+#[test]
+fn broker_down_at_start() {
+    let test = "broker_down_at_start";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("traffic.pcap");
+    synth_capture(&capture, "down-at-start", 40, 100, |_, _| 400);
+    let want = untimed_all(&replay_json_lines(&capture));
+    assert_eq!(want.len(), 4000, "records of the synthetic capture");
+
+    let kafka_port = free_tcp_port();
+    let topic = "delivery.down.at.start";
+    let spool = work.path().join("spool");
+    let cfg = DaemonConfig {
+        brokers: format!("127.0.0.1:{kafka_port}"),
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: Vec::new(),
+    };
+    let mut daemon = Daemon::start(&cfg);
+    let traffic_start = Instant::now();
+    send_all(&env, &capture, daemon.port, 10_000);
+    daemon.wait_for_line("kafka unavailable", Duration::from_secs(15));
+
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(traffic_start.elapsed()));
+    let broker = Broker::start_on(&env.tansu, kafka_port);
+    broker.create_topic(topic, 3);
+    let up = Instant::now();
+    eprintln!(
+        "  broker up {:.1?} after the traffic started",
+        traffic_start.elapsed()
+    );
+
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let all_in = up.elapsed();
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&reader.records, &want);
+    assert!(
+        complete,
+        "not every record arrived within 45 s of the broker coming up: {}\ndaemon stderr:\n{}\nbroker log:\n{:.3000}",
+        cmp.describe(),
+        daemon.stderr(),
+        broker.log_text()
+    );
+    let summary = daemon.stop(Duration::from_secs(25));
+    eprintln!(
+        "{test}: {} records read, every one in {all_in:.1?} after the broker came up; {}; summary {}",
+        reader.records.len(),
+        cmp.describe(),
+        summary.show()
+    );
+    assert_eq!(
+        summary.get("records"),
+        want.len() as u64,
+        "records received"
+    );
+    assert!(summary.get("spooled") > 0, "nothing was spooled");
+    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
+    assert_eq!(summary.get("dropped_spool_full"), 0);
+    assert_eq!(summary.get("failed"), 0);
+    assert_eq!(
+        (cmp.missing, cmp.duplicates, cmp.unexpected),
+        (0, 0, 0),
+        "exactly the records sent: {}",
+        cmp.describe()
+    );
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
+
+/// The broker is SIGSTOPped for 10 s while traffic flows: every record arrives at least once.
+#[test]
+fn broker_paused_while_traffic_flows() {
+    let test = "broker_paused_while_traffic_flows";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("traffic.pcap");
+    synth_capture(&capture, "paused", 60, 100, |_, _| 400);
+    let want = untimed_all(&replay_json_lines(&capture));
+    assert_eq!(want.len(), 6000, "records of the synthetic capture");
+
+    let broker = Broker::start(&env.tansu);
+    let topic = "delivery.paused";
+    broker.create_topic(topic, 3);
+    let spool = work.path().join("spool");
+    let cfg = DaemonConfig {
+        brokers: broker.bootstrap(),
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: Vec::new(),
+    };
+    let mut daemon = Daemon::start(&cfg);
+    // About 12,300 datagrams at 1,000 a second: the pause falls in the middle of the traffic.
+    let mut sender = Sender::start(&env, &capture, daemon.port, 1000);
+    std::thread::sleep(Duration::from_secs(2));
+    broker.pause();
+    let paused = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    broker.resume();
+    eprintln!(
+        "  broker paused {:.1?}, from {:.1?} after the traffic started",
+        paused.elapsed(),
+        paused.duration_since(sender.started)
+    );
+    sender.finish(Duration::from_secs(30));
+    let resumed = Instant::now();
+
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let all_in = resumed.elapsed();
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&reader.records, &want);
+    assert!(
+        complete,
+        "not every record arrived: {}\ndaemon stderr:\n{}",
+        cmp.describe(),
+        daemon.stderr()
+    );
+    let summary = daemon.stop(Duration::from_secs(25));
+    reader.linger(Duration::from_secs(1));
+    let cmp = Comparison::new(&reader.records, &want);
+    eprintln!(
+        "{test}: {} records read for {} sent, all in {all_in:.1?} after the traffic ended; \
+         DUPLICATES (at least once): {}; {}; summary {}",
+        reader.records.len(),
+        want.len(),
+        cmp.duplicates,
+        cmp.describe(),
+        summary.show()
+    );
+    assert_eq!(
+        summary.get("records"),
+        want.len() as u64,
+        "records received"
+    );
+    assert!(
+        daemon.stderr().contains("kafka unavailable"),
+        "the pause was not noticed"
+    );
+    assert!(summary.get("spooled") > 0, "nothing was spooled");
+    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
+    assert_eq!(summary.get("dropped_spool_full"), 0);
+    assert_eq!(summary.get("failed"), 0);
+    assert_eq!(cmp.missing, 0, "{}", cmp.describe());
+    assert_eq!(cmp.unexpected, 0, "{}", cmp.describe());
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
+
+/// With the broker down and every record in the spool files, the daemon is SIGKILLed; restarted
+/// on the same spool with a broker up, it delivers every spooled record.
+#[test]
+fn receiver_killed_with_records_spooled() {
+    let test = "receiver_killed_with_records_spooled";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("traffic.pcap");
+    synth_capture(&capture, "killed", 40, 100, |_, _| 400);
+    let lines = replay_json_lines(&capture);
+    let want = untimed_all(&lines);
+    assert_eq!(want.len(), 4000, "records of the synthetic capture");
+    // `time` is ten digits in both, so a daemon's record is as long as the replay's.
+    let want_bytes: u64 = lines.iter().map(|l| frame_bytes(l)).sum();
+
+    let spool = work.path().join("spool");
+    let topic = "delivery.killed";
+    let mut first = Daemon::start(&DaemonConfig {
+        brokers: format!("127.0.0.1:{}", free_tcp_port()),
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: Vec::new(),
+    });
+    send_all(&env, &capture, first.port, 10_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spool_segment_bytes(&spool) < want_bytes {
+        assert!(
+            Instant::now() < deadline,
+            "the spool holds {} bytes, {want_bytes} expected, 30 s after the traffic\n{}",
+            spool_segment_bytes(&spool),
+            first.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spooled = spool_segment_bytes(&spool);
+    first.kill();
+    eprintln!("  killed with {spooled} bytes in the spool ({want_bytes} expected)");
+    assert_eq!(spooled, want_bytes, "spool bytes: each record once");
+
+    let broker = Broker::start(&env.tansu);
+    broker.create_topic(topic, 3);
+    let restarted = Instant::now();
+    let mut second = Daemon::start(&DaemonConfig {
+        brokers: broker.bootstrap(),
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: Vec::new(),
+    });
+    assert!(
+        second
+            .stderr()
+            .contains("spool holds records from an earlier run"),
+        "no recovery logged:\n{}",
+        second.stderr()
+    );
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let all_in = restarted.elapsed();
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&reader.records, &want);
+    assert!(
+        complete,
+        "not every spooled record arrived: {}\ndaemon stderr:\n{}",
+        cmp.describe(),
+        second.stderr()
+    );
+    let summary = second.stop(Duration::from_secs(25));
+    eprintln!(
+        "{test}: {} records read, all in {all_in:.1?} after the restart; {}; summary {}",
+        reader.records.len(),
+        cmp.describe(),
+        summary.show()
+    );
+    assert_eq!(summary.get("records"), 0, "no new traffic");
+    assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
+    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
+    assert_eq!(
+        (cmp.missing, cmp.duplicates, cmp.unexpected),
+        (0, 0, 0),
+        "exactly the records spooled: {}",
+        cmp.describe()
+    );
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
+
+/// A 1 MiB spool and two outages. First `real-load-10k` (10,000 records of ~770 bytes) arrives
+/// with no broker; then a broker comes up and the spool drains. The daemon is stopped and started
+/// again on the same spool (its acknowledged records still on disk), again with no broker, and a
+/// synthetic capture (3,000 unique records of ~1 KB) arrives; then a broker comes up. In each
+/// outage the spool fills and drops: the records that reach Kafka plus `dropped_spool_full` are
+/// exactly the records received, and the second outage spools again (the acknowledged records of
+/// the first must not keep the spool full).
+#[test]
+fn spool_full_drops_are_counted() {
+    let test = "spool_full_drops_are_counted";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let load = env.corpus.join(LOAD_CAPTURE);
+    let want1 = untimed_all(&replay_json_lines(&load));
+    assert_eq!(want1.len(), 10_000, "records of {LOAD_CAPTURE}");
+    let work = tempfile::tempdir().unwrap();
+    let synth = work.path().join("traffic.pcap");
+    synth_capture(&synth, "spool-full", 30, 100, |_, _| 600);
+    let want2 = untimed_all(&replay_json_lines(&synth));
+    assert_eq!(want2.len(), 3000, "records of the synthetic capture");
+
+    let spool = work.path().join("spool");
+    let max_bytes = 1 << 20;
+    let outage = |capture: &Path, want: &[String], what: &str| {
+        let kafka_port = free_tcp_port();
+        let topic = "delivery.spool.full";
+        let mut daemon = Daemon::start(&DaemonConfig {
+            brokers: format!("127.0.0.1:{kafka_port}"),
+            topic,
+            spool_dir: &spool,
+            spool_max_bytes: max_bytes,
+            extra: Vec::new(),
+        });
+        send_all(&env, capture, daemon.port, 20_000);
+        daemon.wait_for_line("spool full", Duration::from_secs(20));
+        let in_spool = settled_spool_bytes(&spool);
+        assert!(
+            in_spool <= max_bytes,
+            "spool files {in_spool} > {max_bytes}"
+        );
+        let broker = Broker::start_on(&env.tansu, kafka_port);
+        broker.create_topic(topic, 3);
+        let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+        reader.read_until_quiet(Duration::from_secs(4), Duration::from_secs(30));
+        let summary = daemon.stop(Duration::from_secs(25));
+        let dropped = summary.get("dropped_spool_full");
+        let received = summary.get("records");
+        // Whatever the flush at exit still delivered.
+        reader.read_count(
+            usize::try_from(received.saturating_sub(dropped)).unwrap(),
+            Duration::from_secs(15),
+        );
+        reader.linger(Duration::from_secs(1));
+        let cmp = Comparison::new(&reader.records, want);
+        eprintln!(
+            "{test}, {what}: spool files {in_spool} bytes (at most {max_bytes}); {} records read \
+             + {dropped} dropped = {} of {} sent; {}; summary {}",
+            reader.records.len(),
+            reader.records.len() as u64 + dropped,
+            want.len(),
+            cmp.describe(),
+            summary.show()
+        );
+        assert_eq!(received, want.len() as u64, "{what}: records received");
+        assert!(dropped > 0, "{what}: the spool never filled");
+        assert!(
+            summary.get("spooled") > 0 && !reader.records.is_empty(),
+            "{what}: nothing was spooled and delivered"
+        );
+        assert_eq!(summary.get("spool_pending"), 0, "{what}: left in the spool");
+        assert_eq!(summary.get("failed"), 0, "{what}: failed");
+        assert_eq!(cmp.unexpected, 0, "{what}: {}", cmp.describe());
+        assert_eq!(cmp.duplicates, 0, "{what}: {}", cmp.describe());
+        assert_eq!(
+            reader.records.len() as u64 + dropped,
+            want.len() as u64,
+            "{what}: records in Kafka + dropped_spool_full vs records sent"
+        );
+    };
+    outage(&load, &want1, "first outage");
+    // The drained spool still holds the first outage's acknowledged records on disk.
+    eprintln!(
+        "  spool files after the first outage: {} bytes",
+        spool_segment_bytes(&spool)
+    );
+    outage(&synth, &want2, "second outage, after a restart");
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
+
+/// The spool files' size once it stopped changing for a second (at most 20 s).
+fn settled_spool_bytes(dir: &Path) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = spool_segment_bytes(dir);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = spool_segment_bytes(dir);
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Records larger than the producer's `message.max.bytes` are refused for good (counted in
+/// `failed`); every other record, before and after them, is delivered.
+#[test]
+fn oversized_record_fails_alone() {
+    let test = "oversized_record_fails_alone";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("traffic.pcap");
+    let big = |c: u32, i: u32| c == 3 && i % 25 == 7;
+    synth_capture(&capture, "oversized", 20, 100, |c, i| {
+        if big(c, i) { 60_000 } else { 400 }
+    });
+    let lines = replay_json_lines(&capture);
+    assert_eq!(lines.len(), 2000, "records of the synthetic capture");
+    let limit = 32_768;
+    let (large, small): (Vec<String>, Vec<String>) =
+        lines.iter().cloned().partition(|l| l.len() > limit);
+    assert_eq!(large.len(), 4, "records over {limit} bytes");
+    let want = untimed_all(&small);
+
+    let broker = Broker::start(&env.tansu);
+    let topic = "delivery.oversized";
+    broker.create_topic(topic, 3);
+    let spool = work.path().join("spool");
+    let mut daemon = Daemon::start(&DaemonConfig {
+        brokers: broker.bootstrap(),
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: vec![
+            "--kafka-option".into(),
+            format!("message.max.bytes={limit}"),
+        ],
+    });
+    send_all(&env, &capture, daemon.port, 10_000);
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = reader.read_all_of(&want, Duration::from_secs(30));
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&reader.records, &want);
+    assert!(
+        complete,
+        "not every record arrived: {}\ndaemon stderr:\n{}",
+        cmp.describe(),
+        daemon.stderr()
+    );
+    let summary = daemon.stop(Duration::from_secs(25));
+    eprintln!(
+        "{test}: {} records read; {}; summary {}",
+        reader.records.len(),
+        cmp.describe(),
+        summary.show()
+    );
+    assert!(
+        daemon.stderr().contains("record refused by kafka for good"),
+        "permanent failure not logged"
+    );
+    assert_eq!(
+        summary.get("records"),
+        lines.len() as u64,
+        "records received"
+    );
+    assert_eq!(summary.get("failed"), large.len() as u64, "failed");
+    assert_eq!(summary.get("delivered"), want.len() as u64, "delivered");
+    assert_eq!(summary.get("spooled"), 0, "spooled");
+    assert_eq!(
+        (cmp.missing, cmp.duplicates, cmp.unexpected),
+        (0, 0, 0),
+        "every record but the oversized ones, once: {}",
+        cmp.describe()
+    );
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
+
+/// SIGTERM while the broker is down and a canary is in flight: the daemon exits 0 within
+/// `--shutdown-timeout`, leaving every record in the spool, and the next start delivers them.
+#[test]
+fn sigterm_during_outage_keeps_spool() {
+    let test = "sigterm_during_outage_keeps_spool";
+    let Some(env) = prerequisites(test) else {
+        return;
+    };
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("traffic.pcap");
+    synth_capture(&capture, "sigterm", 20, 100, |_, _| 400);
+    let lines = replay_json_lines(&capture);
+    let want = untimed_all(&lines);
+    assert_eq!(want.len(), 2000, "records of the synthetic capture");
+    let want_bytes: u64 = lines.iter().map(|l| frame_bytes(l)).sum();
+
+    let spool = work.path().join("spool");
+    let topic = "delivery.sigterm";
+    let cfg = |brokers: String| DaemonConfig {
+        brokers,
+        topic,
+        spool_dir: &spool,
+        spool_max_bytes: 1 << 30,
+        extra: vec!["--shutdown-timeout".into(), "5".into()],
+    };
+    let mut first = Daemon::start(&cfg(format!("127.0.0.1:{}", free_tcp_port())));
+    send_all(&env, &capture, first.port, 10_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spool_segment_bytes(&spool) < want_bytes {
+        assert!(
+            Instant::now() < deadline,
+            "the spool holds {} bytes, {want_bytes} expected, 30 s after the traffic",
+            spool_segment_bytes(&spool)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past --spool-grace: a canary is in flight towards the missing broker.
+    std::thread::sleep(Duration::from_secs(3));
+    let term = Instant::now();
+    let summary = first.stop(Duration::from_secs(10));
+    let took = term.elapsed();
+    eprintln!(
+        "  stopped {took:.1?} after SIGTERM; summary {}",
+        summary.show()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:.1?} with Kafka down and --shutdown-timeout 5"
+    );
+    assert_eq!(
+        summary.get("records"),
+        want.len() as u64,
+        "records received"
+    );
+    assert_eq!(
+        summary.get("spool_pending"),
+        want.len() as u64,
+        "records left in the spool"
+    );
+    assert!(
+        first
+            .stderr()
+            .contains("left in the spool for the next start"),
+        "no word of the records left in the spool"
+    );
+
+    let broker = Broker::start(&env.tansu);
+    broker.create_topic(topic, 3);
+    let mut second = Daemon::start(&cfg(broker.bootstrap()));
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = reader.read_all_of(&want, Duration::from_secs(30));
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&reader.records, &want);
+    assert!(
+        complete,
+        "not every spooled record arrived: {}\ndaemon stderr:\n{}",
+        cmp.describe(),
+        second.stderr()
+    );
+    let summary = second.stop(Duration::from_secs(10));
+    eprintln!(
+        "{test}: {} records read; {}; summary {}",
+        reader.records.len(),
+        cmp.describe(),
+        summary.show()
+    );
+    assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
+    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
+    assert_eq!(
+        (cmp.missing, cmp.duplicates, cmp.unexpected),
+        (0, 0, 0),
+        "exactly the records spooled: {}",
+        cmp.describe()
+    );
+    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+}
