@@ -81,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, env = "MIRROR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// Seconds to finish in-flight work and flush the sink after SIGTERM/SIGINT.
-    #[arg(long, env = "MIRROR_SHUTDOWN_TIMEOUT", default_value_t = 8.0)]
+    #[arg(long, env = "MIRROR_SHUTDOWN_TIMEOUT", default_value_t = 6.0)]
     pub shutdown_timeout: f64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
