@@ -512,6 +512,7 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
         let mut health = tokio::time::interval(Duration::from_millis(200));
         // WatchdogSec: ping at half the period, and only while every worker's loop turns.
         let watchdog = sd_notify::watchdog_enabled();
+        let stuck_log = crate::sink::RateLimit::new(Duration::from_secs(10));
         let mut watchdog_tick = tokio::time::interval(
             watchdog.map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(100))),
         );
@@ -528,7 +529,7 @@ fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
                     let oldest = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).min().unwrap_or(0);
                     if now_us().saturating_sub(oldest) < 5_000_000 {
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                    } else {
+                    } else if stuck_log.ready() {
                         tracing::error!("a worker is stuck: withholding the systemd watchdog ping");
                     }
                 }
@@ -550,6 +551,7 @@ fn recv_loop(
 ) {
     use crate::admission::Verdict;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
     while !shared.stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
@@ -579,7 +581,9 @@ fn recv_loop(
                         | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
-                tracing::error!(error = %e, "receive failed");
+                if error_log.ready() {
+                    tracing::error!(error = %e, "receive failed (logged at most every 10 s)");
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
