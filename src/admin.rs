@@ -132,7 +132,10 @@ impl Metrics {
             counter!("mirror_sink_records_total").absolute(g(&s.records));
             counter!("mirror_sink_produced_total").absolute(g(&s.produced));
             counter!("mirror_sink_delivered_total").absolute(g(&s.delivered));
-            counter!("mirror_sink_failed_total").absolute(g(&s.failed));
+            counter!("mirror_sink_failed_total", "kind" => "too_large")
+                .absolute(g(&s.failed_too_large));
+            counter!("mirror_sink_failed_total", "kind" => "invalid")
+                .absolute(g(&s.failed_invalid));
             counter!("mirror_sink_spooled_total").absolute(g(&s.spooled));
             counter!("mirror_sink_replayed_total").absolute(g(&s.replayed));
             counter!("mirror_sink_dropped_total", "reason" => "spool_full")

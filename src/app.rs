@@ -198,6 +198,7 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
         produced = SinkStats::get(&sink.produced),
         delivered = SinkStats::get(&sink.delivered),
         failed = SinkStats::get(&sink.failed),
+        failed_too_large = SinkStats::get(&sink.failed_too_large),
         spooled = SinkStats::get(&sink.spooled),
         replayed = SinkStats::get(&sink.replayed),
         dropped_spool_full = SinkStats::get(&sink.dropped_spool_full),

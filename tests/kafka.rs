@@ -789,6 +789,7 @@ fn kafka_sink_record_size_limits() {
     assert_eq!(SinkStats::get(&stats.records), 3);
     assert_eq!(SinkStats::get(&stats.delivered), 2);
     assert_eq!(SinkStats::get(&stats.failed), 1);
+    assert_eq!(SinkStats::get(&stats.failed_too_large), 1);
 
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
     assert!(

@@ -340,6 +340,15 @@ impl KafkaSink {
         pos: Option<SpoolPos>,
     ) -> Result<(), SinkError> {
         SinkStats::add(&self.stats.failed, 1);
+        let kind = match error.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge,
+            ) => &self.stats.failed_too_large,
+            _ => &self.stats.failed_invalid,
+        };
+        SinkStats::add(kind, 1);
         if let Some(pos) = pos {
             self.spool.ack(pos)?;
         }

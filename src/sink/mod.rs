@@ -20,6 +20,10 @@ pub struct SinkStats {
     pub delivered: AtomicU64,
     /// Records that failed for good (too large for the broker, invalid).
     pub failed: AtomicU64,
+    /// Of those, records too large for the broker (or librdkafka's message.max.bytes).
+    pub failed_too_large: AtomicU64,
+    /// Of those, records the broker refused as invalid.
+    pub failed_invalid: AtomicU64,
     /// Records written to the spool because Kafka could not take them (or `--spool-always`).
     pub spooled: AtomicU64,
     /// Spooled records Kafka acknowledged.
