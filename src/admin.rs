@@ -77,7 +77,9 @@ impl Metrics {
                 counter!("mirror_vni_bytes_total", "vni" => vni.clone()).absolute(v.bytes);
                 counter!("mirror_vni_drops_total", "vni" => vni.clone()).absolute(v.dropped);
                 counter!("mirror_vni_pairs_total", "vni" => vni.clone()).absolute(v.pairs);
-                counter!("mirror_vni_unanswered_total", "vni" => vni).absolute(v.unanswered);
+                counter!("mirror_vni_unanswered_total", "vni" => vni.clone())
+                    .absolute(v.unanswered);
+                vni_flow_http(&vni, v);
             }
             let f = &p.flow;
             gauge!("mirror_flows_active").set(p.flows_active as f64);
@@ -146,6 +148,52 @@ impl Metrics {
             gauge!("mirror_sink_up").set(g(&s.destination_up) as f64);
         });
         self.recorder.handle().render()
+    }
+}
+
+/// The flow, reassembly and HTTP counters of one mirror session.
+fn vni_flow_http(vni: &str, v: &crate::pipeline::VniStats) {
+    let (f, h) = (&v.flow, &v.http);
+    let vni = vni.to_owned();
+    let closed = [
+        (CloseReason::Fin, f.closed_fin),
+        (CloseReason::Rst, f.closed_rst),
+        (CloseReason::Idle, f.closed_idle),
+        (CloseReason::Evicted, f.evicted),
+        (CloseReason::Shutdown, f.closed_shutdown),
+        (CloseReason::Reused, f.closed_reused),
+        (CloseReason::MemoryBudget, f.evicted_memory),
+    ];
+    let closed_total: u64 = closed.iter().map(|c| c.1).sum();
+    gauge!("mirror_vni_flows_active", "vni" => vni.clone())
+        .set(f.opened.saturating_sub(closed_total) as f64);
+    counter!("mirror_vni_flows_opened_total", "vni" => vni.clone()).absolute(f.opened);
+    for (reason, n) in closed {
+        counter!("mirror_vni_flows_closed_total", "vni" => vni.clone(), "reason" => reason.as_str())
+            .absolute(n);
+    }
+    let r = &f.reassembly;
+    counter!("mirror_vni_reassembly_gaps_total", "vni" => vni.clone()).absolute(r.gaps);
+    counter!("mirror_vni_reassembly_gap_bytes_total", "vni" => vni.clone()).absolute(r.gap_bytes);
+    counter!("mirror_vni_reassembly_out_of_order_segments_total", "vni" => vni.clone())
+        .absolute(r.ooo_segments);
+    counter!("mirror_vni_reassembly_retransmitted_bytes_total", "vni" => vni.clone())
+        .absolute(r.retransmitted_bytes);
+    counter!("mirror_vni_http_requests_total", "vni" => vni.clone()).absolute(h.requests);
+    counter!("mirror_vni_http_responses_total", "vni" => vni.clone()).absolute(h.responses);
+    counter!("mirror_vni_http_unmatched_responses_total", "vni" => vni.clone())
+        .absolute(h.unmatched_responses);
+    for (reason, n) in [
+        ("gap", h.dropped_gap),
+        ("response_lost", h.responses_lost),
+        ("incomplete", h.responses_incomplete),
+    ] {
+        counter!("mirror_vni_http_messages_dropped_total", "vni" => vni.clone(), "reason" => reason)
+            .absolute(n);
+    }
+    for e in ParseError::ALL {
+        counter!("mirror_vni_http_parse_errors_total", "vni" => vni.clone(), "kind" => e.as_str())
+            .absolute(h.parse_errors[e.index()]);
     }
 }
 

@@ -459,39 +459,8 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     for (t, v) in total.wire.errors.iter_mut().zip(s.wire.errors) {
         *t += v;
     }
-    let (tf, sf) = (&mut total.flow, &s.flow);
-    tf.segments += sf.segments;
-    tf.segments_ignored += sf.segments_ignored;
-    tf.opened += sf.opened;
-    tf.closed_fin += sf.closed_fin;
-    tf.closed_rst += sf.closed_rst;
-    tf.closed_idle += sf.closed_idle;
-    tf.evicted += sf.evicted;
-    tf.closed_shutdown += sf.closed_shutdown;
-    tf.closed_reused += sf.closed_reused;
-    tf.evicted_memory += sf.evicted_memory;
-    tf.reassembly.ooo_segments += sf.reassembly.ooo_segments;
-    tf.reassembly.retransmitted_bytes += sf.reassembly.retransmitted_bytes;
-    tf.reassembly.gaps += sf.reassembly.gaps;
-    tf.reassembly.gap_bytes += sf.reassembly.gap_bytes;
-    let (th, sh) = (&mut total.http, &s.http);
-    th.requests += sh.requests;
-    th.responses += sh.responses;
-    th.interim_responses += sh.interim_responses;
-    th.pairs += sh.pairs;
-    th.unanswered += sh.unanswered;
-    th.unmatched_responses += sh.unmatched_responses;
-    th.responses_lost += sh.responses_lost;
-    th.responses_incomplete += sh.responses_incomplete;
-    th.dropped_gap += sh.dropped_gap;
-    for (t, v) in th.parse_errors.iter_mut().zip(sh.parse_errors) {
-        *t += v;
-    }
-    th.bodies_truncated += sh.bodies_truncated;
-    th.decode_failures += sh.decode_failures;
-    th.protocol_switches += sh.protocol_switches;
-    th.pending_overflow += sh.pending_overflow;
-    th.skipped_bytes += sh.skipped_bytes;
+    total.flow.add(&s.flow);
+    total.http.add(&s.http);
     total.flows_active += s.flows_active;
     total.buffered_bytes += s.buffered_bytes;
     total.filter.add(&s.filter);

@@ -46,7 +46,7 @@ pub struct PipelineStats {
 }
 
 /// Counters of one mirror session (VNI).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VniStats {
     /// VXLAN datagrams with this VNI.
     pub datagrams: u64,
@@ -58,6 +58,10 @@ pub struct VniStats {
     pub pairs: u64,
     /// Requests emitted without a response.
     pub unanswered: u64,
+    /// Flow and reassembly counters of this session.
+    pub flow: FlowStats,
+    /// HTTP counters of this session.
+    pub http: HttpStats,
 }
 
 impl VniStats {
@@ -67,6 +71,8 @@ impl VniStats {
         self.dropped += o.dropped;
         self.pairs += o.pairs;
         self.unanswered += o.unanswered;
+        self.flow.add(&o.flow);
+        self.http.add(&o.http);
     }
 }
 
@@ -192,6 +198,17 @@ impl Pipeline {
         self.ctx.out.drain(..)
     }
 
+    fn vni_snapshot(&self) -> std::collections::BTreeMap<u32, VniStats> {
+        let mut out = self.vni.clone();
+        for (vni, f) in &self.table.per_vni {
+            out.entry(*vni).or_default().flow = *f;
+        }
+        for (vni, h) in &self.ctx.per_vni {
+            out.entry(*vni).or_default().http = h.clone();
+        }
+        out
+    }
+
     pub fn flows(&self) -> usize {
         self.table.len()
     }
@@ -203,7 +220,7 @@ impl Pipeline {
             http: self.ctx.stats.clone(),
             flows_active: self.table.len() as u64,
             buffered_bytes: self.table.buffered_bytes() as u64,
-            vni: self.vni.clone(),
+            vni: self.vni_snapshot(),
             filter: self.filter_stats.clone(),
         }
     }

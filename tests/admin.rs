@@ -187,6 +187,26 @@ fn metrics_count_what_was_sent_and_written() {
     assert_eq!(metric(&text, "mirror_sink_records_total"), Some(written));
     assert_eq!(metric(&text, "mirror_sink_delivered_total"), Some(written));
     assert_eq!(metric(&text, "mirror_flows_active"), Some(1.0));
+    // Per mirror session: two connections opened, one closed by its FINs, one still open.
+    assert_eq!(
+        metric(&text, "mirror_vni_flows_opened_total{vni=\"1234\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mirror_vni_flows_closed_total{vni=\"1234\",reason=\"fin\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "mirror_vni_flows_active{vni=\"1234\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "mirror_vni_http_requests_total{vni=\"1234\"}"),
+        Some(6.0)
+    );
     assert!(text.contains("mirror_build_info{version="), "{text}");
 }
 

@@ -54,6 +54,15 @@ pub struct ReassemblyStats {
     pub gap_bytes: u64,
 }
 
+impl ReassemblyStats {
+    pub fn add(&mut self, o: &ReassemblyStats) {
+        self.ooo_segments += o.ooo_segments;
+        self.retransmitted_bytes += o.retransmitted_bytes;
+        self.gaps += o.gaps;
+        self.gap_bytes += o.gap_bytes;
+    }
+}
+
 /// Metadata of delivered bytes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct DataMeta {

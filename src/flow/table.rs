@@ -104,6 +104,21 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
+    /// Adds another set of counters to these.
+    pub fn add(&mut self, o: &FlowStats) {
+        self.segments += o.segments;
+        self.segments_ignored += o.segments_ignored;
+        self.opened += o.opened;
+        self.closed_fin += o.closed_fin;
+        self.closed_rst += o.closed_rst;
+        self.closed_idle += o.closed_idle;
+        self.evicted += o.evicted;
+        self.closed_shutdown += o.closed_shutdown;
+        self.closed_reused += o.closed_reused;
+        self.evicted_memory += o.evicted_memory;
+        self.reassembly.add(&o.reassembly);
+    }
+
     fn count_close(&mut self, reason: CloseReason) {
         match reason {
             CloseReason::Fin => self.closed_fin += 1,
@@ -135,7 +150,11 @@ impl<H: StreamHandler> Flow<H> {
 pub struct FlowTable<H: StreamHandler> {
     flows: LruCache<FlowKey, Flow<H>, lru::DefaultHasher>,
     cfg: FlowConfig,
+    /// Totals over all mirror sessions.
     pub stats: FlowStats,
+    /// The same counters per VNI (at most [`crate::http::MAX_VNI_STATS`] entries; further VNIs
+    /// share the entry `u32::MAX`).
+    pub per_vni: std::collections::BTreeMap<u32, FlowStats>,
     /// Sum of every flow's `bytes`.
     buffered: usize,
 }
@@ -146,6 +165,7 @@ impl<H: StreamHandler> FlowTable<H> {
             flows: LruCache::unbounded_with_hasher(lru::DefaultHasher::default()),
             cfg,
             stats: FlowStats::default(),
+            per_vni: std::collections::BTreeMap::new(),
             buffered: 0,
         }
     }
@@ -156,6 +176,18 @@ impl<H: StreamHandler> FlowTable<H> {
 
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    /// Counts in the totals and in mirror session `vni`.
+    fn bump(&mut self, vni: u32, f: impl Fn(&mut FlowStats)) {
+        f(&mut self.stats);
+        let key =
+            if self.per_vni.len() < crate::http::MAX_VNI_STATS || self.per_vni.contains_key(&vni) {
+                vni
+            } else {
+                u32::MAX
+            };
+        f(self.per_vni.entry(key).or_default());
     }
 
     /// Stream bytes buffered across all flows (what the memory budget bounds).
@@ -182,7 +214,7 @@ impl<H: StreamHandler> FlowTable<H> {
 
     /// Takes one decoded segment of mirror session `vni` at time `now` (µs).
     pub fn segment(&mut self, vni: u32, seg: &TcpSegment<'_>, now: u64, ctx: &mut H::Ctx) {
-        self.stats.segments += 1;
+        self.bump(vni, |s| s.segments += 1);
         let (key, side) = FlowKey::new(vni, seg.src, seg.dst);
         if seg.flags.syn
             && self
@@ -195,13 +227,13 @@ impl<H: StreamHandler> FlowTable<H> {
         if !self.flows.contains(&key) {
             let carries = !seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn;
             if !carries || seg.flags.rst {
-                self.stats.segments_ignored += 1;
+                self.bump(vni, |s| s.segments_ignored += 1);
                 return;
             }
             if self.flows.len() >= self.cfg.max_flows.max(1) {
                 self.evict_lru(now, ctx);
             }
-            self.stats.opened += 1;
+            self.bump(vni, |s| s.opened += 1);
             self.flows.put(
                 key,
                 Flow {
@@ -231,18 +263,9 @@ impl<H: StreamHandler> FlowTable<H> {
         }
         let dir = &mut dirs[side.index()];
         let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
-        dir.segment(
-            input,
-            &self.cfg.reassembly,
-            &mut self.stats.reassembly,
-            &mut emit,
-        );
-        dir.expire_holes(
-            now,
-            &self.cfg.reassembly,
-            &mut self.stats.reassembly,
-            &mut emit,
-        );
+        let mut rs = ReassemblyStats::default();
+        dir.segment(input, &self.cfg.reassembly, &mut rs, &mut emit);
+        dir.expire_holes(now, &self.cfg.reassembly, &mut rs, &mut emit);
         let done = if seg.flags.rst {
             Some(CloseReason::Rst)
         } else if dirs[0].ended() && dirs[1].ended() {
@@ -250,6 +273,9 @@ impl<H: StreamHandler> FlowTable<H> {
         } else {
             None
         };
+        if rs != ReassemblyStats::default() {
+            self.bump(vni, |s| s.reassembly.add(&rs));
+        }
         if let Some(reason) = done {
             self.close(key, reason, now, ctx);
         } else {
@@ -267,18 +293,25 @@ impl<H: StreamHandler> FlowTable<H> {
             self.close(key, CloseReason::Idle, now, ctx);
         }
         let cfg = &self.cfg.reassembly;
-        let stats = &mut self.stats.reassembly;
         let mut buffered = 0;
+        let mut changed = Vec::new();
         for (key, flow) in self.flows.iter_mut() {
             let Flow { dirs, handler, .. } = flow;
+            let mut rs = ReassemblyStats::default();
             for side in [Side::Lo, Side::Hi] {
                 let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, key, side, ev);
-                dirs[side.index()].expire_holes(now, cfg, stats, &mut emit);
+                dirs[side.index()].expire_holes(now, cfg, &mut rs, &mut emit);
+            }
+            if rs != ReassemblyStats::default() {
+                changed.push((key.vni, rs));
             }
             flow.bytes = flow.measure();
             buffered += flow.bytes;
         }
         self.buffered = buffered;
+        for (vni, rs) in changed {
+            self.bump(vni, |s| s.reassembly.add(&rs));
+        }
     }
 
     /// Closes every flow (end of capture, shutdown).
@@ -301,11 +334,15 @@ impl<H: StreamHandler> FlowTable<H> {
             return;
         };
         self.buffered -= flow.bytes;
-        self.stats.count_close(reason);
+        self.bump(key.vni, |s| s.count_close(reason));
         let Flow { dirs, handler, .. } = &mut flow;
+        let mut rs = ReassemblyStats::default();
         for side in [Side::Lo, Side::Hi] {
             let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
-            dirs[side.index()].flush(now, &mut self.stats.reassembly, &mut emit);
+            dirs[side.index()].flush(now, &mut rs, &mut emit);
+        }
+        if rs != ReassemblyStats::default() {
+            self.bump(key.vni, |s| s.reassembly.add(&rs));
         }
         flow.handler.close(ctx, &key, reason, now);
     }

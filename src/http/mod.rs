@@ -75,7 +75,32 @@ impl HttpStats {
     pub(crate) fn count_parse_error(&mut self, e: ParseError) {
         self.parse_errors[e.index()] += 1;
     }
+
+    /// Adds another set of counters to these.
+    pub fn add(&mut self, o: &HttpStats) {
+        self.requests += o.requests;
+        self.responses += o.responses;
+        self.interim_responses += o.interim_responses;
+        self.pairs += o.pairs;
+        self.unanswered += o.unanswered;
+        self.unmatched_responses += o.unmatched_responses;
+        self.responses_lost += o.responses_lost;
+        self.responses_incomplete += o.responses_incomplete;
+        self.dropped_gap += o.dropped_gap;
+        for (t, v) in self.parse_errors.iter_mut().zip(o.parse_errors) {
+            *t += v;
+        }
+        self.bodies_truncated += o.bodies_truncated;
+        self.decode_failures += o.decode_failures;
+        self.protocol_switches += o.protocol_switches;
+        self.pending_overflow += o.pending_overflow;
+        self.skipped_bytes += o.skipped_bytes;
+    }
 }
+
+/// Mirror sessions whose counters are kept apart; further VNIs share one entry (`u32::MAX`), so
+/// forged VNIs cannot grow the map.
+pub const MAX_VNI_STATS: usize = 4096;
 
 /// What all sessions of a flow table share: limits, the queue of finished exchanges, counters.
 #[derive(Debug, Default)]
@@ -83,7 +108,10 @@ pub struct HttpCtx {
     pub cfg: HttpConfig,
     /// Finished exchanges, in completion order; the caller drains it.
     pub out: Vec<Exchange>,
+    /// Totals over all mirror sessions.
     pub stats: HttpStats,
+    /// The same counters per VNI.
+    pub per_vni: std::collections::BTreeMap<u32, HttpStats>,
 }
 
 impl HttpCtx {
@@ -92,6 +120,18 @@ impl HttpCtx {
             cfg,
             out: Vec::new(),
             stats: HttpStats::default(),
+            per_vni: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Counts in the totals and in mirror session `vni`.
+    pub(crate) fn bump(&mut self, vni: u32, f: impl Fn(&mut HttpStats)) {
+        f(&mut self.stats);
+        let key = if self.per_vni.len() < MAX_VNI_STATS || self.per_vni.contains_key(&vni) {
+            vni
+        } else {
+            u32::MAX
+        };
+        f(self.per_vni.entry(key).or_default());
     }
 }

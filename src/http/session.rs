@@ -146,7 +146,7 @@ impl StreamHandler for Session {
             match step {
                 Step::Complete(msg) if !msg.complete => {
                     // A response cut short by the end of the connection: not an answer to report.
-                    ctx.stats.responses_incomplete += 1;
+                    ctx.bump(key.vni, |s| s.responses_incomplete += 1);
                     self.mark_response_dropped(msg.ack);
                 }
                 step => self.apply(ctx, key, client, client.other(), step),
@@ -159,17 +159,19 @@ impl StreamHandler for Session {
         for p in std::mem::take(&mut self.pending) {
             match (p.request, p.response) {
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
-                    ctx.stats.pairs += 1;
+                    ctx.bump(key.vni, |s| s.pairs += 1);
                     emit(ctx, key, client, req, Some(resp));
                 }
                 (ReqState::Complete(req), RespSlot::Waiting) => {
-                    ctx.stats.unanswered += 1;
+                    ctx.bump(key.vni, |s| s.unanswered += 1);
                     emit(ctx, key, client, req, None);
                 }
                 _ => {}
             }
         }
-        ctx.stats.unmatched_responses += self.early.len() as u64;
+        ctx.bump(key.vni, |s| {
+            s.unmatched_responses += self.early.len() as u64
+        });
         self.early.clear();
     }
 }
@@ -201,7 +203,7 @@ impl Session {
             super::detect::Scan::Found(_, super::detect::StartKind::Request) => side,
             super::detect::Scan::Found(_, super::detect::StartKind::Response) => side.other(),
             super::detect::Scan::Partial(off) => {
-                ctx.stats.skipped_bytes += off as u64;
+                ctx.bump(key.vni, |s| s.skipped_bytes += off as u64);
                 probe.buf.drain(..off);
                 if let Some(m) = &mut probe.meta {
                     m.seq = m.seq.wrapping_add(off as u64);
@@ -209,7 +211,7 @@ impl Session {
                 return;
             }
             super::detect::Scan::None => {
-                ctx.stats.skipped_bytes += probe.buf.len() as u64;
+                ctx.bump(key.vni, |s| s.skipped_bytes += probe.buf.len() as u64);
                 *probe = Probe::default();
                 return;
             }
@@ -248,20 +250,20 @@ impl Session {
             Step::NeedMore => {}
             Step::Head => {
                 if let Err(e) = self.requests.start_body(None) {
-                    ctx.stats.count_parse_error(e);
+                    ctx.bump(key.vni, |s| s.count_parse_error(e));
                     return;
                 }
                 let Some(msg) = self.requests.current() else {
                     return;
                 };
-                ctx.stats.requests += 1;
+                ctx.bump(key.vni, |s| s.requests += 1);
                 if self.pending.len() >= ctx.cfg.max_pending_requests {
                     // A client that never gets answers: report the oldest as unanswered.
-                    ctx.stats.pending_overflow += 1;
+                    ctx.bump(key.vni, |s| s.pending_overflow += 1);
                     if let Some(p) = self.pending.pop_front()
                         && let ReqState::Complete(req) = p.request
                     {
-                        ctx.stats.unanswered += 1;
+                        ctx.bump(key.vni, |s| s.unanswered += 1);
                         emit(ctx, key, client, req, None);
                     }
                 }
@@ -275,10 +277,10 @@ impl Session {
                 // A response that arrived first may be this request's answer.
                 while let Some(resp) = self.early.pop_front() {
                     if answers(seq, resp.ack) {
-                        self.attach(ctx, client, resp);
+                        self.attach(ctx, key, resp);
                         break;
                     }
-                    ctx.stats.unmatched_responses += 1;
+                    ctx.bump(key.vni, |s| s.unmatched_responses += 1);
                 }
             }
             Step::Complete(msg) => {
@@ -288,7 +290,7 @@ impl Session {
                     .rev()
                     .find(|p| p.request == ReqState::InProgress)
                 {
-                    count_body(ctx, &msg);
+                    count_body(ctx, key, &msg);
                     p.request = ReqState::Complete(msg);
                 }
                 self.emit_ready(ctx, key, client);
@@ -296,7 +298,7 @@ impl Session {
             Step::Dropped {
                 had_head, reason, ..
             } => {
-                ctx.stats.count_drop(reason);
+                ctx.bump(key.vni, |s| s.count_drop(reason));
                 if had_head
                     && let Some(p) = self
                         .pending
@@ -318,25 +320,25 @@ impl Session {
                 let ack = self.responses.current().and_then(|m| m.ack);
                 let method = self.target(ack).map(|i| self.pending[i].method.clone());
                 if let Err(e) = self.responses.start_body(method.as_deref()) {
-                    ctx.stats.count_parse_error(e);
+                    ctx.bump(key.vni, |s| s.count_parse_error(e));
                 }
             }
             Step::Complete(msg) => {
                 let status = msg.status().unwrap_or_default();
                 if (100..200).contains(&status) && status != 101 {
-                    ctx.stats.interim_responses += 1;
+                    ctx.bump(key.vni, |s| s.interim_responses += 1);
                     return;
                 }
-                ctx.stats.responses += 1;
-                count_body(ctx, &msg);
+                ctx.bump(key.vni, |s| s.responses += 1);
+                count_body(ctx, key, &msg);
                 if self.pending.iter().any(|p| p.response == RespSlot::Waiting) {
-                    if !self.attach(ctx, client, msg) {
-                        ctx.stats.unmatched_responses += 1;
+                    if !self.attach(ctx, key, msg) {
+                        ctx.bump(key.vni, |s| s.unmatched_responses += 1);
                     }
                 } else if self.early.len() < MAX_EARLY_RESPONSES {
                     self.early.push_back(msg);
                 } else {
-                    ctx.stats.unmatched_responses += 1;
+                    ctx.bump(key.vni, |s| s.unmatched_responses += 1);
                 }
                 self.emit_ready(ctx, key, client);
             }
@@ -345,7 +347,7 @@ impl Session {
                 ack,
                 reason,
             } => {
-                ctx.stats.count_drop(reason);
+                ctx.bump(key.vni, |s| s.count_drop(reason));
                 if had_head {
                     self.mark_response_dropped(ack);
                 }
@@ -377,8 +379,7 @@ impl Session {
     }
 
     /// Attaches a final response to the request it answers. False when it answers none.
-    fn attach(&mut self, ctx: &mut HttpCtx, client: Side, msg: Message) -> bool {
-        let _ = client;
+    fn attach(&mut self, ctx: &mut HttpCtx, key: &FlowKey, msg: Message) -> bool {
         let Some(i) = self.target(msg.ack) else {
             return false;
         };
@@ -386,7 +387,7 @@ impl Session {
             for p in self.pending.iter_mut().take(i) {
                 if p.response == RespSlot::Waiting {
                     p.response = RespSlot::Dropped;
-                    ctx.stats.responses_lost += 1;
+                    ctx.bump(key.vni, |s| s.responses_lost += 1);
                 }
             }
             self.resynced = false;
@@ -395,7 +396,7 @@ impl Session {
             || (self.pending[i].method == "CONNECT"
                 && msg.status().is_some_and(|s| (200..300).contains(&s)))
         {
-            ctx.stats.protocol_switches += 1;
+            ctx.bump(key.vni, |s| s.protocol_switches += 1);
             self.requests.enter_tunnel();
             self.responses.enter_tunnel();
         }
@@ -427,7 +428,7 @@ impl Session {
                 return;
             };
             if let (ReqState::Complete(req), RespSlot::Some(resp)) = (p.request, p.response) {
-                ctx.stats.pairs += 1;
+                ctx.bump(key.vni, |s| s.pairs += 1);
                 emit(ctx, key, client, req, Some(resp));
             }
         }
@@ -443,12 +444,12 @@ fn answers(request_seq: Option<Seq>, response_ack: Option<Seq>) -> bool {
     }
 }
 
-fn count_body(ctx: &mut HttpCtx, msg: &Message) {
+fn count_body(ctx: &mut HttpCtx, key: &FlowKey, msg: &Message) {
     if msg.body_truncated {
-        ctx.stats.bodies_truncated += 1;
+        ctx.bump(key.vni, |s| s.bodies_truncated += 1);
     }
     if msg.decode_failed {
-        ctx.stats.decode_failures += 1;
+        ctx.bump(key.vni, |s| s.decode_failures += 1);
     }
 }
 
