@@ -1,0 +1,468 @@
+//! The deployment files: `cloudformation/mirror-receiver.yaml` passes cfn-lint (no errors) and
+//! checkov (no failed checks; skips only with a written reason), and
+//! `packer/mirror-receiver.pkr.hcl` passes `packer validate` and `packer fmt -check`.
+//!
+//! Each tool test skips with a message when its tool is missing, and fails instead when
+//! `MIRROR_INFRA_REQUIRE=1`. The tools are looked up on `PATH`, or at `CFN_LINT_BIN`,
+//! `CHECKOV_BIN` and `PACKER_BIN`. CI installs them with
+//! `apt-get install -y packer` and `pip install cfn-lint checkov`.
+//!
+//! Debian 12's packer is 1.6.6: its built-in amazon-ebs builder predates `metadata_options`
+//! (IMDSv2 on the build instance), so with it the template gets `packer validate -syntax-only`,
+//! and a copy without the `metadata_options` blocks gets the full `packer validate`. Packer
+//! 1.7 and later validate the template itself (from 1.10 on after
+//! `packer plugins install github.com/hashicorp/amazon`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
+
+fn template() -> PathBuf {
+    Path::new(ROOT).join("cloudformation/mirror-receiver.yaml")
+}
+
+fn packer_template() -> PathBuf {
+    Path::new(ROOT).join("packer/mirror-receiver.pkr.hcl")
+}
+
+fn required() -> bool {
+    std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1")
+}
+
+/// The tool's program (from `env_var` or `PATH`) if it runs, else a skip (or a panic when
+/// `MIRROR_INFRA_REQUIRE=1`).
+fn tool(name: &str, env_var: &str, version_args: &[&str], install: &str) -> Option<String> {
+    let program = std::env::var(env_var).unwrap_or_else(|_| name.to_string());
+    match Command::new(&program)
+        .args(version_args)
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout);
+            eprintln!(
+                "using {program}: {}",
+                version.lines().next().unwrap_or("").trim()
+            );
+            Some(program)
+        }
+        result => {
+            let why = match result {
+                Ok(out) => format!(
+                    "`{program} {}` failed: {}",
+                    version_args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => format!("{program} not found ({e})"),
+            };
+            if required() {
+                panic!("MIRROR_INFRA_REQUIRE=1 but {why}; install: {install}");
+            }
+            eprintln!("SKIP: {why}; install: {install} (or set {env_var})");
+            None
+        }
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+fn run(mut cmd: Command, limit: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{desc}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).ok();
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).ok();
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("{desc} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn cloudformation_passes_cfn_lint() {
+    let Some(cfn_lint) = tool(
+        "cfn-lint",
+        "CFN_LINT_BIN",
+        &["--version"],
+        "pip install cfn-lint",
+    ) else {
+        return;
+    };
+    let mut cmd = Command::new(cfn_lint);
+    cmd.arg(template());
+    let out = run(cmd, Duration::from_secs(60));
+    // Exit status bits: 1 fatal, 2 errors, 4 warnings, 8 informational.
+    let code = out.status.code().expect("cfn-lint killed by a signal");
+    assert_eq!(code & 0b11, 0, "cfn-lint reports errors: {}", text(&out));
+    if code != 0 {
+        eprintln!("cfn-lint warnings or notes (not failures): {}", text(&out));
+    }
+}
+
+#[test]
+fn cloudformation_passes_checkov() {
+    let Some(checkov) = tool(
+        "checkov",
+        "CHECKOV_BIN",
+        &["--version"],
+        "pip install checkov",
+    ) else {
+        return;
+    };
+    let mut cmd = Command::new(checkov);
+    cmd.arg("-f")
+        .arg(template())
+        .args(["--framework", "cloudformation", "--output", "json"])
+        // Offline: no Prisma Cloud guidelines or mappings.
+        .args(["--skip-download", "--compact"])
+        .env("BC_SKIP_MAPPING", "TRUE");
+    let out = run(cmd, Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let start = stdout
+        .find(['{', '['])
+        .unwrap_or_else(|| panic!("no JSON from checkov: {}", text(&out)));
+    let report: serde_json::Value = serde_json::from_str(&stdout[start..])
+        .unwrap_or_else(|e| panic!("checkov JSON: {e}: {}", text(&out)));
+    // One framework gives an object, several a list.
+    let reports = match report {
+        serde_json::Value::Array(list) => list,
+        one => vec![one],
+    };
+    let mut passed = 0;
+    for report in &reports {
+        let summary = &report["summary"];
+        passed += summary["passed"].as_u64().unwrap_or(0);
+        let failed = report["results"]["failed_checks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let names: Vec<String> = failed
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} on {}",
+                    c["check_id"].as_str().unwrap_or("?"),
+                    c["check_name"].as_str().unwrap_or("?"),
+                    c["resource"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        assert!(
+            names.is_empty() && summary["failed"].as_u64() == Some(0),
+            "checkov failed checks: {names:#?}"
+        );
+        assert_eq!(
+            summary["parsing_errors"].as_u64(),
+            Some(0),
+            "checkov could not parse the template: {}",
+            text(&out)
+        );
+        let skipped = report["results"]["skipped_checks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(Some(skipped.len() as u64), summary["skipped"].as_u64());
+        for skipped in &skipped {
+            let reason = skipped["check_result"]["suppress_comment"]
+                .as_str()
+                .unwrap_or("");
+            assert!(
+                reason.split_whitespace().count() >= 3,
+                "{} skipped on {} without a written reason",
+                skipped["check_id"],
+                skipped["resource"]
+            );
+        }
+    }
+    assert!(
+        passed >= 10,
+        "checkov ran only {passed} checks: {}",
+        text(&out)
+    );
+}
+
+fn packer_version(packer: &str) -> (u32, u32) {
+    let out = run(
+        {
+            let mut c = Command::new(packer);
+            c.arg("version");
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .unwrap_or_else(|| panic!("packer version: {}", text(&out)));
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// `packer validate` with the binary under test as both architectures' binary (the file
+/// provisioner checks that its source exists).
+fn packer_validate(packer: &str, template: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(packer);
+    cmd.arg("validate")
+        .args(extra)
+        .arg("-var")
+        .arg(format!("binary_x86_64={BIN}"))
+        .arg("-var")
+        .arg(format!("binary_arm64={BIN}"))
+        .arg(template)
+        .current_dir(ROOT);
+    run(cmd, Duration::from_secs(60))
+}
+
+/// The template without its `metadata_options { ... }` blocks, in a temporary tree with the
+/// files it uploads (`files/`, `../README.md`).
+fn template_without_metadata_options() -> (tempfile::TempDir, PathBuf) {
+    let src = std::fs::read_to_string(packer_template()).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    let mut removed = 0;
+    for line in src.lines() {
+        if !skipping && line.trim_start().starts_with("metadata_options {") {
+            skipping = true;
+            removed += 1;
+            continue;
+        }
+        if skipping {
+            if line.trim() == "}" {
+                skipping = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert_eq!(
+        removed, 2,
+        "expected a metadata_options block in each source"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let packer_dir = dir.path().join("packer");
+    std::fs::create_dir_all(packer_dir.join("files")).unwrap();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("packer/files")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            packer_dir.join("files").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        Path::new(ROOT).join("README.md"),
+        dir.path().join("README.md"),
+    )
+    .unwrap();
+    let path = packer_dir.join("mirror-receiver.pkr.hcl");
+    std::fs::write(&path, out).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn packer_template_validates() {
+    let Some(packer) = tool(
+        "packer",
+        "PACKER_BIN",
+        &["version"],
+        "apt-get install -y packer",
+    ) else {
+        return;
+    };
+    let (major, minor) = packer_version(&packer);
+    if (major, minor) >= (1, 7) {
+        let out = packer_validate(&packer, &packer_template(), &[]);
+        let all = text(&out);
+        if !out.status.success() && all.contains("amazon-ebs") && !all.contains("metadata") {
+            // Packer >= 1.10 without the amazon plugin.
+            let why = format!("packer {major}.{minor} lacks the amazon plugin: {all}");
+            if required() {
+                panic!("{why}; run `packer plugins install github.com/hashicorp/amazon`");
+            }
+            eprintln!("SKIP: {why}; run `packer plugins install github.com/hashicorp/amazon`");
+            return;
+        }
+        assert!(out.status.success(), "packer validate: {all}");
+        return;
+    }
+    eprintln!(
+        "packer {major}.{minor}: its amazon-ebs builder has no metadata_options; \
+         checking the template with -syntax-only and a copy without metadata_options in full"
+    );
+    let out = packer_validate(&packer, &packer_template(), &["-syntax-only"]);
+    assert!(
+        out.status.success(),
+        "packer validate -syntax-only: {}",
+        text(&out)
+    );
+    let (_dir, copy) = template_without_metadata_options();
+    let out = packer_validate(&packer, &copy, &[]);
+    assert!(
+        out.status.success(),
+        "packer validate (without metadata_options): {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn packer_template_is_formatted() {
+    let Some(packer) = tool(
+        "packer",
+        "PACKER_BIN",
+        &["version"],
+        "apt-get install -y packer",
+    ) else {
+        return;
+    };
+    let mut cmd = Command::new(packer);
+    cmd.args(["fmt", "-check", "-diff"]).arg(packer_template());
+    let out = run(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "packer fmt -check: {}", text(&out));
+}
+
+/// Without any tool: what the templates must contain, and that the environment variables the
+/// stack writes are the receiver's own (README "Configuration").
+#[test]
+fn templates_have_the_required_settings() {
+    let cfn = std::fs::read_to_string(template()).unwrap();
+    for needle in [
+        "Scheme: internal",
+        "load_balancing.cross_zone.enabled",
+        "Protocol: UDP",
+        "Port: 4789",
+        "HealthCheckProtocol: HTTP",
+        "HealthCheckPort: \"8080\"",
+        "HealthCheckPath: /readyz",
+        "HttpTokens: required",
+        "Encrypted: true",
+        "AssociatePublicIpAddress: false",
+        "PredefinedMetricType: ASGAverageCPUUtilization",
+        "Type: AWS::EC2::TrafficMirrorTarget",
+        "Type: AWS::EC2::TrafficMirrorFilter",
+        "MetricName: UnHealthyHostCount",
+        "MetricName: NetworkSkipMirrorIn",
+        "MetricName: NetworkSkipMirrorOut",
+        "Action: secretsmanager:GetSecretValue",
+        "Resource: !Ref KafkaSecretArn",
+        "AmazonSSMManagedInstanceCore",
+        "CloudWatchAgentServerPolicy",
+    ] {
+        assert!(cfn.contains(needle), "template lacks {needle:?}");
+    }
+    let rules = cfn
+        .matches("Type: AWS::EC2::TrafficMirrorFilterRule")
+        .count();
+    assert!(
+        rules <= 10,
+        "{rules} filter rules, AWS allows 10 per filter"
+    );
+
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let mut vars: Vec<&str> = cfn
+        .match_indices("MIRROR_")
+        .map(|(i, _)| {
+            let rest = &cfn[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|v| v.len() > "MIRROR_".len())
+        .collect();
+    vars.sort_unstable();
+    vars.dedup();
+    assert!(vars.contains(&"MIRROR_KAFKA_BROKERS"), "{vars:?}");
+    for var in vars {
+        assert!(
+            readme.contains(&format!("`{var}`")),
+            "{var} is not a setting in README"
+        );
+    }
+
+    let hcl = std::fs::read_to_string(packer_template()).unwrap();
+    assert_eq!(
+        hcl.matches("http_tokens                 = \"required\"")
+            .count(),
+        2
+    );
+    assert_eq!(hcl.matches("encrypted             = true").count(), 2);
+    assert!(hcl.contains("al2023-ami-"));
+    assert!(hcl.contains("systemctl enable mirror-receiver"));
+    for (file, dest) in [
+        (
+            "mirror-receiver.service",
+            "/etc/systemd/system/mirror-receiver.service",
+        ),
+        ("mirror-receiver.env", "/etc/mirror-receiver/env"),
+        (
+            "90-mirror-receiver-sysctl.conf",
+            "/etc/sysctl.d/90-mirror-receiver.conf",
+        ),
+        (
+            "90-mirror-receiver-journald.conf",
+            "/etc/systemd/journald.conf.d/90-mirror-receiver.conf",
+        ),
+    ] {
+        assert!(
+            Path::new(ROOT).join("packer/files").join(file).is_file(),
+            "packer/files/{file} missing"
+        );
+        assert!(
+            hcl.contains(&format!("files/{file}")) && hcl.contains(&format!("{file} {dest}")),
+            "{file} is not installed as {dest}"
+        );
+    }
+    let sysctl = std::fs::read_to_string(
+        Path::new(ROOT).join("packer/files/90-mirror-receiver-sysctl.conf"),
+    )
+    .unwrap();
+    for setting in [
+        "net.core.rmem_max = 134217728",
+        "net.core.rmem_default =",
+        "net.core.netdev_max_backlog =",
+    ] {
+        assert!(sysctl.contains(setting), "sysctl lacks {setting}");
+    }
+}
