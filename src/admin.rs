@@ -6,7 +6,6 @@
 //! The server (tiny_http) runs on its own thread and never touches the packet path: it reads
 //! snapshots the workers publish about once a second and the sink's atomic counters.
 
-use crate::flow::CloseReason;
 use crate::http::ParseError;
 use crate::pipeline::PipelineStats;
 use crate::sink::{SinkStats, epoch_secs};
@@ -85,15 +84,7 @@ impl Metrics {
             gauge!("mirror_flows_active").set(p.flows_active as f64);
             gauge!("mirror_memory_budget_used_bytes").set(p.buffered_bytes as f64);
             counter!("mirror_flows_opened_total").absolute(f.opened);
-            for (reason, n) in [
-                (CloseReason::Fin, f.closed_fin),
-                (CloseReason::Rst, f.closed_rst),
-                (CloseReason::Idle, f.closed_idle),
-                (CloseReason::Evicted, f.evicted),
-                (CloseReason::Shutdown, f.closed_shutdown),
-                (CloseReason::Reused, f.closed_reused),
-                (CloseReason::MemoryBudget, f.evicted_memory),
-            ] {
+            for (reason, n) in f.closed_by_reason() {
                 counter!("mirror_flows_closed_total", "reason" => reason.as_str()).absolute(n);
             }
             counter!("mirror_reassembly_gaps_total").absolute(f.reassembly.gaps);
@@ -155,15 +146,7 @@ impl Metrics {
 fn vni_flow_http(vni: &str, v: &crate::pipeline::VniStats) {
     let (f, h) = (&v.flow, &v.http);
     let vni = vni.to_owned();
-    let closed = [
-        (CloseReason::Fin, f.closed_fin),
-        (CloseReason::Rst, f.closed_rst),
-        (CloseReason::Idle, f.closed_idle),
-        (CloseReason::Evicted, f.evicted),
-        (CloseReason::Shutdown, f.closed_shutdown),
-        (CloseReason::Reused, f.closed_reused),
-        (CloseReason::MemoryBudget, f.evicted_memory),
-    ];
+    let closed = f.closed_by_reason();
     let closed_total: u64 = closed.iter().map(|c| c.1).sum();
     gauge!("mirror_vni_flows_active", "vni" => vni.clone())
         .set(f.opened.saturating_sub(closed_total) as f64);

@@ -104,6 +104,19 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
+    /// Flows closed, by reason.
+    pub fn closed_by_reason(&self) -> [(CloseReason, u64); 7] {
+        [
+            (CloseReason::Fin, self.closed_fin),
+            (CloseReason::Rst, self.closed_rst),
+            (CloseReason::Idle, self.closed_idle),
+            (CloseReason::Evicted, self.evicted),
+            (CloseReason::Shutdown, self.closed_shutdown),
+            (CloseReason::Reused, self.closed_reused),
+            (CloseReason::MemoryBudget, self.evicted_memory),
+        ]
+    }
+
     /// Adds another set of counters to these.
     pub fn add(&mut self, o: &FlowStats) {
         self.segments += o.segments;
