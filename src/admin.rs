@@ -184,7 +184,11 @@ fn vni_flow_http(vni: &str, v: &crate::pipeline::VniStats) {
 /// request within the last 10 s (when Kafka is the sink), and the spool is below 90 % full.
 pub fn sink_not_ready(s: &SinkStats, kafka: bool) -> Option<String> {
     if SinkStats::get(&s.destination_up) == 0 {
-        return Some("sink not taking records".into());
+        return Some(if kafka {
+            "kafka not taking records (spooling)".into()
+        } else {
+            "sink not taking records".into()
+        });
     }
     if kafka && epoch_secs().saturating_sub(SinkStats::get(&s.metadata_ok_at)) > 10 {
         return Some("no kafka metadata within 10 s".into());
