@@ -222,6 +222,8 @@ pub struct KafkaSink {
     spool_always: bool,
     grace: Duration,
     healthy: bool,
+    /// Epoch second Kafka was last taken as unavailable.
+    unhealthy_since: u64,
     /// Last acknowledgement (or start, or recovery).
     last_progress: Instant,
     /// Spooled records produced and not yet reported.
@@ -281,6 +283,7 @@ impl KafkaSink {
             spool_always: settings.spool_always,
             grace: settings.spool_grace,
             healthy: true,
+            unhealthy_since: 0,
             last_progress: Instant::now(),
             drained_in_flight: 0,
             rewind: false,
@@ -384,6 +387,7 @@ impl KafkaSink {
         if self.healthy {
             tracing::warn!(why, "kafka unavailable: records go to the spool");
             self.healthy = false;
+            self.unhealthy_since = super::epoch_secs();
             SinkStats::set(&self.stats.destination_up, 0);
             // Whatever librdkafka still holds comes back through delivery reports and is spooled.
             self.producer
@@ -449,6 +453,20 @@ impl KafkaSink {
     /// Housekeeping: reports, the grace check, spool writes and draining.
     fn tick(&mut self) -> Result<(), SinkError> {
         self.pump()?;
+        // With nothing to deliver there is no canary: a metadata answer newer than the outage
+        // is the proof that Kafka is back.
+        if !self.healthy
+            && !self.fenced
+            && self.spool.pending() == 0
+            && self.drained_in_flight == 0
+            && self.producer.in_flight_count() == 0
+            && SinkStats::get(&self.stats.metadata_ok_at) > self.unhealthy_since
+        {
+            tracing::info!("kafka answers again");
+            self.healthy = true;
+            self.last_progress = Instant::now();
+            SinkStats::set(&self.stats.destination_up, 1);
+        }
         if self.healthy
             && self.producer.in_flight_count() > 0
             && self.last_progress.elapsed() > self.grace
