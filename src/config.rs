@@ -53,6 +53,23 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Check a configuration and exit: 0 when valid, 2 with a message naming the bad setting.
     Validate(RunArgs),
+    /// Send a VXLAN capture's datagrams to a receiver (load tests, checking a deployment).
+    Send(SendArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// A pcap/pcapng capture holding VXLAN datagrams (UDP to port 4789).
+    pub file: PathBuf,
+    /// Where to send them, e.g. the NLB's address and port 4789.
+    #[arg(long, env = "MIRROR_SEND_TO")]
+    pub to: String,
+    /// Datagrams per second; 0 sends as fast as possible.
+    #[arg(long, env = "MIRROR_SEND_RATE", default_value_t = 10_000)]
+    pub rate: u64,
+    /// How many times to send the capture.
+    #[arg(long = "loop", env = "MIRROR_SEND_LOOP", default_value_t = 1)]
+    pub loops: u64,
 }
 
 #[derive(Args, Debug, Clone)]

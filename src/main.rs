@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Run(args) => mirror_receiver::app::run(args),
         Command::Replay(args) => mirror_receiver::app::replay(args).map(|_| ()),
         Command::Validate(args) => validate(args),
+        Command::Send(args) => mirror_receiver::app::send(args).map(|n| {
+            eprintln!("mirror-receiver: sent {n} datagrams");
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -509,3 +509,68 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
 }
+
+#[test]
+fn send_delivers_a_capture_to_a_running_daemon() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("records.jsonl");
+    let mut child = cmd()
+        .args(["run", "--workers", "2", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--output")
+        .arg(&out_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut log = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
+        log.extend_from_slice(&buf[..n]);
+    }
+    let out = cmd()
+        .args(["send", "--rate", "2000", "--loop", "1", "--to"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(sample())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sent 20 datagrams"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&out_path).map_or(0, |s| s.lines().count()) < 5 {
+        assert!(Instant::now() < deadline, "records from sent datagrams");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    let mut recs = records(&std::fs::read(&out_path).unwrap());
+    recs.sort_by_key(|r| r["path"].as_str().unwrap().to_owned());
+    let mut want = expected_sample();
+    want.sort_by_key(|w| w.1.clone());
+    assert_eq!(summary(&recs), want);
+
+    // A capture without VXLAN says so.
+    let plain = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/upstream.py");
+    let out = cmd()
+        .args(["send", "--to", "127.0.0.1:9"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a pcap"), "{err}");
+}
