@@ -321,6 +321,7 @@ impl crate::admin::Status for DaemonStatus {
 /// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
 /// flight was delivered (or the shutdown timeout passed).
 pub fn run(args: &RunArgs) -> Result<()> {
+    let signals = Signals::install()?;
     let (mut pcfg, rcfg) = args.check()?;
     let filter = args.pipeline.filter()?;
     let workers = if args.workers == 0 {
@@ -404,7 +405,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // systemd (Type=notify): ready once the sockets are bound and the sink is open. Outside
     // systemd NOTIFY_SOCKET is unset and this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    wait_for_signal(&shared, &sink_stats)?;
+    wait_for_signal(signals, &shared, &sink_stats)?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if shared.sink_failed.load(Ordering::SeqCst) {
         tracing::error!("stopping: the sink failed");
@@ -469,14 +470,37 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     }
 }
 
-fn wait_for_signal(shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+/// SIGTERM and SIGINT, caught from the start of `run` so a signal during startup still gets an
+/// orderly shutdown instead of the default kill.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Signals { rt, term, int })
+    }
+}
+
+fn wait_for_signal(signals: Signals, shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
+    let Signals {
+        rt,
+        mut term,
+        mut int,
+    } = signals;
+    rt.block_on(async {
         let mut report = tokio::time::interval(Duration::from_secs(60));
         report.tick().await;
         let mut health = tokio::time::interval(Duration::from_millis(200));

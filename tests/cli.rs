@@ -574,3 +574,29 @@ fn send_delivers_a_capture_to_a_running_daemon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a pcap"), "{err}");
 }
+
+/// A SIGTERM soon after start, before the daemon is ready, is an orderly stop (the handlers are
+/// installed before anything else; the delays leave the process time to reach `main`).
+#[test]
+fn sigterm_right_after_start_is_an_orderly_stop() {
+    for delay_ms in [0u64, 30, 200] {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = cmd()
+            .args(["run", "--workers", "1", "--output", "/dev/null", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100 + delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "after {delay_ms} ms: {status:?}");
+    }
+}
