@@ -203,34 +203,63 @@ fn vxlan_payloads(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// A daemon on a free loopback port writing JSON lines to a temporary file, started and bound.
+struct Daemon {
+    child: std::process::Child,
+    stderr: std::process::ChildStderr,
+    port: u16,
+    out_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(workers: &str) -> Daemon {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("records.jsonl");
+        let mut child = cmd()
+            .args(["run", "--workers", workers, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--output")
+            .arg(&out_path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        // Wait for the socket to be bound.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            let n = stderr.read(&mut buf).unwrap();
+            assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
+            log.extend_from_slice(&buf[..n]);
+        }
+        Daemon {
+            child,
+            stderr,
+            port,
+            out_path,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("records.jsonl");
-    let mut child = cmd()
-        .args(["run", "--workers", "2", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--output")
-        .arg(&out_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    // Wait for the socket to be bound.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut log = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
-        log.extend_from_slice(&buf[..n]);
-    }
+    // The daemon's stderr stays open (bound) for as long as it runs.
+    let Daemon {
+        mut child,
+        mut stderr,
+        port,
+        out_path,
+        _dir,
+    } = Daemon::start("2");
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     for p in vxlan_payloads(&sample()) {
         sender.send_to(&p, ("127.0.0.1", port)).unwrap();
@@ -298,29 +327,14 @@ fn vxlan_datagram(
 
 #[test]
 fn daemon_takes_jumbo_frames_whole() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("records.jsonl");
-    let mut child = cmd()
-        .args(["run", "--workers", "1", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--output")
-        .arg(&out_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let mut log = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
-        log.extend_from_slice(&buf[..n]);
-    }
+    // The daemon's stderr stays open (bound) for as long as it runs.
+    let Daemon {
+        mut child,
+        stderr: _stderr,
+        port,
+        out_path,
+        _dir,
+    } = Daemon::start("1");
     // A 9001-byte IP packet (AWS's jumbo MTU): 40 bytes of headers and 8961 of payload.
     let head_len = "POST /jumbo HTTP/1.1\r\nContent-Length: 8915\r\n\r\n".len();
     let body_len = 8961 - head_len;
@@ -512,29 +526,14 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
 
 #[test]
 fn send_delivers_a_capture_to_a_running_daemon() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("records.jsonl");
-    let mut child = cmd()
-        .args(["run", "--workers", "2", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--output")
-        .arg(&out_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let mut log = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
-        log.extend_from_slice(&buf[..n]);
-    }
+    // The daemon's stderr stays open (bound) for as long as it runs.
+    let Daemon {
+        mut child,
+        stderr: _stderr,
+        port,
+        out_path,
+        _dir,
+    } = Daemon::start("2");
     let out = cmd()
         .args(["send", "--rate", "2000", "--loop", "1", "--to"])
         .arg(format!("127.0.0.1:{port}"))
