@@ -30,6 +30,11 @@ pub trait Status: Send + Sync + 'static {
     fn refused(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Datagrams taken off the receive sockets, and datagrams the kernel dropped for them
+    /// because their receive queues were full.
+    fn ingest(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// Counters kept by the process rather than by a pipeline shard.
@@ -38,6 +43,10 @@ pub struct ProcessCounters {
     pub records_too_large: u64,
     /// Datagrams refused by source and by VNI.
     pub refused: (u64, u64),
+    /// Datagrams taken off the receive sockets.
+    pub received: u64,
+    /// Datagrams the kernel dropped for the receive sockets (receive queue full).
+    pub kernel_drops: u64,
 }
 
 /// Renders every counter in Prometheus text format.
@@ -58,6 +67,8 @@ impl Metrics {
     pub fn render(&self, p: &PipelineStats, s: &SinkStats, c: &ProcessCounters) -> String {
         metrics::with_local_recorder(&self.recorder, || {
             gauge!("mirror_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            counter!("mirror_received_datagrams_total").absolute(c.received);
+            counter!("mirror_kernel_drops_total").absolute(c.kernel_drops);
             counter!("mirror_datagrams_total").absolute(p.wire.datagrams);
             counter!("mirror_datagram_bytes_total").absolute(p.wire.bytes);
             counter!("mirror_segments_total").absolute(p.wire.segments);
@@ -229,18 +240,19 @@ pub fn serve(
                             "application/json",
                         ),
                     },
-                    "/metrics" => (
-                        200,
-                        metrics.render(
-                            &status.pipeline(),
-                            status.sink(),
-                            &ProcessCounters {
-                                records_too_large: status.records_too_large(),
-                                refused: status.refused(),
-                            },
-                        ),
-                        "text/plain; version=0.0.4",
-                    ),
+                    "/metrics" => {
+                        // Read before the pipeline snapshot: a datagram counted as received
+                        // may not be processed yet, never the other way round.
+                        let (received, kernel_drops) = status.ingest();
+                        let counters = ProcessCounters {
+                            records_too_large: status.records_too_large(),
+                            refused: status.refused(),
+                            received,
+                            kernel_drops,
+                        };
+                        let text = metrics.render(&status.pipeline(), status.sink(), &counters);
+                        (200, text, "text/plain; version=0.0.4")
+                    }
                     _ => (404, "not found\n".to_owned(), "text/plain"),
                 };
                 let header = tiny_http::Header::from_bytes("Content-Type", kind)

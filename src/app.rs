@@ -3,7 +3,6 @@
 
 use crate::capture::CaptureReader;
 use crate::config::{OutputArgs, ReplayArgs, RunArgs};
-use crate::flow::FlowKey;
 use crate::http::Exchange;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{Encoder, RecordConfig};
@@ -18,8 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Largest datagram taken: a 9001-byte jumbo frame mirrored with its VXLAN encapsulation.
-pub const MAX_DATAGRAM: usize = 9216;
+pub use crate::ingest::MAX_DATAGRAM;
 
 /// Opens the configured sink.
 pub fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<dyn Sink>> {
@@ -210,54 +208,8 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
     );
 }
 
-/// A datagram on its way from a receive socket to the worker owning its flow.
-type Datagram = Vec<u8>;
 /// An encoded record on its way to the sink thread.
 type Record = (u64, Vec<u8>);
-
-/// The shard of a datagram: a direction-independent hash of its inner flow, so both directions
-/// of a connection meet in one worker whichever socket received them. Undecodable datagrams go
-/// to shard 0, which counts them.
-fn shard_of(datagram: &[u8], shards: usize) -> usize {
-    let key = wire::decode_vxlan(datagram)
-        .and_then(|v| wire::decode_ethernet(v.inner).map(|s| FlowKey::new(v.vni, s.src, s.dst).0));
-    match key {
-        Ok(k) => (k.stable_hash() % shards as u64) as usize,
-        Err(_) => 0,
-    }
-}
-
-fn bind_socket(args: &RunArgs) -> Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(args.listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.set_reuse_port(true)?;
-    if socket.set_recv_buffer_size(args.recv_buffer).is_err()
-        || socket.recv_buffer_size().unwrap_or(0) < args.recv_buffer
-    {
-        // As root, SO_RCVBUFFORCE goes past net.core.rmem_max.
-        let size = libc::c_int::try_from(args.recv_buffer).unwrap_or(libc::c_int::MAX);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-        // SAFETY: setsockopt on an fd we own, with a correctly sized int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    socket
-        .bind(&args.listen.into())
-        .with_context(|| format!("binding UDP {}", args.listen))?;
-    Ok(socket.into())
-}
 
 struct Shared {
     stop: AtomicBool,
@@ -267,15 +219,36 @@ struct Shared {
     records_too_large: std::sync::atomic::AtomicU64,
     /// Last loop time (µs) of each worker: the systemd watchdog is fed only while all are alive.
     heartbeats: Vec<std::sync::atomic::AtomicU64>,
-    /// Datagrams waiting in each worker's queue, as last seen by the worker.
+    /// Datagrams waiting in each worker's queue.
+    queued: Vec<std::sync::atomic::AtomicU64>,
+    /// Batches waiting in each worker's queue, as last seen by the worker.
     queue_fill: Vec<std::sync::atomic::AtomicU64>,
+    /// The receive sockets (for the kernel's drop counts) and their counters.
+    sockets: Vec<Arc<UdpSocket>>,
+    socket_counters: Vec<crate::ingest::SocketCounters>,
     /// Datagrams refused by --allow-source / --allow-vni.
     refused_source: std::sync::atomic::AtomicU64,
     refused_vni: std::sync::atomic::AtomicU64,
 }
 
-/// Datagrams a worker's queue holds.
-const SHARD_QUEUE: usize = 64 * 1024;
+use crate::ingest::{Batch, BatchPool, SHARD_QUEUE_BATCHES};
+
+impl Shared {
+    /// Datagrams taken off the sockets, and datagrams the kernel dropped for them.
+    fn ingest(&self) -> (u64, u64) {
+        let received = self
+            .socket_counters
+            .iter()
+            .map(|c| c.received.load(Ordering::Relaxed))
+            .sum();
+        let drops = self
+            .sockets
+            .iter()
+            .filter_map(|s| crate::ingest::kernel_drops(s))
+            .sum();
+        (received, drops)
+    }
+}
 
 /// What the admin endpoint reports about the daemon.
 struct DaemonStatus {
@@ -302,7 +275,7 @@ impl crate::admin::Status for DaemonStatus {
             .map(|q| q.load(Ordering::Relaxed))
             .max()
             .unwrap_or(0);
-        if fill as usize * 10 > SHARD_QUEUE * 9 {
+        if fill as usize * 10 > SHARD_QUEUE_BATCHES * 9 {
             return Some("worker queues above 90 %".into());
         }
         crate::admin::sink_not_ready(&self.sink, self.kafka)
@@ -315,6 +288,9 @@ impl crate::admin::Status for DaemonStatus {
             self.shared.refused_source.load(Ordering::Relaxed),
             self.shared.refused_vni.load(Ordering::Relaxed),
         )
+    }
+    fn ingest(&self) -> (u64, u64) {
+        self.shared.ingest()
     }
 }
 
@@ -334,8 +310,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     pcfg.flow.max_flows = pcfg.flow.max_flows.div_ceil(workers);
     let sink_stats = Arc::new(SinkStats::default());
     let sink = open_sink(&args.output, sink_stats.clone())?;
-    let sockets: Vec<UdpSocket> = (0..workers)
-        .map(|_| bind_socket(args))
+    let sockets: Vec<Arc<UdpSocket>> = (0..workers)
+        .map(|_| crate::ingest::bind_socket(args.listen, args.recv_buffer).map(Arc::new))
         .collect::<Result<_>>()?;
     let local = sockets[0].local_addr()?;
     tracing::info!(listen = %local, workers, "receiving VXLAN");
@@ -348,7 +324,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         heartbeats: (0..workers)
             .map(|_| std::sync::atomic::AtomicU64::new(now_us()))
             .collect(),
+        queued: (0..workers).map(|_| Default::default()).collect(),
         queue_fill: (0..workers).map(|_| Default::default()).collect(),
+        sockets: sockets.clone(),
+        socket_counters: (0..workers).map(|_| Default::default()).collect(),
         refused_source: Default::default(),
         refused_vni: Default::default(),
     });
@@ -366,28 +345,56 @@ pub fn run(args: &RunArgs) -> Result<()> {
             result
         })?;
 
+    // Spare batches: enough for every queue to be a quarter full without allocating.
+    let pool = BatchPool::new(workers * SHARD_QUEUE_BATCHES / 4 + workers * workers);
     let mut shard_txs = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..workers {
-        let (tx, rx) = bounded::<Datagram>(SHARD_QUEUE);
+        let (tx, rx) = bounded::<Batch>(SHARD_QUEUE_BATCHES);
         shard_txs.push(tx);
         let (shared, rec_tx, pcfg, rcfg) =
             (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
-        let filter = filter.clone();
+        let (filter, pool) = (filter.clone(), pool.clone());
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker_loop(i, &pcfg, filter, rcfg, rx, rec_tx, &shared))?,
+                .spawn(move || {
+                    let w = Worker {
+                        index: i,
+                        rx,
+                        pool,
+                        records: rec_tx,
+                        shared: &shared,
+                    };
+                    w.run(&pcfg, filter, rcfg)
+                })?,
         );
     }
     drop(rec_tx);
     let mut recv_threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, txs, admission) = (shared.clone(), shard_txs.clone(), admission.clone());
+        let (shared, txs, admission, pool) = (
+            shared.clone(),
+            shard_txs.clone(),
+            admission.clone(),
+            pool.clone(),
+        );
         recv_threads.push(
             std::thread::Builder::new()
                 .name(format!("recv-{i}"))
-                .spawn(move || recv_loop(&socket, &txs, &admission, &shared))?,
+                .spawn(move || {
+                    let to = crate::ingest::Ingest {
+                        shards: &txs,
+                        queued: &shared.queued,
+                        pool: &pool,
+                        admission: &admission,
+                        counters: &shared.socket_counters[i],
+                        refused_source: &shared.refused_source,
+                        refused_vni: &shared.refused_vni,
+                        stop: &shared.stop,
+                    };
+                    crate::ingest::recv_loop(&socket, &to)
+                })?,
         );
     }
     drop(shard_txs);
@@ -537,120 +544,91 @@ fn wait_for_signal(signals: Signals, shared: &Shared, sink_stats: &SinkStats) ->
     })
 }
 
-fn recv_loop(
-    socket: &UdpSocket,
-    shards: &[Sender<Datagram>],
-    admission: &crate::admission::Admission,
-    shared: &Shared,
-) {
-    use crate::admission::Verdict;
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
-    while !shared.stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                // A datagram longer than the buffer arrives cut; the decoder sees the truncation.
-                let n = n.min(MAX_DATAGRAM);
-                match admission.check(from.ip(), &buf[..n]) {
-                    Verdict::Accept => {}
-                    Verdict::SourceNotAllowed => {
-                        shared.refused_source.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Verdict::VniNotAllowed => {
-                        shared.refused_vni.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                }
-                let shard = shard_of(&buf[..n], shards.len());
-                if shards[shard].send(buf[..n].to_vec()).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                if error_log.ready() {
-                    tracing::error!(error = %e, "receive failed (logged at most every 10 s)");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+/// A worker: owns one pipeline shard, takes the batches of datagrams of its flows, and sends
+/// their records to the sink thread.
+struct Worker<'a> {
+    index: usize,
+    rx: Receiver<Batch>,
+    pool: BatchPool,
+    records: Sender<Record>,
+    shared: &'a Shared,
 }
 
-fn worker_loop(
-    index: usize,
-    pcfg: &PipelineConfig,
-    filter: Arc<crate::filter::Filter>,
-    rcfg: RecordConfig,
-    rx: Receiver<Datagram>,
-    records: Sender<Record>,
-    shared: &Shared,
-) {
-    let mut pipeline = Pipeline::new(pcfg).with_filter(filter);
-    let encoder = Encoder::new(rcfg);
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut too_large = 0;
-    let mut next_expire = 0;
-    let mut deliver = |k: u64, r: &[u8]| {
-        records
-            .send((k, r.to_vec()))
-            .map_err(|_| SinkError::Io(std::io::ErrorKind::BrokenPipe.into()))
-    };
-    loop {
-        let msg = rx.recv_timeout(Duration::from_millis(200));
-        let now = now_us();
-        shared.heartbeats[index].store(now, Ordering::Relaxed);
-        shared.queue_fill[index].store(rx.len() as u64, Ordering::Relaxed);
-        match msg {
-            Ok(d) => {
-                pipeline.datagram(&d, now);
-                // Take whatever else is queued before looking at the clock again.
-                for d in rx.try_iter().take(256) {
-                    pipeline.datagram(&d, now);
+impl Worker<'_> {
+    fn run(self, pcfg: &PipelineConfig, filter: Arc<crate::filter::Filter>, rcfg: RecordConfig) {
+        let Worker {
+            index,
+            rx,
+            pool,
+            records,
+            shared,
+        } = self;
+        let mut pipeline = Pipeline::new(pcfg).with_filter(filter);
+        let encoder = Encoder::new(rcfg);
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut too_large = 0;
+        let mut next_expire = 0;
+        let mut deliver = |k: u64, r: &[u8]| {
+            records
+                .send((k, r.to_vec()))
+                .map_err(|_| SinkError::Io(std::io::ErrorKind::BrokenPipe.into()))
+        };
+        let take = |pipeline: &mut Pipeline, batch: Batch, now: u64| {
+            for d in batch.iter() {
+                pipeline.datagram(d, now);
+            }
+            shared.queued[index].fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            pool.give(batch);
+        };
+        loop {
+            let msg = rx.recv_timeout(Duration::from_millis(200));
+            let now = now_us();
+            shared.heartbeats[index].store(now, Ordering::Relaxed);
+            shared.queue_fill[index].store(rx.len() as u64, Ordering::Relaxed);
+            match msg {
+                Ok(batch) => {
+                    take(&mut pipeline, batch, now);
+                    // Take whatever else is queued before looking at the clock again.
+                    for batch in rx.try_iter().take(16) {
+                        take(&mut pipeline, batch, now);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if now >= next_expire {
+                pipeline.expire(now);
+                next_expire = now + 1_000_000;
+                if let Ok(mut s) = shared.stats[index].lock() {
+                    *s = pipeline.stats();
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if now >= next_expire {
-            pipeline.expire(now);
-            next_expire = now + 1_000_000;
-            if let Ok(mut s) = shared.stats[index].lock() {
-                *s = pipeline.stats();
+            if drain_records(
+                &mut pipeline,
+                &encoder,
+                &mut buf,
+                &mut too_large,
+                &mut deliver,
+            )
+            .is_err()
+            {
+                break;
             }
         }
-        if drain_records(
+        pipeline.finish(now_us());
+        let _ = drain_records(
             &mut pipeline,
             &encoder,
             &mut buf,
             &mut too_large,
             &mut deliver,
-        )
-        .is_err()
-        {
-            break;
+        );
+        shared
+            .records_too_large
+            .fetch_add(too_large, Ordering::Relaxed);
+        if let Ok(mut s) = shared.stats[index].lock() {
+            *s = pipeline.stats();
         }
-    }
-    pipeline.finish(now_us());
-    let _ = drain_records(
-        &mut pipeline,
-        &encoder,
-        &mut buf,
-        &mut too_large,
-        &mut deliver,
-    );
-    shared
-        .records_too_large
-        .fetch_add(too_large, Ordering::Relaxed);
-    if let Ok(mut s) = shared.stats[index].lock() {
-        *s = pipeline.stats();
     }
 }
 

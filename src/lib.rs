@@ -22,6 +22,7 @@ pub mod config;
 pub mod filter;
 pub mod flow;
 pub mod http;
+pub mod ingest;
 pub mod pipeline;
 pub mod record;
 pub mod sink;

@@ -163,6 +163,8 @@ fn metrics_count_what_was_sent_and_written() {
             metric(&text, "mirror_datagrams_total") == Some(sent)
         },
     );
+    assert_eq!(metric(&text, "mirror_received_datagrams_total"), Some(sent));
+    assert_eq!(metric(&text, "mirror_kernel_drops_total"), Some(0.0));
     let written = std::fs::read_to_string(&out).unwrap().lines().count() as f64;
     assert_eq!(
         written, 5.0,
@@ -336,6 +338,11 @@ fn datagrams_from_unlisted_sources_or_vnis_are_refused_and_counted() {
         });
         let text = get(&d.admin, "/metrics").1;
         assert_eq!(metric(&text, "mirror_datagrams_total"), Some(0.0), "{flag}");
+        assert_eq!(
+            metric(&text, "mirror_received_datagrams_total"),
+            Some(payloads.len() as f64),
+            "refused datagrams were received first"
+        );
         assert_eq!(std::fs::read_to_string(&out).unwrap_or_default(), "");
     }
 }

@@ -162,8 +162,10 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
     let mut text;
     loop {
         text = get(&admin, "/metrics");
-        let seen = metric(&text, "mirror_datagrams_total");
-        if seen >= sent || Instant::now() > deadline {
+        let received = metric(&text, "mirror_received_datagrams_total");
+        let kernel_drops = metric(&text, "mirror_kernel_drops_total");
+        let processed = metric(&text, "mirror_datagrams_total");
+        if (received + kernel_drops >= sent && processed >= received) || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -187,6 +189,17 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
         segments + drops,
         "every datagram decoded or counted"
     );
+    let (received, kernel_drops) = (
+        metric(&text, "mirror_received_datagrams_total"),
+        metric(&text, "mirror_kernel_drops_total"),
+    );
+    eprintln!("received {received}, dropped by the kernel {kernel_drops}");
+    assert_eq!(
+        received + kernel_drops,
+        sent,
+        "every datagram sent was received or counted as dropped by the kernel"
+    );
+    assert_eq!(datagrams, received, "every datagram received was processed");
     assert!(datagrams > 0.9 * sent, "most datagrams reached the daemon");
     assert!(metric(&text, "mirror_flows_active") <= 50_000.0);
     let by_budget = metric(&text, "mirror_flows_closed_total{reason=\"memory_budget\"}");

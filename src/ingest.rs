@@ -1,0 +1,358 @@
+//! Ingest: the receive sockets and the hand-off of datagrams to the workers.
+//!
+//! Each receive thread owns one of `--workers` sockets bound to the same port with SO_REUSEPORT,
+//! takes up to [`RECV_BATCH`] datagrams per `recvmmsg(2)` call into one reused buffer, and packs
+//! each datagram into the [`Batch`] of the shard that owns its inner flow. Batches travel to the
+//! workers over bounded channels and come back through a [`BatchPool`] once processed, so in the
+//! steady state no memory is allocated per datagram.
+//!
+//! The kernel's own drop count for each socket (datagrams it discarded because the receive queue
+//! was full) is read with `getsockopt(SO_MEMINFO)`, which returns the same `sk_drops` counter that
+//! `SO_RXQ_OVFL` reports with each datagram, but exactly and at any time, not only when a later
+//! datagram arrives.
+
+use crate::admission::{Admission, Verdict};
+use crate::flow::FlowKey;
+use crate::wire;
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Largest datagram taken: a 9001-byte jumbo frame mirrored with its VXLAN encapsulation.
+pub const MAX_DATAGRAM: usize = 9216;
+/// Datagrams taken per `recvmmsg` call.
+pub const RECV_BATCH: usize = 64;
+/// Batches a worker's queue holds. With full batches that is 64 Ki datagrams.
+pub const SHARD_QUEUE_BATCHES: usize = 1024;
+
+/// Datagrams for one worker, packed back to back in one buffer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    data: Vec<u8>,
+    /// End offset of each datagram in `data`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    pub fn push(&mut self, datagram: &[u8]) {
+        self.data.extend_from_slice(datagram);
+        self.ends.push(self.data.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+
+    /// The datagrams, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let d = &self.data[start..end];
+            start = end;
+            d
+        })
+    }
+}
+
+/// Emptied batches on their way back from the workers to the receive threads.
+#[derive(Clone)]
+pub struct BatchPool {
+    tx: Sender<Batch>,
+    rx: Receiver<Batch>,
+}
+
+impl BatchPool {
+    /// A pool keeping at most `capacity` spare batches; more are freed.
+    pub fn new(capacity: usize) -> BatchPool {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        BatchPool { tx, rx }
+    }
+
+    /// A spare batch, or a new one when none is spare.
+    pub fn take(&self) -> Batch {
+        self.rx.try_recv().unwrap_or_default()
+    }
+
+    /// Returns a processed batch for reuse. Batches that grew past a few typical batches are
+    /// freed instead, so one burst of jumbo frames does not pin its memory.
+    pub fn give(&self, mut batch: Batch) {
+        if batch.data.capacity() > RECV_BATCH * MAX_DATAGRAM {
+            return;
+        }
+        batch.clear();
+        let _ = self.tx.try_send(batch);
+    }
+}
+
+/// Counters of one receive socket.
+#[derive(Debug, Default)]
+pub struct SocketCounters {
+    /// Datagrams taken off the socket (before admission).
+    pub received: AtomicU64,
+    /// Datagrams longer than [`MAX_DATAGRAM`], passed on cut (the decoder sees the truncation).
+    pub oversized: AtomicU64,
+    /// `recvmmsg` calls and the datagrams they returned (average batch = datagrams / calls).
+    pub calls: AtomicU64,
+}
+
+/// Opens one of the receive sockets: SO_REUSEPORT, `recv_buffer` bytes of receive buffer (with
+/// SO_RCVBUFFORCE past `net.core.rmem_max` when allowed), a 100 ms receive timeout so the thread
+/// notices a stop request.
+pub fn bind_socket(listen: SocketAddr, recv_buffer: usize) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    // The kernel doubles the value it is given (for its bookkeeping) and reports the doubled one.
+    if socket.set_recv_buffer_size(recv_buffer).is_err()
+        || socket.recv_buffer_size().unwrap_or(0) < recv_buffer
+    {
+        let size = libc::c_int::try_from(recv_buffer).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on a socket we own, with a correctly sized int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(
+                wanted = recv_buffer,
+                got = socket.recv_buffer_size().unwrap_or(0) / 2,
+                "receive buffer capped by net.core.rmem_max (SO_RCVBUFFORCE needs CAP_NET_ADMIN): raise the sysctl or run with the capability"
+            );
+        }
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("binding UDP {listen}"))?;
+    Ok(socket.into())
+}
+
+/// Datagrams the kernel dropped for `socket` (`sk_drops`: receive queue full, or memory
+/// accounting), or `None` if the kernel does not say.
+pub fn kernel_drops(socket: &UdpSocket) -> Option<u64> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt on a socket we own, into a buffer of `len` bytes; the kernel writes at
+    // most `len` bytes and reports how many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let needed = (libc::SK_MEMINFO_DROPS as usize + 1) * std::mem::size_of::<u32>();
+    (rc == 0 && len as usize >= needed).then(|| u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
+}
+
+/// The shard of a datagram: a direction-independent hash of its inner flow, so both directions
+/// of a connection meet in one worker whichever socket received them. Undecodable datagrams go
+/// to shard 0, which counts them.
+pub fn shard_of(datagram: &[u8], shards: usize) -> usize {
+    let key = wire::decode_vxlan(datagram)
+        .and_then(|v| wire::decode_ethernet(v.inner).map(|s| FlowKey::new(v.vni, s.src, s.dst).0));
+    match key {
+        Ok(k) => (k.stable_hash() % shards as u64) as usize,
+        Err(_) => 0,
+    }
+}
+
+fn source_ip(addr: Option<&SockaddrStorage>) -> Option<IpAddr> {
+    let addr = addr?;
+    if let Some(a) = addr.as_sockaddr_in() {
+        Some(IpAddr::V4(a.ip()))
+    } else {
+        addr.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
+    }
+}
+
+/// Where a receive thread sends what it takes, and what it counts.
+pub struct Ingest<'a> {
+    pub shards: &'a [Sender<Batch>],
+    /// Datagrams waiting in each shard's queue (added here, subtracted by the worker).
+    pub queued: &'a [AtomicU64],
+    pub pool: &'a BatchPool,
+    pub admission: &'a Admission,
+    pub counters: &'a SocketCounters,
+    pub refused_source: &'a AtomicU64,
+    pub refused_vni: &'a AtomicU64,
+    pub stop: &'a AtomicBool,
+}
+
+/// Receives until `stop` is set or every worker is gone.
+pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
+    let fd = socket.as_raw_fd();
+    // One slot longer than the largest datagram taken, so a longer one shows as cut.
+    let slot = MAX_DATAGRAM + 1;
+    let mut buf = vec![0u8; RECV_BATCH * slot];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let mut pending: Vec<Batch> = to.shards.iter().map(|_| to.pool.take()).collect();
+    let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
+    // Per datagram of a call: length, source, cut.
+    let mut got = [(0usize, None::<IpAddr>, false); RECV_BATCH];
+    while !to.stop.load(Ordering::Relaxed) {
+        let received = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buf
+                .chunks_exact_mut(slot)
+                .map(|c| [IoSliceMut::new(c)])
+                .collect();
+            // MSG_WAITFORONE: block (up to the socket's receive timeout) for the first datagram,
+            // then take whatever else is queued without waiting.
+            let flags = MsgFlags::MSG_WAITFORONE;
+            match recvmmsg(fd, &mut headers, &mut slices, flags, None) {
+                Ok(results) => {
+                    let mut n = 0;
+                    for (msg, entry) in results.zip(got.iter_mut()) {
+                        let cut =
+                            msg.bytes > MAX_DATAGRAM || msg.flags.contains(MsgFlags::MSG_TRUNC);
+                        *entry = (
+                            msg.bytes.min(MAX_DATAGRAM),
+                            source_ip(msg.address.as_ref()),
+                            cut,
+                        );
+                        n += 1;
+                    }
+                    n
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    if error_log.ready() {
+                        tracing::error!(error = %e, "receive failed (logged at most every 10 s)");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    0
+                }
+            }
+        };
+        for (i, &(len, from, cut)) in got[..received].iter().enumerate() {
+            if cut {
+                to.counters.oversized.fetch_add(1, Ordering::Relaxed);
+            }
+            let datagram = &buf[i * slot..i * slot + len];
+            // A source the kernel did not report cannot pass a source allow-list: it is taken
+            // as the unspecified address.
+            let from = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            match to.admission.check(from, datagram) {
+                Verdict::Accept => {}
+                Verdict::SourceNotAllowed => {
+                    to.refused_source.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Verdict::VniNotAllowed => {
+                    to.refused_vni.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            pending[shard_of(datagram, to.shards.len())].push(datagram);
+        }
+        if received == 0 {
+            continue;
+        }
+        to.counters.calls.fetch_add(1, Ordering::Relaxed);
+        to.counters
+            .received
+            .fetch_add(received as u64, Ordering::Relaxed);
+        for (shard, batch) in pending.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let full = std::mem::replace(batch, to.pool.take());
+            to.queued[shard].fetch_add(full.len() as u64, Ordering::Relaxed);
+            // Blocks while the worker's queue is full: the socket's queue fills behind it and
+            // the kernel counts what it drops (kernel_drops), so nothing is lost uncounted.
+            if to.shards[shard].send(full).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_keeps_datagrams_apart_and_in_order() {
+        let mut b = Batch::default();
+        assert!(b.is_empty());
+        b.push(b"one");
+        b.push(b"");
+        b.push(b"three");
+        assert_eq!(b.len(), 3);
+        let got: Vec<&[u8]> = b.iter().collect();
+        assert_eq!(got, vec![&b"one"[..], b"", b"three"]);
+        b.clear();
+        assert_eq!(b.iter().count(), 0);
+    }
+
+    #[test]
+    fn pool_reuses_batches_and_frees_oversized_ones() {
+        let pool = BatchPool::new(2);
+        let mut b = pool.take();
+        b.push(&[7u8; 1000]);
+        let cap = b.data.capacity();
+        pool.give(b);
+        let again = pool.take();
+        assert!(again.is_empty());
+        assert_eq!(again.data.capacity(), cap, "the same buffer comes back");
+        let mut huge = Batch::default();
+        huge.push(&vec![0u8; RECV_BATCH * MAX_DATAGRAM + 1]);
+        pool.give(huge);
+        assert_eq!(
+            pool.take().data.capacity(),
+            0,
+            "an oversized batch is not kept"
+        );
+    }
+
+    #[test]
+    fn kernel_drops_counts_what_a_full_queue_discards() {
+        // A receiver with the smallest buffer the kernel allows, never read, and a burst sent
+        // to it over loopback: what did not fit is the kernel's drop count for the socket.
+        let rx = bind_socket("127.0.0.1:0".parse().unwrap(), 64 * 1024).unwrap();
+        let small = socket2::SockRef::from(&rx);
+        small.set_recv_buffer_size(1).unwrap();
+        assert_eq!(kernel_drops(&rx), Some(0));
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sent = 2000u64;
+        for _ in 0..sent {
+            tx.send_to(&[0u8; 1000], to).unwrap();
+        }
+        let mut buf = [0u8; 2000];
+        rx.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut got = 0u64;
+        while rx.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        let drops = kernel_drops(&rx).unwrap();
+        assert!(drops > 0, "a 1-byte buffer must overflow");
+        assert_eq!(got + drops, sent, "received {got} + dropped {drops}");
+    }
+}
