@@ -52,11 +52,17 @@ pub trait StreamHandler: Default {
     fn event(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, side: Side, ev: StreamEvent<'_>);
     /// The flow ends; no events follow.
     fn close(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, reason: CloseReason, now: u64);
+    /// The flow has been idle for [`RELEASE_AFTER_US`]: free spare capacity.
+    fn release(&mut self) {}
     /// Bytes the handler holds for this flow (counted against the memory budget).
     fn buffered(&self) -> usize {
         0
     }
 }
+
+/// A flow idle for this long (µs) gives back its buffers' spare capacity, so a connection held
+/// open between requests costs little more than its table entry.
+pub const RELEASE_AFTER_US: u64 = 1_000_000;
 
 /// Limits of a flow table.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -309,6 +315,9 @@ impl<H: StreamHandler> FlowTable<H> {
         let mut buffered = 0;
         let mut changed = Vec::new();
         for (key, flow) in self.flows.iter_mut() {
+            if flow.last_seen.saturating_add(RELEASE_AFTER_US) <= now {
+                flow.handler.release();
+            }
             let Flow { dirs, handler, .. } = flow;
             let mut rs = ReassemblyStats::default();
             for side in [Side::Lo, Side::Hi] {

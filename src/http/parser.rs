@@ -147,7 +147,8 @@ pub struct Parser {
     /// Metadata of the bytes most recently pushed.
     meta: Option<DataMeta>,
     state: State,
-    msg: Option<Message>,
+    /// Boxed: an idle connection's parsers stay small.
+    msg: Option<Box<Message>>,
     /// A gap fell inside the current message.
     damaged: bool,
     tunnel_after: bool,
@@ -182,6 +183,14 @@ impl Parser {
         self.buf.capacity() + self.msg.as_ref().map_or(0, |m| m.body.capacity())
     }
 
+    /// Frees the buffer when it holds nothing (the connection went idle between messages).
+    pub fn release(&mut self) {
+        if self.pos == self.buf.len() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
     /// True once the direction switched protocols.
     pub fn in_tunnel(&self) -> bool {
         self.state == State::Tunnel
@@ -197,7 +206,7 @@ impl Parser {
 
     /// The message whose head was just reported.
     pub fn current(&self) -> Option<&Message> {
-        self.msg.as_ref()
+        self.msg.as_deref()
     }
 
     /// Appends bytes of the stream.
@@ -442,7 +451,7 @@ impl Parser {
         match self.state {
             State::Close => Some(self.finish_message(cfg)),
             State::Length(_) | State::Chunked(_) | State::AwaitBody => {
-                let mut msg = self.msg.take()?;
+                let mut msg = *self.msg.take()?;
                 self.state = State::Seek;
                 if self.damaged {
                     self.damaged = false;
@@ -512,7 +521,7 @@ impl Parser {
         let mut msg = Message::new(start, version, meta.map_or(0, |m| m.ts), self.seq);
         msg.ack = meta.and_then(|m| m.ack);
         msg.headers = headers;
-        self.msg = Some(msg);
+        self.msg = Some(Box::new(msg));
         self.damaged = false;
         self.tunnel_after = false;
         self.consume(n);
@@ -545,7 +554,7 @@ impl Parser {
         } else {
             State::Head
         };
-        let Some(mut msg) = self.msg.take() else {
+        let Some(mut msg) = self.msg.take().map(|m| *m) else {
             return Step::NeedMore;
         };
         if std::mem::take(&mut self.damaged) {

@@ -114,6 +114,17 @@ impl StreamHandler for Session {
         }
     }
 
+    fn release(&mut self) {
+        self.requests.release();
+        self.responses.release();
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+        if self.early.is_empty() {
+            self.early = VecDeque::new();
+        }
+    }
+
     fn buffered(&self) -> usize {
         let body = |m: &Message| m.body.capacity();
         let pending: usize = self
