@@ -208,8 +208,10 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
     );
 }
 
-/// An encoded record on its way to the sink thread.
-type Record = (u64, Vec<u8>);
+/// Records a worker hands to the sink thread at once, at most.
+const RECORDS_PER_BATCH: usize = 64;
+/// Record batches the sink thread's queue holds.
+const RECORD_QUEUE_BATCHES: usize = 256;
 
 struct Shared {
     stop: AtomicBool,
@@ -332,13 +334,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
         refused_vni: Default::default(),
     });
     let admission = Arc::new(args.admission()?);
-    let (rec_tx, rec_rx) = bounded::<Record>(16 * 1024);
+    let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
+    let record_pool = BatchPool::new(RECORD_QUEUE_BATCHES + workers);
     let sink_shared = shared.clone();
+    let sink_pool = record_pool.clone();
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let sink_thread = std::thread::Builder::new()
         .name("sink".into())
         .spawn(move || {
-            let result = sink_loop(sink, rec_rx, flush_timeout);
+            let result = sink_loop(sink, rec_rx, &sink_pool, flush_timeout);
             if result.is_err() {
                 sink_shared.sink_failed.store(true, Ordering::SeqCst);
             }
@@ -354,7 +358,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         shard_txs.push(tx);
         let (shared, rec_tx, pcfg, rcfg) =
             (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
-        let (filter, pool) = (filter.clone(), pool.clone());
+        let (filter, pool, record_pool) = (filter.clone(), pool.clone(), record_pool.clone());
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -364,6 +368,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                         rx,
                         pool,
                         records: rec_tx,
+                        record_pool,
                         shared: &shared,
                     };
                     w.run(&pcfg, filter, rcfg)
@@ -550,7 +555,8 @@ struct Worker<'a> {
     index: usize,
     rx: Receiver<Batch>,
     pool: BatchPool,
-    records: Sender<Record>,
+    records: Sender<Batch>,
+    record_pool: BatchPool,
     shared: &'a Shared,
 }
 
@@ -561,6 +567,7 @@ impl Worker<'_> {
             rx,
             pool,
             records,
+            record_pool,
             shared,
         } = self;
         let mut pipeline = Pipeline::new(pcfg).with_filter(filter);
@@ -568,10 +575,10 @@ impl Worker<'_> {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut too_large = 0;
         let mut next_expire = 0;
-        let mut deliver = |k: u64, r: &[u8]| {
-            records
-                .send((k, r.to_vec()))
-                .map_err(|_| SinkError::Io(std::io::ErrorKind::BrokenPipe.into()))
+        let mut out = RecordsOut {
+            batch: record_pool.take(),
+            pool: record_pool,
+            tx: records,
         };
         let take = |pipeline: &mut Pipeline, batch: Batch, now: u64| {
             for d in batch.iter() {
@@ -603,26 +610,16 @@ impl Worker<'_> {
                     *s = pipeline.stats();
                 }
             }
-            if drain_records(
-                &mut pipeline,
-                &encoder,
-                &mut buf,
-                &mut too_large,
-                &mut deliver,
-            )
-            .is_err()
-            {
+            let deliver = |k: u64, r: &[u8]| out.push(k, r);
+            let drained = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, deliver);
+            if drained.and_then(|()| out.flush()).is_err() {
                 break;
             }
         }
         pipeline.finish(now_us());
-        let _ = drain_records(
-            &mut pipeline,
-            &encoder,
-            &mut buf,
-            &mut too_large,
-            &mut deliver,
-        );
+        let deliver = |k: u64, r: &[u8]| out.push(k, r);
+        let _ = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, deliver)
+            .and_then(|()| out.flush());
         shared
             .records_too_large
             .fetch_add(too_large, Ordering::Relaxed);
@@ -632,10 +629,48 @@ impl Worker<'_> {
     }
 }
 
-fn sink_loop(mut sink: Box<dyn Sink>, records: Receiver<Record>, flush: Duration) -> Result<()> {
+/// A worker's encoded records on their way to the sink thread: copied into a pooled batch and
+/// handed over [`RECORDS_PER_BATCH`] at a time, and whatever is left after each drain.
+struct RecordsOut {
+    batch: Batch,
+    pool: BatchPool,
+    tx: Sender<Batch>,
+}
+
+impl RecordsOut {
+    fn push(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError> {
+        self.batch.push_tagged(key, record);
+        if self.batch.len() < RECORDS_PER_BATCH {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.batch, self.pool.take());
+        self.tx
+            .send(full)
+            .map_err(|_| SinkError::Io(std::io::ErrorKind::BrokenPipe.into()))
+    }
+}
+
+fn sink_loop(
+    mut sink: Box<dyn Sink>,
+    records: Receiver<Batch>,
+    pool: &BatchPool,
+    flush: Duration,
+) -> Result<()> {
     loop {
         match records.recv_timeout(Duration::from_millis(100)) {
-            Ok((key, record)) => sink.send(key, &record)?,
+            Ok(batch) => {
+                for (key, record) in batch.iter_tagged() {
+                    sink.send(key, record)?;
+                }
+                pool.give(batch);
+            }
             Err(RecvTimeoutError::Timeout) => sink.idle()?,
             Err(RecvTimeoutError::Disconnected) => break,
         }

@@ -30,18 +30,23 @@ pub const RECV_BATCH: usize = 64;
 /// Batches a worker's queue holds. With full batches that is 64 Ki datagrams.
 pub const SHARD_QUEUE_BATCHES: usize = 1024;
 
-/// Datagrams for one worker, packed back to back in one buffer.
+/// Byte strings packed back to back in one buffer, each with a tag: the datagrams on their way
+/// to a worker, or the encoded records (tagged with their message key) on their way to the sink.
 #[derive(Debug, Default)]
 pub struct Batch {
     data: Vec<u8>,
-    /// End offset of each datagram in `data`.
-    ends: Vec<usize>,
+    /// Tag and end offset in `data` of each item.
+    ends: Vec<(u64, usize)>,
 }
 
 impl Batch {
-    pub fn push(&mut self, datagram: &[u8]) {
-        self.data.extend_from_slice(datagram);
-        self.ends.push(self.data.len());
+    pub fn push(&mut self, item: &[u8]) {
+        self.push_tagged(0, item);
+    }
+
+    pub fn push_tagged(&mut self, tag: u64, item: &[u8]) {
+        self.data.extend_from_slice(item);
+        self.ends.push((tag, self.data.len()));
     }
 
     pub fn len(&self) -> usize {
@@ -57,13 +62,18 @@ impl Batch {
         self.ends.clear();
     }
 
-    /// The datagrams, in the order they were pushed.
+    /// The items, in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.iter_tagged().map(|(_, item)| item)
+    }
+
+    /// The items with their tags, in the order they were pushed.
+    pub fn iter_tagged(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let d = &self.data[start..end];
+        self.ends.iter().map(move |&(tag, end)| {
+            let item = &self.data[start..end];
             start = end;
-            d
+            (tag, item)
         })
     }
 }
@@ -302,10 +312,12 @@ mod tests {
         assert!(b.is_empty());
         b.push(b"one");
         b.push(b"");
-        b.push(b"three");
+        b.push_tagged(9, b"three");
         assert_eq!(b.len(), 3);
         let got: Vec<&[u8]> = b.iter().collect();
         assert_eq!(got, vec![&b"one"[..], b"", b"three"]);
+        let tags: Vec<u64> = b.iter_tagged().map(|(t, _)| t).collect();
+        assert_eq!(tags, vec![0, 0, 9]);
         b.clear();
         assert_eq!(b.iter().count(), 0);
     }
