@@ -209,6 +209,39 @@ impl Parser {
         self.msg.as_deref()
     }
 
+    /// Takes bytes of the stream. Body bytes of the message in progress go straight into its
+    /// body when nothing waits in the buffer before them, so a body is copied once; the rest is
+    /// appended to the buffer for [`Parser::step`].
+    pub fn feed(&mut self, data: &[u8], meta: DataMeta, cfg: &HttpConfig) {
+        let body_rest = if self.pos == self.buf.len() && self.msg.is_some() {
+            match self.state {
+                State::Length(rest) | State::Chunked(Chunk::Data(rest)) => rest,
+                State::Close => u64::MAX,
+                _ => 0,
+            }
+        } else {
+            0
+        };
+        let n = (data.len() as u64).min(body_rest) as usize;
+        if n == 0 {
+            return self.push(data, meta);
+        }
+        self.append_body(&data[..n], cfg);
+        self.state = match self.state {
+            State::Length(rest) => State::Length(rest - n as u64),
+            State::Chunked(Chunk::Data(rest)) if rest == n as u64 => State::Chunked(Chunk::DataEnd),
+            State::Chunked(Chunk::Data(rest)) => State::Chunked(Chunk::Data(rest - n as u64)),
+            other => other,
+        };
+        let seq = meta.seq.wrapping_add(n as u64);
+        if n < data.len() {
+            self.push(&data[n..], DataMeta { seq, ..meta });
+        } else {
+            self.seq = Some(seq);
+            self.meta = Some(meta);
+        }
+    }
+
     /// Appends bytes of the stream.
     pub fn push(&mut self, data: &[u8], meta: DataMeta) {
         if self.state == State::Tunnel {
@@ -535,17 +568,23 @@ impl Parser {
         if n == 0 {
             return 0;
         }
+        let (pos, buf) = (self.pos, std::mem::take(&mut self.buf));
+        self.append_body(&buf[pos..pos + n], cfg);
+        self.buf = buf;
+        self.consume(n);
+        n as u64
+    }
+
+    /// Adds bytes to the body of the message in progress, up to the configured cap.
+    fn append_body(&mut self, bytes: &[u8], cfg: &HttpConfig) {
         if let Some(msg) = &mut self.msg {
             let room = cfg.max_body_bytes.saturating_sub(msg.body.len());
-            let keep = n.min(room);
-            msg.body
-                .extend_from_slice(&self.buf[self.pos..self.pos + keep]);
-            if keep < n {
+            let keep = bytes.len().min(room);
+            msg.body.extend_from_slice(&bytes[..keep]);
+            if keep < bytes.len() {
                 msg.body_truncated = true;
             }
         }
-        self.consume(n);
-        n as u64
     }
 
     fn finish_message(&mut self, cfg: &HttpConfig) -> Step {

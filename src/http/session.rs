@@ -82,7 +82,7 @@ impl StreamHandler for Session {
         match ev {
             StreamEvent::Data(bytes, meta) => match self.client {
                 Some(client) => {
-                    self.parser(client, side).push(bytes, meta);
+                    self.parser(client, side).feed(bytes, meta, &ctx.cfg);
                     self.drive(ctx, key, client, side);
                 }
                 None => self.probe(ctx, key, side, bytes, meta),
