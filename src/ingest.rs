@@ -187,9 +187,19 @@ pub fn shard_of(datagram: &[u8], shards: usize) -> usize {
     let key = wire::decode_vxlan(datagram)
         .and_then(|v| wire::decode_ethernet(v.inner).map(|s| FlowKey::new(v.vni, s.src, s.dst).0));
     match key {
-        Ok(k) => (k.stable_hash() % shards as u64) as usize,
+        Ok(k) => (mix(k.stable_hash()) % shards as u64) as usize,
         Err(_) => 0,
     }
+}
+
+/// MurmurHash3's 64-bit finaliser: FNV-1a's low bits depend only on the low bits of its input
+/// bytes, so taken modulo a small shard count they would leave shards idle.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 fn source_ip(addr: Option<&SockaddrStorage>) -> Option<IpAddr> {
@@ -227,10 +237,10 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
     let mut got = [(0usize, None::<IpAddr>, false); RECV_BATCH];
     while !to.stop.load(Ordering::Relaxed) {
         let received = {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buf
-                .chunks_exact_mut(slot)
-                .map(|c| [IoSliceMut::new(c)])
-                .collect();
+            // On the stack: no allocation per call.
+            let mut chunks = buf.chunks_exact_mut(slot);
+            let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
             // MSG_WAITFORONE: block (up to the socket's receive timeout) for the first datagram,
             // then take whatever else is queued without waiting.
             let flags = MsgFlags::MSG_WAITFORONE;
@@ -366,5 +376,118 @@ mod tests {
         let drops = kernel_drops(&rx).unwrap();
         assert!(drops > 0, "a 1-byte buffer must overflow");
         assert_eq!(got + drops, sent, "received {got} + dropped {drops}");
+    }
+
+    fn vxlan(vni: u8, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0, dst.0, 64)
+            .tcp(src.1, dst.1, 1, 65535);
+        let mut out = vec![0x08, 0, 0, 0, 0, 0, vni, 0];
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn both_directions_of_a_flow_reach_one_shard_and_every_datagram_is_counted() {
+        const SHARDS: usize = 4;
+        const FLOWS: u16 = 64;
+        let socket = bind_socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let to_addr = socket.local_addr().unwrap();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..SHARDS)
+            .map(|_| crossbeam_channel::unbounded::<Batch>())
+            .unzip();
+        let queued: Vec<AtomicU64> = (0..SHARDS).map(|_| AtomicU64::new(0)).collect();
+        let pool = BatchPool::new(64);
+        let admission = Admission::new(&[], &["9".to_owned()]).unwrap();
+        let counters = SocketCounters::default();
+        let (refused_source, refused_vni) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stop = AtomicBool::new(false);
+        let ingest = Ingest {
+            shards: &txs,
+            queued: &queued,
+            pool: &pool,
+            admission: &admission,
+            counters: &counters,
+            refused_source: &refused_source,
+            refused_vni: &refused_vni,
+            stop: &stop,
+        };
+        let client = |i: u16| ([10, 0, (i >> 8) as u8, i as u8], 40_000 + i);
+        let server = ([10, 1, 0, 1], 8080);
+        let mut sent = 0u64;
+        std::thread::scope(|scope| {
+            let receiver = scope.spawn(|| recv_loop(&socket, &ingest));
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for i in 0..FLOWS {
+                tx.send_to(
+                    &vxlan(9, client(i), server, b"GET / HTTP/1.1\r\n\r\n"),
+                    to_addr,
+                )
+                .unwrap();
+                tx.send_to(
+                    &vxlan(9, server, client(i), b"HTTP/1.1 200 OK\r\n\r\n"),
+                    to_addr,
+                )
+                .unwrap();
+                sent += 2;
+            }
+            // Refused by --allow-vni, and junk (shard 0 counts it as undecodable).
+            tx.send_to(&vxlan(8, client(0), server, b"x"), to_addr)
+                .unwrap();
+            tx.send_to(b"junk", to_addr).unwrap();
+            sent += 2;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while counters.received.load(Ordering::Relaxed) < sent
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stop.store(true, Ordering::Relaxed);
+            receiver.join().unwrap();
+        });
+        assert_eq!(counters.received.load(Ordering::Relaxed), sent);
+        assert_eq!(refused_vni.load(Ordering::Relaxed), 1);
+        assert_eq!(refused_source.load(Ordering::Relaxed), 0);
+        assert_eq!(kernel_drops(&socket), Some(0));
+        let mut shard_of_flow = std::collections::HashMap::new();
+        let mut delivered = 0;
+        for (shard, rx) in rxs.iter().enumerate() {
+            let mut in_shard = 0;
+            for batch in rx.try_iter() {
+                for d in batch.iter() {
+                    in_shard += 1;
+                    let Ok(seg) =
+                        wire::decode_vxlan(d).and_then(|v| wire::decode_ethernet(v.inner))
+                    else {
+                        assert_eq!(shard, 0, "undecodable datagrams go to shard 0");
+                        continue;
+                    };
+                    let peer = if seg.src.port() == 8080 {
+                        seg.dst
+                    } else {
+                        seg.src
+                    };
+                    let previous = shard_of_flow.insert(peer, shard);
+                    assert!(
+                        previous.is_none_or(|p| p == shard),
+                        "{peer} split over shards"
+                    );
+                }
+            }
+            assert_eq!(queued[shard].load(Ordering::Relaxed), in_shard as u64);
+            delivered += in_shard;
+        }
+        assert_eq!(
+            delivered as u64,
+            sent - 1,
+            "all but the refused one delivered"
+        );
+        assert_eq!(shard_of_flow.len(), FLOWS as usize);
+        let used: std::collections::HashSet<_> = shard_of_flow.values().collect();
+        assert_eq!(
+            used.len(),
+            SHARDS,
+            "{FLOWS} flows spread over all {SHARDS} shards"
+        );
     }
 }
