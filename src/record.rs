@@ -118,9 +118,13 @@ impl Encoder {
         let mut resp_cut = resp.is_some_and(|r| r.body_truncated);
         let truncated = truncated_label(req_cut, resp_cut);
         record.truncated = truncated;
-        write(&record, buf);
-        if buf.len() <= self.cfg.max_record_bytes {
-            return Ok(());
+        // An escaped payload is never shorter than its text: when the payloads alone pass the
+        // limit, the whole record cannot fit and is not written in full only to be thrown away.
+        if req_body.len() + resp_body.len() <= self.cfg.max_record_bytes {
+            write(&record, buf);
+            if buf.len() <= self.cfg.max_record_bytes {
+                return Ok(());
+            }
         }
         // Too large: find what the record costs without payloads, then share the rest.
         record.request_payload = "";
