@@ -174,3 +174,62 @@ fn invalid_utf8_bodies_become_text() {
     let (r, _) = encode(&exchange(true, &[0xff, b'o', b'k'], b""), 1_000_000);
     assert_eq!(r["requestPayload"], "\u{fffd}ok");
 }
+
+#[test]
+fn headers_are_one_sorted_object_with_repeated_fields_joined() {
+    let start = StartLine::Response {
+        status: 200,
+        reason: "OK".into(),
+    };
+    let m = message(
+        start,
+        &[
+            ("x-b", "2"),
+            ("set-cookie", "s=1"),
+            ("accept", "a\"q"),
+            ("x-b", "3"),
+            ("set-cookie", "t=2"),
+        ],
+        b"",
+    );
+    assert_eq!(
+        headers_json(&m),
+        r#"{"accept":"a\"q","set-cookie":"s=1\nt=2","x-b":"2, 3"}"#
+    );
+    let none = message(
+        StartLine::Response {
+            status: 204,
+            reason: String::new(),
+        },
+        &[],
+        b"",
+    );
+    assert_eq!(headers_json(&none), "{}");
+}
+
+proptest::proptest! {
+    /// The direct writer produces what serializing a serde_json map (sorted keys) would.
+    #[test]
+    fn headers_json_matches_a_serde_json_map(
+        fields in proptest::collection::vec(("[a-c]{1,2}|set-cookie", "[ -~\u{e9}\u{1}]{0,6}"), 0..12)
+    ) {
+        let m = message(
+            StartLine::Response { status: 200, reason: "OK".into() },
+            &fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect::<Vec<_>>(),
+            b"",
+        );
+        let mut map = serde_json::Map::new();
+        for (name, value) in &m.headers {
+            match map.get_mut(name) {
+                Some(Value::String(existing)) => {
+                    existing.push_str(if name == "set-cookie" { "\n" } else { ", " });
+                    existing.push_str(value);
+                }
+                _ => {
+                    map.insert(name.clone(), Value::String(value.clone()));
+                }
+            }
+        }
+        proptest::prop_assert_eq!(headers_json(&m), Value::Object(map).to_string());
+    }
+}
