@@ -643,11 +643,8 @@ impl Filter {
         }
         let messages = std::iter::once(&mut ex.request).chain(ex.response.as_mut());
         for msg in messages {
-            for (name, value) in &mut msg.headers {
-                if self.redact.iter().any(|r| r.eq_ignore_ascii_case(name)) {
-                    REDACTED.clone_into(value);
-                }
-            }
+            let redacted = |name: &str| self.redact.iter().any(|r| r.eq_ignore_ascii_case(name));
+            msg.headers.replace_values(redacted, REDACTED);
         }
     }
 

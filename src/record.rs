@@ -210,14 +210,14 @@ fn cut_to_escaped(s: &str, room: usize) -> &str {
 /// values of a repeated field joined (", ", or a newline for set-cookie) in the order sent.
 /// Written directly, without building a map: this runs twice per record.
 fn headers_json(msg: &Message) -> String {
-    let mut fields: Vec<&(String, String)> = msg.headers.iter().collect();
+    let mut fields: Vec<(&str, &str)> = msg.headers.iter().collect();
     // Stable: repeated fields keep their order.
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::with_capacity(msg.headers.len() * 48 + 2);
     out.push(b'{');
     let mut rest = fields.as_slice();
-    while let Some(((name, value), tail)) = rest.split_first().map(|(f, t)| (*f, t)) {
-        let run = tail.iter().take_while(|(n, _)| n == name).count();
+    while let Some((&(name, value), tail)) = rest.split_first() {
+        let run = tail.iter().take_while(|(n, _)| *n == name).count();
         if out.len() > 1 {
             out.push(b',');
         }
@@ -228,7 +228,7 @@ fn headers_json(msg: &Message) -> String {
             let _ = serde_json::to_writer(&mut out, value);
         } else {
             let sep = if name == "set-cookie" { "\n" } else { ", " };
-            let mut joined = value.clone();
+            let mut joined = value.to_owned();
             for (_, v) in &tail[..run] {
                 joined.push_str(sep);
                 joined.push_str(v);

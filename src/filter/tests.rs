@@ -854,7 +854,7 @@ fn redaction_replaces_values_in_request_and_response() {
     let pairs = |m: &Message| {
         m.headers
             .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect::<Vec<_>>()
     };
     let own = |v: &[(&str, &str)]| {

@@ -9,6 +9,91 @@ pub enum StartLine {
     Response { status: u16, reason: String },
 }
 
+/// The header fields of a message: names (lower-cased) and values (invalid UTF-8 replaced) copied
+/// once into one buffer, each field kept as positions in it. Two allocations a message, however
+/// many fields it has.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// Per field: start of the name, end of the name (= start of the value), end of the value.
+    fields: Vec<[u32; 3]>,
+}
+
+impl Headers {
+    /// Appends a field (the name is lower-cased).
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.push_raw(name.as_bytes(), value.as_bytes());
+    }
+
+    /// Appends a field as it came off the wire: the name is lower-cased, invalid UTF-8 in either
+    /// is replaced. A message whose head passes 4 GiB cannot occur (heads are capped far lower);
+    /// such a field would be dropped rather than mis-indexed.
+    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(name));
+        self.text[start..].make_ascii_lowercase();
+        let name_end = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(value));
+        let ends = [start, name_end, self.text.len()].map(u32::try_from);
+        match ends {
+            [Ok(a), Ok(b), Ok(c)] => self.fields.push([a, b, c]),
+            _ => self.text.truncate(start),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in order, as (name, value).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + '_ {
+        self.fields.iter().map(|&[a, b, c]| {
+            let (a, b, c) = (a as usize, b as usize, c as usize);
+            (&self.text[a..b], &self.text[b..c])
+        })
+    }
+
+    /// Replaces the value of every field whose name `matches`.
+    pub fn replace_values(&mut self, matches: impl Fn(&str) -> bool, value: &str) {
+        if !self.iter().any(|(n, _)| matches(n)) {
+            return;
+        }
+        let mut out = Headers::default();
+        for (n, v) in self.iter() {
+            out.push(n, if matches(n) { value } else { v });
+        }
+        *self = out;
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Headers {
+        let mut h = Headers::default();
+        for (n, v) in iter {
+            h.push(n.as_ref(), v.as_ref());
+        }
+        h
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Box<dyn DoubleEndedIterator<Item = (&'a str, &'a str)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 /// A parsed HTTP/1.x message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -17,7 +102,7 @@ pub struct Message {
     pub version: u8,
     /// Header fields in order, names lower-cased, values as sent (invalid UTF-8 replaced).
     /// Chunked trailer fields are appended.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Entity body after de-chunking and content decoding, capped at the configured size.
     pub body: Vec<u8>,
     /// The body was cut at the size cap, or its decoding stopped early.
@@ -42,7 +127,7 @@ impl Message {
         Message {
             start,
             version,
-            headers: Vec::new(),
+            headers: Headers::default(),
             body: Vec::new(),
             body_truncated: false,
             complete: false,
@@ -58,16 +143,16 @@ impl Message {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// Every value of a header, in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -104,4 +189,57 @@ pub struct Exchange {
     pub connection_id: u64,
     pub request: Message,
     pub response: Option<Message>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    #[test]
+    fn headers_keep_fields_in_order_with_names_lower_cased() {
+        let mut h = Headers::default();
+        assert!(h.is_empty());
+        h.push_raw(b"Content-Type", b"text/html");
+        h.push_raw(b"X-Bin", b"a\xffb");
+        h.push("SET-Cookie", "s=1");
+        assert_eq!(h.len(), 3);
+        let fields: Vec<_> = h.iter().collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("content-type", "text/html"),
+                ("x-bin", "a\u{fffd}b"),
+                ("set-cookie", "s=1")
+            ]
+        );
+        assert_eq!(h.iter().next_back(), Some(("set-cookie", "s=1")));
+        assert_eq!(
+            format!("{h:?}"),
+            "[(\"content-type\", \"text/html\"), (\"x-bin\", \"a\u{fffd}b\"), (\"set-cookie\", \"s=1\")]"
+        );
+    }
+
+    #[test]
+    fn replace_values_changes_only_matching_fields() {
+        let mut h: Headers = [
+            ("authorization", "secret"),
+            ("accept", "*/*"),
+            ("authorization", "x"),
+        ]
+        .into_iter()
+        .collect();
+        h.replace_values(|n| n == "authorization", "REDACTED");
+        let fields: Vec<_> = h.iter().collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("authorization", "REDACTED"),
+                ("accept", "*/*"),
+                ("authorization", "REDACTED")
+            ]
+        );
+        let before = h.clone();
+        h.replace_values(|n| n == "cookie", "REDACTED");
+        assert_eq!(h, before, "nothing matched, nothing changed");
+    }
 }

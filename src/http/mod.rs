@@ -8,7 +8,7 @@ mod message;
 pub mod parser;
 mod session;
 
-pub use message::{Exchange, Message, StartLine};
+pub use message::{Exchange, Headers, Message, StartLine};
 pub use parser::{ParseError, Parser, Role, Step};
 pub use session::Session;
 

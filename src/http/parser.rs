@@ -10,7 +10,7 @@
 use super::HttpConfig;
 use super::decode::{self, Decoded};
 use super::detect::{self, Scan, StartKind};
-use super::message::{Message, StartLine};
+use super::message::{Headers, Message, StartLine};
 use crate::flow::{DataMeta, Seq};
 
 /// Which kind of message a direction carries.
@@ -413,9 +413,8 @@ impl Parser {
                     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&self.buf[self.pos..], &mut storage) {
                         Ok(httparse::Status::Complete((n, fields))) => {
-                            let fields = owned_headers(fields);
                             if let Some(msg) = &mut self.msg {
-                                msg.headers.extend(fields);
+                                copy_headers(fields, &mut msg.headers);
                             }
                             self.consume(n);
                             return self.finish_message(cfg);
@@ -645,17 +644,17 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
     Ok(found)
 }
 
-fn owned_headers(fields: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    fields
-        .iter()
-        .filter(|h| !h.name.is_empty())
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect()
+/// Copies httparse's fields into the message's [`Headers`].
+fn copy_headers(fields: &[httparse::Header<'_>], into: &mut Headers) {
+    for h in fields.iter().filter(|h| !h.name.is_empty()) {
+        into.push_raw(h.name.as_bytes(), h.value);
+    }
+}
+
+fn owned_headers(fields: &[httparse::Header<'_>]) -> Headers {
+    let mut h = Headers::default();
+    copy_headers(fields, &mut h);
+    h
 }
 
 /// Replaces the body by its content-decoded form, when a known coding was applied.

@@ -161,7 +161,7 @@ fn body_cut_at_the_body_cap_is_flagged() {
 #[test]
 fn heads_too_large_for_any_record_are_an_error() {
     let mut ex = exchange(true, b"", b"");
-    ex.request.headers.push(("x-big".into(), "z".repeat(5000)));
+    ex.request.headers.push("x-big", &"z".repeat(5000));
     let enc = Encoder::new(RecordConfig {
         account_id: "1".into(),
         max_record_bytes: 2048,
@@ -226,7 +226,7 @@ proptest::proptest! {
                     existing.push_str(value);
                 }
                 _ => {
-                    map.insert(name.clone(), Value::String(value.clone()));
+                    map.insert(name.to_owned(), Value::String(value.to_owned()));
                 }
             }
         }
