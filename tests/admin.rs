@@ -1,139 +1,20 @@
 //! The admin endpoint of the daemon: /healthz, /readyz and /metrics, against real traffic on
 //! loopback and, for readiness, a real Kafka-compatible broker (tansu) stopped and resumed.
 
-use mirror_receiver::capture::CaptureReader;
-use mirror_receiver::wire::{CaptureFrame, decode_capture_frame};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
+use common::{Broker, Daemon, get, metric, sample, tansu_bin, vxlan_payloads, wait_for};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    admin: String,
-    udp: u16,
-    _lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
+/// A daemon with two workers and its admin endpoint on a free port, given by the flag.
 fn start(extra: &[&str]) -> Daemon {
-    let udp = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MIRROR_") || k.starts_with("AKTO_") || k.starts_with("TRAFFIC_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args([
-            "run",
-            "--workers",
-            "2",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{udp}"))
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(strip_ansi(&line));
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let admin = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("daemon did not report its admin endpoint");
-        if let Some(rest) = line.split("admin=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    Daemon {
-        child,
-        admin,
-        udp,
-        _lines: rx,
-    }
-}
-
-/// (status code, body) of GET `path`.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
-    (code, body)
-}
-
-/// The value of a metric line `name` (with labels, exactly as rendered).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample.vxlan.pcap")
-}
-
-fn vxlan_payloads(path: &Path) -> Vec<Vec<u8>> {
-    let mut reader = CaptureReader::open(path).unwrap();
-    let mut out = Vec::new();
-    while let Some(frame) = reader.next_frame() {
-        let frame = frame.unwrap();
-        if let Ok(CaptureFrame::Vxlan(p)) = decode_capture_frame(frame.link.unwrap(), &frame.data) {
-            out.push(p.to_vec());
-        }
-    }
-    out
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Daemon::start(
+        ["--workers", "2", "--admin-listen", "127.0.0.1:0"]
+            .iter()
+            .chain(extra),
+    )
 }
 
 #[test]
@@ -149,10 +30,10 @@ fn metrics_count_what_was_sent_and_written() {
     let payloads = vxlan_payloads(&sample());
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     for p in &payloads {
-        sender.send_to(p, ("127.0.0.1", d.udp)).unwrap();
+        sender.send_to(p, ("127.0.0.1", d.port)).unwrap();
         std::thread::sleep(Duration::from_micros(300));
     }
-    sender.send_to(b"junk", ("127.0.0.1", d.udp)).unwrap();
+    sender.send_to(b"junk", ("127.0.0.1", d.port)).unwrap();
     let sent = payloads.len() as f64 + 1.0;
     let mut text = String::new();
     wait_for(
@@ -212,34 +93,17 @@ fn metrics_count_what_was_sent_and_written() {
     assert!(text.contains("mirror_build_info{version="), "{text}");
 }
 
+/// tansu, or `None` after saying why the test is skipped (a failure when `TANSU_REQUIRED` is set).
 fn tansu() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("TANSU_BIN").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/tansu")),
-        Some(PathBuf::from("/usr/local/bin/tansu")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.exists());
-    if found.is_none() {
+    let found = tansu_bin();
+    if let Err(why) = &found {
         assert!(
             std::env::var_os("TANSU_REQUIRED").is_none(),
             "TANSU_REQUIRED is set but tansu is missing"
         );
-        eprintln!("SKIP: tansu not found (cargo install tansu --features dynostore)");
+        eprintln!("SKIP: {why}");
     }
-    found
-}
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child, which may be stopped.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGCONT);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    found.ok()
 }
 
 #[test]
@@ -247,39 +111,12 @@ fn readyz_follows_the_broker() {
     let Some(tansu) = tansu() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let broker = Broker(
-        Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the broker port", Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let topic_ok = Command::new(&tansu)
-        .args(["topic", "create", "ready.test", "--broker", &url])
-        .status()
-        .unwrap();
-    assert!(topic_ok.success());
+    let broker = Broker::start(&tansu);
+    broker.create_topic("ready.test", 3);
     let spool = tempfile::tempdir().unwrap();
     let d = start(&[
         "--kafka-brokers",
-        &format!("127.0.0.1:{port}"),
+        &broker.bootstrap(),
         "--topic",
         "ready.test",
         "--spool-dir",
@@ -288,10 +125,7 @@ fn readyz_follows_the_broker() {
     wait_for("ready with the broker up", Duration::from_secs(20), || {
         get(&d.admin, "/readyz").0 == 200
     });
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(broker.0.id() as i32, libc::SIGSTOP);
-    }
+    broker.pause();
     let mut body = String::new();
     wait_for(
         "503 with the broker stopped",
@@ -307,10 +141,7 @@ fn readyz_follows_the_broker() {
         "{body}"
     );
     assert_eq!(get(&d.admin, "/healthz").0, 200, "alive while not ready");
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(broker.0.id() as i32, libc::SIGCONT);
-    }
+    broker.resume();
     wait_for(
         "ready again with the broker back",
         Duration::from_secs(30),
@@ -330,7 +161,7 @@ fn datagrams_from_unlisted_sources_or_vnis_are_refused_and_counted() {
         let d = start(&[flag, value, "--output", out.to_str().unwrap()]);
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         for p in &payloads {
-            sender.send_to(p, ("127.0.0.1", d.udp)).unwrap();
+            sender.send_to(p, ("127.0.0.1", d.port)).unwrap();
         }
         let name = format!("mirror_ingest_refused_total{{reason=\"{reason}\"}}");
         wait_for("refusals counted", Duration::from_secs(15), || {

@@ -1,34 +1,16 @@
 //! The command line as users and scripts meet it: the README's first command, errors on bad input,
 //! `validate`, and the daemon receiving real UDP on loopback and shutting down on SIGTERM.
 
-use mirror_receiver::capture::CaptureReader;
-use mirror_receiver::wire::{CaptureFrame, decode_capture_frame};
+mod common;
+
+use common::{
+    Daemon, free_udp_port, receiver, sample, signal, vxlan_datagram, vxlan_payloads, wait_for,
+};
 use serde_json::Value;
-use std::io::Read;
 use std::net::UdpSocket;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
-
-fn sample() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample.vxlan.pcap")
-}
-
-/// A command with none of the receiver's variables inherited, so only the flags count.
-fn cmd() -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MIRROR_") || k.starts_with("AKTO_") || k.starts_with("TRAFFIC_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_LOG");
-    // Daemons in parallel tests must not share the default admin port.
-    c.env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0");
-    c
-}
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 fn records(stdout: &[u8]) -> Vec<Value> {
     std::str::from_utf8(stdout)
@@ -38,7 +20,10 @@ fn records(stdout: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-fn summary(recs: &[Value]) -> Vec<(String, String, String, String)> {
+/// (method, path, statusCode, is_pending) of a record.
+type Exchange = (String, String, String, String);
+
+fn summary(recs: &[Value]) -> Vec<Exchange> {
     recs.iter()
         .map(|r| {
             (
@@ -51,7 +36,7 @@ fn summary(recs: &[Value]) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn expected_sample() -> Vec<(String, String, String, String)> {
+fn expected_sample() -> Vec<Exchange> {
     [
         ("GET", "/api/users/42?fields=name", "200", "false"),
         ("POST", "/api/cart", "201", "false"),
@@ -65,14 +50,32 @@ fn expected_sample() -> Vec<(String, String, String, String)> {
     .collect()
 }
 
-#[test]
-fn replay_of_the_shipped_sample_prints_its_records() {
-    let out = cmd().arg("replay").arg(sample()).output().unwrap();
+/// The summary of `recs`, by path: the order the daemon wrote them in depends on its workers.
+fn sorted_summary(mut recs: Vec<Value>) -> Vec<Exchange> {
+    recs.sort_by_key(|r| r["path"].as_str().unwrap().to_owned());
+    summary(&recs)
+}
+
+/// [`expected_sample`] by path.
+fn sorted_summary_of_sample() -> Vec<Exchange> {
+    let mut want = expected_sample();
+    want.sort_by_key(|w| w.1.clone());
+    want
+}
+
+/// Asserts that a command succeeded, showing its stderr if not.
+fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn replay_of_the_shipped_sample_prints_its_records() {
+    let out = receiver().arg("replay").arg(sample()).output().unwrap();
+    assert_success(&out);
     let recs = records(&out.stdout);
     assert_eq!(summary(&recs), expected_sample());
     for r in &recs {
@@ -97,7 +100,7 @@ fn replay_of_the_shipped_sample_prints_its_records() {
 fn replay_writes_to_an_output_file_and_sets_the_account() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.jsonl");
-    let out = cmd()
+    let out = receiver()
         .args(["replay", "--account-id", "424242", "--output"])
         .arg(&path)
         .arg(sample())
@@ -112,7 +115,7 @@ fn replay_writes_to_an_output_file_and_sets_the_account() {
 
 #[test]
 fn unreadable_captures_fail_with_a_clear_message() {
-    let out = cmd()
+    let out = receiver()
         .args(["replay", "/nonexistent/x.pcap"])
         .output()
         .unwrap();
@@ -123,7 +126,7 @@ fn unreadable_captures_fail_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("notes.txt");
     std::fs::write(&bogus, "this is not a capture").unwrap();
-    let out = cmd().arg("replay").arg(&bogus).output().unwrap();
+    let out = receiver().arg("replay").arg(&bogus).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a pcap or pcapng file"), "{err}");
@@ -132,16 +135,34 @@ fn unreadable_captures_fail_with_a_clear_message() {
     let data = std::fs::read(sample()).unwrap();
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &data[..data.len() - 30]).unwrap();
-    let out = cmd().arg("replay").arg(&cut).output().unwrap();
+    let out = receiver().arg("replay").arg(&cut).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cut.pcap"));
 }
 
+/// A command's arguments, a variable to set if any, and the setting its error must name.
+type Rejected<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
+
+/// Each command fails, naming the bad setting.
+fn assert_each_rejected(cases: &[Rejected]) {
+    for (args, env, name) in cases {
+        let mut c = receiver();
+        c.args(args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn validate_names_the_bad_setting() {
-    let ok = cmd().arg("validate").output().unwrap();
+    let ok = receiver().arg("validate").output().unwrap();
     assert!(ok.status.success());
-    for (args, env, name) in [
+    assert_each_rejected(&[
         (vec!["validate", "--max-flows", "0"], None, "--max-flows"),
         (vec!["validate", "--account-id", "x1"], None, "--account-id"),
         (
@@ -154,19 +175,9 @@ fn validate_names_the_bad_setting() {
             None,
             "--log-level",
         ),
-    ] {
-        let mut c = cmd();
-        c.args(&args);
-        if let Some((k, v)) = env {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(name), "{args:?}: {err}");
-    }
+    ]);
     // Clap rejects unparsable flag values itself, naming the flag.
-    let out = cmd()
+    let out = receiver()
         .args(["validate", "--listen", "nowhere"])
         .output()
         .unwrap();
@@ -176,7 +187,7 @@ fn validate_names_the_bad_setting() {
 
 #[test]
 fn help_shows_env_vars_and_defaults() {
-    let out = cmd().args(["run", "--help"]).output().unwrap();
+    let out = receiver().args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "MIRROR_LISTEN",
@@ -190,76 +201,41 @@ fn help_shows_env_vars_and_defaults() {
     }
 }
 
-/// The UDP payloads (VXLAN header + inner frame) of a VXLAN capture, as a mirror target gets them.
-fn vxlan_payloads(path: &Path) -> Vec<Vec<u8>> {
-    let mut reader = CaptureReader::open(path).unwrap();
-    let mut out = Vec::new();
-    while let Some(frame) = reader.next_frame() {
-        let frame = frame.unwrap();
-        if let Ok(CaptureFrame::Vxlan(p)) = decode_capture_frame(frame.link.unwrap(), &frame.data) {
-            out.push(p.to_vec());
-        }
-    }
-    out
-}
-
-/// A daemon on a free loopback port writing JSON lines to a temporary file, started and bound.
-struct Daemon {
-    child: std::process::Child,
-    stderr: std::process::ChildStderr,
-    port: u16,
-    out_path: std::path::PathBuf,
+/// A daemon writing JSON lines to a file in a temporary directory.
+struct Writing {
+    daemon: Daemon,
+    out_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Daemon {
-    fn start(workers: &str) -> Daemon {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+impl Writing {
+    /// A daemon with `workers` workers, started and bound.
+    fn start(workers: &str) -> Writing {
         let dir = tempfile::tempdir().unwrap();
         let out_path = dir.path().join("records.jsonl");
-        let mut child = cmd()
-            .args(["run", "--workers", workers, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--output")
-            .arg(&out_path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        // Wait for the socket to be bound.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut log = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&log).contains("receiving VXLAN") {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            let n = stderr.read(&mut buf).unwrap();
-            assert!(n > 0, "daemon exited: {}", String::from_utf8_lossy(&log));
-            log.extend_from_slice(&buf[..n]);
-        }
-        Daemon {
-            child,
-            stderr,
-            port,
+        let daemon = Daemon::start(["--workers", workers, "--output", out_path.to_str().unwrap()]);
+        Writing {
+            daemon,
             out_path,
             _dir: dir,
         }
+    }
+
+    /// Waits (at most 10 s) until `n` records are written while running, stops the daemon with
+    /// SIGTERM (a clean exit within 10 s), and returns all it wrote, and its stderr.
+    fn records_after(mut self, n: usize, what: &str) -> (Vec<Value>, String) {
+        wait_for(what, Duration::from_secs(10), || {
+            std::fs::read_to_string(&self.out_path).map_or(0, |s| s.lines().count()) >= n
+        });
+        let stderr = self.daemon.stop(Duration::from_secs(10));
+        (records(&std::fs::read(&self.out_path).unwrap()), stderr)
     }
 }
 
 #[test]
 fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
-    // The daemon's stderr stays open (bound) for as long as it runs.
-    let Daemon {
-        mut child,
-        mut stderr,
-        port,
-        out_path,
-        _dir,
-    } = Daemon::start("2");
+    let w = Writing::start("2");
+    let port = w.daemon.port;
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     for p in vxlan_payloads(&sample()) {
         sender.send_to(&p, ("127.0.0.1", port)).unwrap();
@@ -269,72 +245,15 @@ fn daemon_pairs_udp_traffic_and_flushes_pending_requests_on_sigterm() {
     sender.send_to(b"\x00\x01", ("127.0.0.1", port)).unwrap();
     sender.send_to(&[0x08u8; 300], ("127.0.0.1", port)).unwrap();
     // Every complete pair is written while running (the pending one needs the flow to end).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = std::fs::read_to_string(&out_path).map_or(0, |s| s.lines().count());
-        if n >= 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records not written while running: {n}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let started = Instant::now();
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no exit within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let (recs, rest) = w.records_after(5, "the complete pairs written while running");
     assert!(rest.contains("stopped"), "{rest}");
-    let mut recs = records(&std::fs::read(&out_path).unwrap());
-    recs.sort_by_key(|r| r["path"].as_str().unwrap().to_owned());
-    let mut want = expected_sample();
-    want.sort_by_key(|w| w.1.clone());
-    assert_eq!(summary(&recs), want);
-}
-
-/// One VXLAN datagram (VNI 77) carrying an Ethernet/IPv4/TCP frame with `payload`.
-fn vxlan_datagram(
-    src: ([u8; 4], u16),
-    dst: ([u8; 4], u16),
-    seq: u32,
-    ack: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, seq, 65535)
-        .ack(ack)
-        .psh();
-    let mut out = vec![0x08, 0, 0, 0, 0, 0, 77, 0];
-    builder.write(&mut out, payload).unwrap();
-    out
+    assert_eq!(sorted_summary(recs), sorted_summary_of_sample());
 }
 
 #[test]
 fn daemon_takes_jumbo_frames_whole() {
-    // The daemon's stderr stays open (bound) for as long as it runs.
-    let Daemon {
-        mut child,
-        stderr: _stderr,
-        port,
-        out_path,
-        _dir,
-    } = Daemon::start("1");
+    let w = Writing::start("1");
+    let port = w.daemon.port;
     // A 9001-byte IP packet (AWS's jumbo MTU): 40 bytes of headers and 8961 of payload.
     let head_len = "POST /jumbo HTTP/1.1\r\nContent-Length: 8915\r\n\r\n".len();
     let body_len = 8961 - head_len;
@@ -345,23 +264,13 @@ fn daemon_takes_jumbo_frames_whole() {
     let c = ([10, 9, 0, 1], 40000);
     let s = ([10, 9, 0, 2], 8000);
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    let d1 = vxlan_datagram(c, s, 1, 1, &request);
+    let d1 = vxlan_datagram(77, c, s, 1, 1, &request);
     assert_eq!(d1.len(), 8 + 14 + 9001);
-    let d2 = vxlan_datagram(s, c, 1, 1 + request.len() as u32, response);
+    let d2 = vxlan_datagram(77, s, c, 1, 1 + request.len() as u32, response);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.send_to(&d1, ("127.0.0.1", port)).unwrap();
     sender.send_to(&d2, ("127.0.0.1", port)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&out_path).map_or(0, |s| s.lines().count()) < 1 {
-        assert!(Instant::now() < deadline, "no record for the jumbo frame");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
-    let recs = records(&std::fs::read(&out_path).unwrap());
+    let (recs, _) = w.records_after(1, "a record of the jumbo frame");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["path"], "/jumbo");
     assert_eq!(recs[0]["akto_vxlan_id"], "77");
@@ -372,17 +281,13 @@ fn daemon_takes_jumbo_frames_whole() {
 #[test]
 fn filters_drop_and_redact_before_records_leave() {
     let rule = r#"[{"key":{"eq":"user-agent","ifAbsent":"reject"},"value":{"regex":"^curl/"}}]"#;
-    let out = cmd()
+    let out = receiver()
         .args(["replay", "--deny-path", "/api/cart", "--redact-default"])
         .env("AKTO_MODULE_DISCOVERY_CONFIG", rule)
         .arg(sample())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let recs = records(&out.stdout);
     // Only the first request carries `User-Agent: curl/...`; the cart paths are denied anyway.
     assert_eq!(summary(&recs), vec![expected_sample()[0].clone()]);
@@ -390,7 +295,7 @@ fn filters_drop_and_redact_before_records_leave() {
     assert_eq!(headers["authorization"], "REDACTED");
     assert_eq!(headers["host"], "shop.example");
 
-    let out = cmd()
+    let out = receiver()
         .args(["replay", "--ignore-ip-traffic", "--sample-rate", "0"])
         .arg(sample())
         .output()
@@ -401,7 +306,7 @@ fn filters_drop_and_redact_before_records_leave() {
 
 #[test]
 fn invalid_filters_are_rejected_by_name() {
-    for (args, env, name) in [
+    assert_each_rejected(&[
         (
             vec!["validate", "--sample-rate", "2"],
             None,
@@ -426,22 +331,12 @@ fn invalid_filters_are_rejected_by_name() {
             None,
             "--discovery-config",
         ),
-    ] {
-        let mut c = cmd();
-        c.args(&args);
-        if let Some((k, v)) = env {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(name), "{args:?}: {err}");
-    }
+    ]);
 }
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let out = cmd()
+    let out = receiver()
         .args(["--log-format", "json", "replay"])
         .arg(sample())
         .output()
@@ -467,7 +362,7 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
     )
     .unwrap();
     let run = |extra: &[&str], env: Option<(&str, &str)>| {
-        let mut c = cmd();
+        let mut c = receiver();
         c.arg("--config")
             .arg(&file)
             .arg("replay")
@@ -477,11 +372,7 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         records(&out.stdout)
     };
     let recs = run(&[], None);
@@ -501,13 +392,16 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
             .all(|r| r["akto_account_id"] == "2")
     );
 
+    let validate = || {
+        receiver()
+            .arg("--config")
+            .arg(&file)
+            .arg("validate")
+            .output()
+            .unwrap()
+    };
     std::fs::write(&file, "acount-id = \"777\"\n").unwrap();
-    let out = cmd()
-        .arg("--config")
-        .arg(&file)
-        .arg("validate")
-        .output()
-        .unwrap();
+    let out = validate();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -515,56 +409,28 @@ fn config_file_fills_what_flags_and_variables_leave_unset() {
         "{err}"
     );
     std::fs::write(&file, "account-id = = 1\n").unwrap();
-    let out = cmd()
-        .arg("--config")
-        .arg(&file)
-        .arg("validate")
-        .output()
-        .unwrap();
+    let out = validate();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
 }
 
 #[test]
 fn send_delivers_a_capture_to_a_running_daemon() {
-    // The daemon's stderr stays open (bound) for as long as it runs.
-    let Daemon {
-        mut child,
-        stderr: _stderr,
-        port,
-        out_path,
-        _dir,
-    } = Daemon::start("2");
-    let out = cmd()
+    let w = Writing::start("2");
+    let port = w.daemon.port;
+    let out = receiver()
         .args(["send", "--rate", "2000", "--loop", "1", "--to"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(sample())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("sent 20 datagrams"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&out_path).map_or(0, |s| s.lines().count()) < 5 {
-        assert!(Instant::now() < deadline, "records from sent datagrams");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
-    let mut recs = records(&std::fs::read(&out_path).unwrap());
-    recs.sort_by_key(|r| r["path"].as_str().unwrap().to_owned());
-    let mut want = expected_sample();
-    want.sort_by_key(|w| w.1.clone());
-    assert_eq!(summary(&recs), want);
+    let (recs, _) = w.records_after(5, "records of the sent datagrams");
+    assert_eq!(sorted_summary(recs), sorted_summary_of_sample());
 
     // A capture without VXLAN says so.
     let plain = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/upstream.py");
-    let out = cmd()
+    let out = receiver()
         .args(["send", "--to", "127.0.0.1:9"])
         .arg(&plain)
         .output()
@@ -579,22 +445,15 @@ fn send_delivers_a_capture_to_a_running_daemon() {
 #[test]
 fn sigterm_right_after_start_is_an_orderly_stop() {
     for delay_ms in [0u64, 30, 200] {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = cmd()
+        let port = free_udp_port();
+        let mut child = receiver()
             .args(["run", "--workers", "1", "--output", "/dev/null", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(100 + delay_ms));
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        signal(&child, libc::SIGTERM);
         let status = child.wait().unwrap();
         assert!(status.success(), "after {delay_ms} ms: {status:?}");
     }

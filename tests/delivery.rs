@@ -37,19 +37,17 @@
 //! `TANSU_REQUIRED=1`. `DELIVERY_KAFKA_DEBUG=eos,msg,broker` turns on librdkafka's debug log in
 //! the daemons.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+mod common;
+
+use common::{
+    Broker, Daemon, Msg, TopicReader, corpus_dir, free_tcp_port, skip, tansu_bin, wait_until,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
 
 /// One test at a time: they bind ports, start brokers and load the CPU.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -61,65 +59,22 @@ fn serial() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------------
 // Prerequisites
 
-/// Skips (or, with `TANSU_REQUIRED=1`, fails) a test whose prerequisite is missing.
-fn skip(test: &str, why: &str) {
-    if std::env::var("TANSU_REQUIRED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why} (TANSU_REQUIRED=1, so this is a failure, not a skip)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-}
-
-fn tansu_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("TANSU_BIN={} is not a file", p.display()))
-        };
-    }
-    if let Some(path) = std::env::var_os("PATH")
-        && let Some(p) = std::env::split_paths(&path)
-            .map(|d| d.join("tansu"))
-            .find(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cargo/bin/tansu");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err("tansu not found (TANSU_BIN, PATH, ~/.cargo/bin); `cargo install tansu --locked`".into())
-}
-
-fn corpus_dir() -> Result<PathBuf, String> {
-    let dir = match std::env::var_os("MIRROR_CORPUS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"),
-    };
-    if dir.join("replay_udp.py").is_file() && dir.join(LOAD_CAPTURE).is_file() {
-        Ok(dir)
-    } else {
-        Err(format!(
-            "corpus (replay_udp.py, {LOAD_CAPTURE}) not found at {}",
-            dir.display()
-        ))
-    }
-}
-
 const LOAD_CAPTURE: &str = "vxlan/real-load-10k.vxlan.pcap";
 
 /// What every test needs, or `None` after reporting the skip.
 struct Env {
     tansu: PathBuf,
     corpus: PathBuf,
+    /// When the test got its turn.
+    started: Instant,
+    _serial: MutexGuard<'static, ()>,
 }
 
 fn prerequisites(test: &str) -> Option<Env> {
     let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
-    let corpus = corpus_dir().map_err(|e| skip(test, &e)).ok()?;
+    let corpus = corpus_dir(&["replay_udp.py", LOAD_CAPTURE])
+        .map_err(|e| skip(test, &e))
+        .ok()?;
     if Command::new("python3")
         .arg("-V")
         .stdout(Stdio::null())
@@ -130,231 +85,17 @@ fn prerequisites(test: &str) -> Option<Env> {
         skip(test, "python3 not found (needed by replay_udp.py)");
         return None;
     }
-    Some(Env { tansu, corpus })
+    let _serial = serial();
+    Some(Env {
+        tansu,
+        corpus,
+        started: Instant::now(),
+        _serial,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// A command with the receiver's configuration variables removed, so only the flags count.
-fn receiver() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let n = name.to_string_lossy();
-        if n.starts_with("MIRROR_")
-            || n.starts_with("AKTO_")
-            || n.starts_with("TRAFFIC_")
-            || n == "RUST_LOG"
-        {
-            cmd.env_remove(&name);
-        }
-    }
-    // The admin endpoint (where the daemon has one) on a port of its own, not the default 8080
-    // other daemons may hold; an environment variable, so a daemon without it ignores it.
-    cmd.env("NO_COLOR", "1")
-        .env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn read_all(r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = BufReader::new(r).read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    })
-}
-
-/// Waits for `child` at most `timeout`; kills it past that.
-fn wait_until(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion within `timeout`, capturing its output.
-fn run(cmd: &mut Command, timeout: Duration) -> Finished {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let out = read_all(child.stdout.take().unwrap());
-    let err = read_all(child.stderr.take().unwrap());
-    let status = wait_until(&mut child, timeout);
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    let Some(status) = status else {
-        panic!("{what} did not finish within {timeout:?}\nstderr:\n{stderr}");
-    };
-    Finished {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn run_ok(cmd: &mut Command, timeout: Duration) -> Finished {
-    let what = format!("{cmd:?}");
-    let f = run(cmd, timeout);
-    assert!(
-        f.status.success(),
-        "{what} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        f.status,
-        f.stdout,
-        f.stderr
-    );
-    f
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: signalling our own child, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port")
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
-
-/// A tansu broker with in-memory storage, killed on drop.
-struct Broker {
-    child: Child,
-    bin: PathBuf,
-    port: u16,
-    log: tempfile::NamedTempFile,
-}
-
-impl Broker {
-    /// A broker on a port of its own.
-    fn start(bin: &Path) -> Broker {
-        // The port is chosen before tansu binds it: another process may take it in between, so
-        // a broker that exits at once is retried on a new port.
-        for _ in 0..3 {
-            if let Some(b) = Broker::try_start(bin, free_tcp_port()) {
-                return b;
-            }
-        }
-        panic!("tansu could not be started (see its output above)");
-    }
-
-    /// A broker on `port` (where a daemon already looks for it).
-    fn start_on(bin: &Path, port: u16) -> Broker {
-        Broker::try_start(bin, port)
-            .unwrap_or_else(|| panic!("tansu could not be started on port {port}"))
-    }
-
-    fn try_start(bin: &Path, port: u16) -> Option<Broker> {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = tempfile::NamedTempFile::new().expect("broker log file");
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut broker = Broker {
-            child,
-            bin: bin.to_owned(),
-            port,
-            log,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if broker.child.try_wait().unwrap().is_some() {
-                eprintln!("tansu exited at start:\n{}", broker.log_text());
-                return None;
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Some(broker);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not accept connections on {addr} within 20 s:\n{}",
-                broker.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let mut last = String::new();
-        for _ in 0..5 {
-            let f = run(
-                Command::new(&self.bin)
-                    .args(["topic", "create", name, "--broker", &url])
-                    .args(["--partitions", &partitions.to_string()])
-                    .env_remove("RUST_LOG")
-                    .stdin(Stdio::null()),
-                Duration::from_secs(20),
-            );
-            if f.status.success() {
-                return;
-            }
-            last = format!("{}\n{}{}", f.status, f.stdout, f.stderr);
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        panic!(
-            "tansu topic create {name} failed: {last}\nbroker log:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// SIGSTOP: connections stay open, nothing is answered.
-    fn pause(&self) {
-        signal(&self.child, libc::SIGSTOP);
-    }
-
-    fn resume(&self) {
-        signal(&self.child, libc::SIGCONT);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The delivery flags every daemon of these tests gets.
 struct DaemonConfig<'a> {
@@ -366,151 +107,51 @@ struct DaemonConfig<'a> {
 }
 
 impl DaemonConfig<'_> {
-    fn command(&self, port: u16) -> Command {
-        let mut cmd = receiver();
-        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--workers", "2"])
-            .args(["--kafka-brokers", &self.brokers, "--topic", self.topic])
-            .arg("--spool-dir")
-            .arg(self.spool_dir)
-            .args(["--spool-grace", "2"])
-            .args(["--spool-max-bytes", &self.spool_max_bytes.to_string()])
-            .args(["--flow-idle-timeout", "5"])
-            .args(&self.extra);
+    /// The `run` flags (beyond `--listen`) of a daemon with this configuration.
+    fn args(&self) -> Vec<String> {
+        let mut args = [
+            "--workers",
+            "2",
+            "--kafka-brokers",
+            &self.brokers,
+            "--topic",
+            self.topic,
+            "--spool-dir",
+            self.spool_dir.to_str().expect("UTF-8 spool path"),
+            "--spool-grace",
+            "2",
+            "--spool-max-bytes",
+            &self.spool_max_bytes.to_string(),
+            "--flow-idle-timeout",
+            "5",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(self.extra.iter().cloned());
         if !self.extra.iter().any(|a| a == "--shutdown-timeout") {
-            cmd.args(["--shutdown-timeout", "20"]);
+            args.extend(["--shutdown-timeout".into(), "20".into()]);
         }
         // DELIVERY_KAFKA_DEBUG=eos,msg,broker (librdkafka debug contexts) to see why a test fails.
         if let Some(contexts) = std::env::var_os("DELIVERY_KAFKA_DEBUG") {
-            cmd.args(["--log-level", "debug", "--kafka-option"])
-                .arg(format!("debug={}", contexts.to_string_lossy()));
+            args.extend([
+                "--log-level".into(),
+                "debug".into(),
+                "--kafka-option".into(),
+            ]);
+            args.push(format!("debug={}", contexts.to_string_lossy()));
         }
-        cmd
+        args
     }
 }
 
-/// A running daemon, killed on drop if a test fails before stopping it.
-struct Daemon {
-    child: Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-    lines: mpsc::Receiver<String>,
+/// A daemon with the flags of `cfg` on a free UDP port, started and receiving.
+fn start_daemon(cfg: &DaemonConfig) -> Daemon {
+    Daemon::start(cfg.args())
 }
 
-impl Daemon {
-    /// Starts the daemon on a free UDP port and waits until it receives.
-    fn start(cfg: &DaemonConfig) -> Daemon {
-        let port = free_udp_port();
-        let mut child = cfg
-            .command(port)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the daemon");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let all = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let line = strip_ansi(&line);
-                eprintln!("  daemon: {line}");
-                let mut all = all.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-                let _ = tx.send(line);
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            port,
-            stderr,
-            lines,
-        };
-        daemon.wait_for_line("receiving VXLAN", Duration::from_secs(15));
-        daemon
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("daemon closed stderr before {needle:?}:\n{}", self.stderr())
-                }
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "daemon exited ({status}) before {needle:?}:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} from the daemon within {timeout:?}:\n{}",
-                self.stderr()
-            );
-        }
-    }
-
-    /// SIGTERM; asserts a clean exit within `timeout` and returns the counters of the summary.
-    fn stop(&mut self, timeout: Duration) -> Summary {
-        signal(&self.child, libc::SIGTERM);
-        let status = wait_until(&mut self.child, timeout);
-        // The stderr thread may still be copying the last lines.
-        std::thread::sleep(Duration::from_millis(200));
-        let stderr = self.stderr();
-        let Some(status) = status else {
-            panic!("daemon still running {timeout:?} after SIGTERM:\n{stderr}");
-        };
-        assert!(
-            status.success(),
-            "daemon exit after SIGTERM: {status}\n{stderr}"
-        );
-        Summary::parse(&stderr)
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// SIGTERM; asserts a clean exit within `timeout` and returns the counters of the summary.
+fn stop(daemon: &mut Daemon, timeout: Duration) -> Summary {
+    Summary::parse(&daemon.stop(timeout))
 }
 
 /// The counters of the daemon's summary line at exit.
@@ -784,18 +425,7 @@ impl Tcp {
 
 /// The JSON lines a replay of `capture` writes (the reference for the daemon's records).
 fn replay_json_lines(capture: &Path) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("records.jsonl");
-    run_ok(
-        receiver()
-            .arg("replay")
-            .arg(capture)
-            .arg("--output")
-            .arg(&out),
-        Duration::from_secs(60),
-    );
-    let text = std::fs::read_to_string(&out).expect("reading the JSON-lines output");
-    text.lines().map(str::to_owned).collect()
+    common::replay_json_lines(capture, Duration::from_secs(60))
 }
 
 /// A record without its `time` (keys sorted), after checking it is a record at all.
@@ -855,6 +485,16 @@ impl Comparison {
         c
     }
 
+    /// Asserts every record arrived exactly once and nothing else did.
+    fn assert_exact(&self, what: &str) {
+        assert_eq!(
+            (self.missing, self.duplicates, self.unexpected),
+            (0, 0, 0),
+            "{what}: {}",
+            self.describe()
+        );
+    }
+
     fn describe(&self) -> String {
         format!(
             "missing {}, duplicates {}, unexpected {}; first missing: {:.300}; first unexpected: {:.300}",
@@ -867,128 +507,35 @@ impl Comparison {
     }
 }
 
-/// Reads a topic from the beginning of every partition.
-struct TopicReader {
-    consumer: BaseConsumer,
-    topic: String,
-    /// Payloads read, untimed.
-    records: Vec<String>,
+/// The record of a message read back, untimed, after checking its key is a connection id.
+fn record(m: &Msg) -> String {
+    let key = m.key.as_deref().expect("message without key");
+    assert!(
+        std::str::from_utf8(key).is_ok_and(|k| k.parse::<u64>().is_ok()),
+        "key {key:?} is not a connection id"
+    );
+    untimed(&m.payload)
 }
 
-impl TopicReader {
-    fn new(bootstrap: &str, topic: &str) -> TopicReader {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "group.id",
-                format!("mirror-receiver-delivery-{}-{nanos}", std::process::id()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("creating the consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        assert!(partitions > 0, "topic {topic} has no partitions");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, i32::try_from(p).unwrap(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).expect("assigning partitions");
-        TopicReader {
-            consumer,
-            topic: topic.to_owned(),
-            records: Vec::new(),
-        }
-    }
+/// The records `reader` has read, untimed.
+fn records(reader: &TopicReader) -> Vec<String> {
+    reader.msgs.iter().map(record).collect()
+}
 
-    /// Polls once; true when a message was read.
-    fn poll_once(&mut self) -> bool {
-        match self.consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                assert_eq!(m.topic(), self.topic);
-                let key = m.key().expect("message without key");
-                assert!(
-                    std::str::from_utf8(key).is_ok_and(|k| k.parse::<u64>().is_ok()),
-                    "key {key:?} is not a connection id"
-                );
-                let payload = m.payload().expect("message without payload");
-                let payload = std::str::from_utf8(payload).expect("UTF-8 payload");
-                self.records.push(untimed(payload));
-                true
-            }
-            Some(Err(e)) => {
-                eprintln!("  consumer: {e}");
-                false
-            }
-            None => false,
+/// Polls until every record of `want` was read at least once, or `timeout` passed; returns
+/// whether they were.
+fn read_all_of(reader: &mut TopicReader, want: &[String], timeout: Duration) -> bool {
+    let want = counts(want);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut counted = 0;
+    reader.poll_until(timeout, |msgs| {
+        for m in &msgs[counted..] {
+            *seen.entry(record(m)).or_insert(0) += 1;
         }
-    }
-
-    /// Polls until every record of `want` was read at least once, or `timeout` passed; returns
-    /// whether they were.
-    fn read_all_of(&mut self, want: &[String], timeout: Duration) -> bool {
-        let want = counts(want);
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &self.records {
-            *seen.entry(r.clone()).or_insert(0) += 1;
-        }
-        let complete = |seen: &BTreeMap<String, usize>| {
-            want.iter()
-                .all(|(r, &n)| seen.get(*r).is_some_and(|&s| s >= n))
-        };
-        let deadline = Instant::now() + timeout;
-        while !complete(&seen) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            if self.poll_once() {
-                let r = self.records.last().unwrap().clone();
-                *seen.entry(r).or_insert(0) += 1;
-            }
-        }
-        true
-    }
-
-    /// Polls until `n` records were read or `timeout` passed; returns whether they were.
-    fn read_count(&mut self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.records.len() < n && Instant::now() < deadline {
-            self.poll_once();
-        }
-        self.records.len() >= n
-    }
-
-    /// Polls until nothing new came for `quiet`, at most `timeout`.
-    fn read_until_quiet(&mut self, quiet: Duration, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut last = Instant::now();
-        while Instant::now() < deadline && last.elapsed() < quiet {
-            if self.poll_once() {
-                last = Instant::now();
-            }
-        }
-    }
-
-    /// Keeps polling for `period` (to catch records beyond the expected ones).
-    fn linger(&mut self, period: Duration) {
-        let deadline = Instant::now() + period;
-        while Instant::now() < deadline {
-            self.poll_once();
-        }
-    }
+        counted = msgs.len();
+        want.iter()
+            .all(|(r, &n)| seen.get(*r).is_some_and(|&s| s >= n))
+    })
 }
 
 /// Bytes the spool's segment files hold (as the OS sees them).
@@ -1029,8 +576,6 @@ fn broker_down_at_start() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("traffic.pcap");
     synth_capture(&capture, "down-at-start", 40, 100, |_, _| 400);
@@ -1047,7 +592,7 @@ fn broker_down_at_start() {
         spool_max_bytes: 1 << 30,
         extra: Vec::new(),
     };
-    let mut daemon = Daemon::start(&cfg);
+    let mut daemon = start_daemon(&cfg);
     let traffic_start = Instant::now();
     send_all(&env, &capture, daemon.port, 10_000);
     daemon.wait_for_line("kafka unavailable", Duration::from_secs(15));
@@ -1062,10 +607,10 @@ fn broker_down_at_start() {
     );
 
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
     let all_in = up.elapsed();
     reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     assert!(
         complete,
         "not every record arrived within 45 s of the broker coming up: {}\ndaemon stderr:\n{}\nbroker log:\n{:.3000}",
@@ -1073,10 +618,10 @@ fn broker_down_at_start() {
         daemon.stderr(),
         broker.log_text()
     );
-    let summary = daemon.stop(Duration::from_secs(25));
+    let summary = stop(&mut daemon, Duration::from_secs(25));
     eprintln!(
         "{test}: {} records read, every one in {all_in:.1?} after the broker came up; {}; summary {}",
-        reader.records.len(),
+        reader.msgs.len(),
         cmp.describe(),
         summary.show()
     );
@@ -1089,13 +634,8 @@ fn broker_down_at_start() {
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
     assert_eq!(summary.get("dropped_spool_full"), 0);
     assert_eq!(summary.get("failed"), 0);
-    assert_eq!(
-        (cmp.missing, cmp.duplicates, cmp.unexpected),
-        (0, 0, 0),
-        "exactly the records sent: {}",
-        cmp.describe()
-    );
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    cmp.assert_exact("exactly the records sent");
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }
 
 /// The broker is SIGSTOPped for 10 s while traffic flows: every record arrives at least once.
@@ -1105,8 +645,6 @@ fn broker_paused_while_traffic_flows() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("traffic.pcap");
     synth_capture(&capture, "paused", 60, 100, |_, _| 400);
@@ -1124,7 +662,7 @@ fn broker_paused_while_traffic_flows() {
         spool_max_bytes: 1 << 30,
         extra: Vec::new(),
     };
-    let mut daemon = Daemon::start(&cfg);
+    let mut daemon = start_daemon(&cfg);
     // About 12,300 datagrams at 1,000 a second: the pause falls in the middle of the traffic.
     let mut sender = Sender::start(&env, &capture, daemon.port, 1000);
     std::thread::sleep(Duration::from_secs(2));
@@ -1141,23 +679,23 @@ fn broker_paused_while_traffic_flows() {
     let resumed = Instant::now();
 
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
     let all_in = resumed.elapsed();
     reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     assert!(
         complete,
         "not every record arrived: {}\ndaemon stderr:\n{}",
         cmp.describe(),
         daemon.stderr()
     );
-    let summary = daemon.stop(Duration::from_secs(25));
+    let summary = stop(&mut daemon, Duration::from_secs(25));
     reader.linger(Duration::from_secs(1));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     eprintln!(
         "{test}: {} records read for {} sent, all in {all_in:.1?} after the traffic ended; \
          DUPLICATES (at least once): {}; {}; summary {}",
-        reader.records.len(),
+        reader.msgs.len(),
         want.len(),
         cmp.duplicates,
         cmp.describe(),
@@ -1178,7 +716,7 @@ fn broker_paused_while_traffic_flows() {
     assert_eq!(summary.get("failed"), 0);
     assert_eq!(cmp.missing, 0, "{}", cmp.describe());
     assert_eq!(cmp.unexpected, 0, "{}", cmp.describe());
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }
 
 /// With the broker down and every record in the spool files, the daemon is SIGKILLed; restarted
@@ -1189,8 +727,6 @@ fn receiver_killed_with_records_spooled() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("traffic.pcap");
     synth_capture(&capture, "killed", 40, 100, |_, _| 400);
@@ -1202,7 +738,7 @@ fn receiver_killed_with_records_spooled() {
 
     let spool = work.path().join("spool");
     let topic = "delivery.killed";
-    let mut first = Daemon::start(&DaemonConfig {
+    let mut first = start_daemon(&DaemonConfig {
         brokers: format!("127.0.0.1:{}", free_tcp_port()),
         topic,
         spool_dir: &spool,
@@ -1228,7 +764,7 @@ fn receiver_killed_with_records_spooled() {
     let broker = Broker::start(&env.tansu);
     broker.create_topic(topic, 3);
     let restarted = Instant::now();
-    let mut second = Daemon::start(&DaemonConfig {
+    let mut second = start_daemon(&DaemonConfig {
         brokers: broker.bootstrap(),
         topic,
         spool_dir: &spool,
@@ -1243,33 +779,28 @@ fn receiver_killed_with_records_spooled() {
         second.stderr()
     );
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = reader.read_all_of(&want, Duration::from_secs(45));
+    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
     let all_in = restarted.elapsed();
     reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     assert!(
         complete,
         "not every spooled record arrived: {}\ndaemon stderr:\n{}",
         cmp.describe(),
         second.stderr()
     );
-    let summary = second.stop(Duration::from_secs(25));
+    let summary = stop(&mut second, Duration::from_secs(25));
     eprintln!(
         "{test}: {} records read, all in {all_in:.1?} after the restart; {}; summary {}",
-        reader.records.len(),
+        reader.msgs.len(),
         cmp.describe(),
         summary.show()
     );
     assert_eq!(summary.get("records"), 0, "no new traffic");
     assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    assert_eq!(
-        (cmp.missing, cmp.duplicates, cmp.unexpected),
-        (0, 0, 0),
-        "exactly the records spooled: {}",
-        cmp.describe()
-    );
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    cmp.assert_exact("exactly the records spooled");
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }
 
 /// A 1 MiB spool and two outages. First `real-load-10k` (10,000 records of ~770 bytes) arrives
@@ -1285,8 +816,6 @@ fn spool_full_drops_are_counted() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let load = env.corpus.join(LOAD_CAPTURE);
     let want1 = untimed_all(&replay_json_lines(&load));
     assert_eq!(want1.len(), 10_000, "records of {LOAD_CAPTURE}");
@@ -1301,7 +830,7 @@ fn spool_full_drops_are_counted() {
     let outage = |capture: &Path, want: &[String], what: &str| {
         let kafka_port = free_tcp_port();
         let topic = "delivery.spool.full";
-        let mut daemon = Daemon::start(&DaemonConfig {
+        let mut daemon = start_daemon(&DaemonConfig {
             brokers: format!("127.0.0.1:{kafka_port}"),
             topic,
             spool_dir: &spool,
@@ -1319,21 +848,21 @@ fn spool_full_drops_are_counted() {
         broker.create_topic(topic, 3);
         let mut reader = TopicReader::new(&broker.bootstrap(), topic);
         reader.read_until_quiet(Duration::from_secs(4), Duration::from_secs(30));
-        let summary = daemon.stop(Duration::from_secs(25));
+        let summary = stop(&mut daemon, Duration::from_secs(25));
         let dropped = summary.get("dropped_spool_full");
         let received = summary.get("records");
         // Whatever the flush at exit still delivered.
-        reader.read_count(
+        reader.read_until(
             usize::try_from(received.saturating_sub(dropped)).unwrap(),
             Duration::from_secs(15),
         );
         reader.linger(Duration::from_secs(1));
-        let cmp = Comparison::new(&reader.records, want);
+        let cmp = Comparison::new(&records(&reader), want);
         eprintln!(
             "{test}, {what}: spool files {in_spool} bytes (at most {max_bytes}); {} records read \
              + {dropped} dropped = {} of {} sent; {}; summary {}",
-            reader.records.len(),
-            reader.records.len() as u64 + dropped,
+            reader.msgs.len(),
+            reader.msgs.len() as u64 + dropped,
             want.len(),
             cmp.describe(),
             summary.show()
@@ -1341,7 +870,7 @@ fn spool_full_drops_are_counted() {
         assert_eq!(received, want.len() as u64, "{what}: records received");
         assert!(dropped > 0, "{what}: the spool never filled");
         assert!(
-            summary.get("spooled") > 0 && !reader.records.is_empty(),
+            summary.get("spooled") > 0 && !reader.msgs.is_empty(),
             "{what}: nothing was spooled and delivered"
         );
         assert_eq!(summary.get("spool_pending"), 0, "{what}: left in the spool");
@@ -1349,7 +878,7 @@ fn spool_full_drops_are_counted() {
         assert_eq!(cmp.unexpected, 0, "{what}: {}", cmp.describe());
         assert_eq!(cmp.duplicates, 0, "{what}: {}", cmp.describe());
         assert_eq!(
-            reader.records.len() as u64 + dropped,
+            reader.msgs.len() as u64 + dropped,
             want.len() as u64,
             "{what}: records in Kafka + dropped_spool_full vs records sent"
         );
@@ -1361,7 +890,7 @@ fn spool_full_drops_are_counted() {
         spool_segment_bytes(&spool)
     );
     outage(&synth, &want2, "second outage, after a restart");
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }
 
 /// The spool files' size once it stopped changing for a second (at most 20 s).
@@ -1386,8 +915,6 @@ fn oversized_record_fails_alone() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("traffic.pcap");
     let big = |c: u32, i: u32| c == 3 && i % 25 == 7;
@@ -1406,7 +933,7 @@ fn oversized_record_fails_alone() {
     let topic = "delivery.oversized";
     broker.create_topic(topic, 3);
     let spool = work.path().join("spool");
-    let mut daemon = Daemon::start(&DaemonConfig {
+    let mut daemon = start_daemon(&DaemonConfig {
         brokers: broker.bootstrap(),
         topic,
         spool_dir: &spool,
@@ -1418,19 +945,19 @@ fn oversized_record_fails_alone() {
     });
     send_all(&env, &capture, daemon.port, 10_000);
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = reader.read_all_of(&want, Duration::from_secs(30));
+    let complete = read_all_of(&mut reader, &want, Duration::from_secs(30));
     reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     assert!(
         complete,
         "not every record arrived: {}\ndaemon stderr:\n{}",
         cmp.describe(),
         daemon.stderr()
     );
-    let summary = daemon.stop(Duration::from_secs(25));
+    let summary = stop(&mut daemon, Duration::from_secs(25));
     eprintln!(
         "{test}: {} records read; {}; summary {}",
-        reader.records.len(),
+        reader.msgs.len(),
         cmp.describe(),
         summary.show()
     );
@@ -1446,13 +973,8 @@ fn oversized_record_fails_alone() {
     assert_eq!(summary.get("failed"), large.len() as u64, "failed");
     assert_eq!(summary.get("delivered"), want.len() as u64, "delivered");
     assert_eq!(summary.get("spooled"), 0, "spooled");
-    assert_eq!(
-        (cmp.missing, cmp.duplicates, cmp.unexpected),
-        (0, 0, 0),
-        "every record but the oversized ones, once: {}",
-        cmp.describe()
-    );
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    cmp.assert_exact("every record but the oversized ones, once");
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }
 
 /// SIGTERM while the broker is down and a canary is in flight: the daemon exits 0 within
@@ -1463,8 +985,6 @@ fn sigterm_during_outage_keeps_spool() {
     let Some(env) = prerequisites(test) else {
         return;
     };
-    let _serial = serial();
-    let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("traffic.pcap");
     synth_capture(&capture, "sigterm", 20, 100, |_, _| 400);
@@ -1482,7 +1002,7 @@ fn sigterm_during_outage_keeps_spool() {
         spool_max_bytes: 1 << 30,
         extra: vec!["--shutdown-timeout".into(), "5".into()],
     };
-    let mut first = Daemon::start(&cfg(format!("127.0.0.1:{}", free_tcp_port())));
+    let mut first = start_daemon(&cfg(format!("127.0.0.1:{}", free_tcp_port())));
     send_all(&env, &capture, first.port, 10_000);
     let deadline = Instant::now() + Duration::from_secs(30);
     while spool_segment_bytes(&spool) < want_bytes {
@@ -1496,7 +1016,7 @@ fn sigterm_during_outage_keeps_spool() {
     // Past --spool-grace: a canary is in flight towards the missing broker.
     std::thread::sleep(Duration::from_secs(3));
     let term = Instant::now();
-    let summary = first.stop(Duration::from_secs(10));
+    let summary = stop(&mut first, Duration::from_secs(10));
     let took = term.elapsed();
     eprintln!(
         "  stopped {took:.1?} after SIGTERM; summary {}",
@@ -1525,31 +1045,26 @@ fn sigterm_during_outage_keeps_spool() {
 
     let broker = Broker::start(&env.tansu);
     broker.create_topic(topic, 3);
-    let mut second = Daemon::start(&cfg(broker.bootstrap()));
+    let mut second = start_daemon(&cfg(broker.bootstrap()));
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = reader.read_all_of(&want, Duration::from_secs(30));
+    let complete = read_all_of(&mut reader, &want, Duration::from_secs(30));
     reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&reader.records, &want);
+    let cmp = Comparison::new(&records(&reader), &want);
     assert!(
         complete,
         "not every spooled record arrived: {}\ndaemon stderr:\n{}",
         cmp.describe(),
         second.stderr()
     );
-    let summary = second.stop(Duration::from_secs(10));
+    let summary = stop(&mut second, Duration::from_secs(10));
     eprintln!(
         "{test}: {} records read; {}; summary {}",
-        reader.records.len(),
+        reader.msgs.len(),
         cmp.describe(),
         summary.show()
     );
     assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    assert_eq!(
-        (cmp.missing, cmp.duplicates, cmp.unexpected),
-        (0, 0, 0),
-        "exactly the records spooled: {}",
-        cmp.describe()
-    );
-    eprintln!("{test}: passed in {:.1?}", started.elapsed());
+    cmp.assert_exact("exactly the records spooled");
+    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
 }

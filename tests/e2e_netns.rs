@@ -16,6 +16,9 @@
 //! records the underlay, kept with the other artifacts when the test fails (or always, with
 //! MIRROR_E2E_KEEP=1).
 
+mod common;
+
+use common::{Finished, run, run_ok, signal, wait_until};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -91,70 +94,9 @@ fn prerequisites() -> Result<Tools, Vec<String>> {
     if why.is_empty() { Ok(tools) } else { Err(why) }
 }
 
-/// Output of a finished command.
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Runs `cmd` to completion, killing it and panicking after `timeout`.
-fn run(cmd: &mut Command, timeout: Duration) -> Ran {
-    let what = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for a command") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`{what}` did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ran {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
-}
-
 /// Runs `cmd`, which must succeed within 10 s; returns its stdout.
 fn check(cmd: &mut Command) -> String {
-    let what = describe(cmd);
-    let r = run(cmd, Duration::from_secs(10));
-    assert!(
-        r.status.success(),
-        "`{what}` failed ({}):\n{}{}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
-    r.stdout
+    run_ok(cmd, Duration::from_secs(10)).stdout
 }
 
 /// Namespaces and processes of the test, all removed when it ends, passing or not: processes are
@@ -219,21 +161,10 @@ impl Drop for Lab {
     }
 }
 
-/// Sends `signal` to a child and waits up to `timeout` for it to exit.
-fn stop(child: &mut Child, signal: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill on the pid of a child we have not reaped yet.
-    unsafe { libc::kill(pid, signal) };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().ok().flatten() {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Sends `sig` to a child and waits up to `timeout` for it to exit (killing it past that).
+fn stop(child: &mut Child, sig: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
+    signal(child, sig);
+    wait_until(child, timeout)
 }
 
 /// Reads a child's stream line by line into `log` (and `file`), telling `ready` when a line
@@ -586,7 +517,7 @@ fn mirrored_nginx_traffic_matches_access_log() {
     println!("e2e_netns: peers ready after {:?}", started.elapsed());
 
     // ---- Client traffic ----
-    let curl = |args: &[&str]| -> Ran {
+    let curl = |args: &[&str]| -> Finished {
         let r = run(
             lab.exec(&client_ns, &tools.curl)
                 .args(["-sS", "--max-time", "15"])

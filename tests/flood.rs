@@ -3,36 +3,21 @@
 //! must stay under the memory budget plus a fixed overhead, every bad datagram must be counted,
 //! and the good traffic must still pair.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+mod common;
+
+use common::{Daemon, get, vxlan_datagram};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
 const FLOWS: u32 = 200_000;
 const GARBAGE: u32 = 50_000;
 const BUDGET_MIB: u64 = 2;
 /// Process overhead beyond buffered stream bytes: code, allocator, per-flow bookkeeping of up to
 /// --max-flows flows, channel and socket buffers that were touched.
 const OVERHEAD_MIB: u64 = 160;
+const VNI: u8 = 9;
 
-fn datagram(
-    src: ([u8; 4], u16),
-    dst: ([u8; 4], u16),
-    seq: u32,
-    ack: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, seq, 65535)
-        .ack(ack)
-        .psh();
-    let mut out = vec![0x08, 0, 0, 0, 0, 0, 9, 0];
-    builder.write(&mut out, payload).unwrap();
-    out
-}
-
+/// The resident set size of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -43,70 +28,30 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r
-}
-
+/// The value of a metric, 0 where the daemon has not rendered it.
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(text, name).unwrap_or(0.0)
 }
 
 #[test]
 fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("records.jsonl");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--workers",
-            "2",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--memory-budget", &(BUDGET_MIB << 20).to_string()])
-        .args(["--max-flows", "50000", "--output"])
-        .arg(&out)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let admin = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("daemon start");
-        if let Some(rest) = line.split("admin=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_matches(|c: char| !c.is_ascii_graphic())
-                .to_owned();
-        }
-    };
-    let rss_start = rss_kib(child.id());
+    let budget = (BUDGET_MIB << 20).to_string();
+    let mut daemon = Daemon::start([
+        "--workers",
+        "2",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--memory-budget",
+        &budget,
+        "--max-flows",
+        "50000",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let (port, admin) = (daemon.port, daemon.admin.clone());
+    let rss_start = rss_kib(daemon.child.id());
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let server = ([10, 250, 0, 1], 8080);
     let good_client = ([10, 251, 0, 1], 40000);
@@ -119,7 +64,7 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
             [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
             1024 + (i % 60000) as u16,
         );
-        let d = datagram(c, server, 1, 1, b"GET /flood HTTP/1.1\r\nHost: victim\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        let d = vxlan_datagram(VNI, c, server, 1, 1, b"GET /flood HTTP/1.1\r\nHost: victim\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
         sender.send_to(&d, ("127.0.0.1", port)).unwrap();
         if i % 4 == 0 && i / 4 < GARBAGE {
             rng ^= rng << 13;
@@ -134,8 +79,9 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
             let seq = 1 + good * 27;
             let req = format!("GET /good/{good:04} HTTP/1.1\r\n\r\n");
             assert_eq!(req.len(), 27);
-            let d1 = datagram(good_client, server, seq, 1 + good * 38, req.as_bytes());
-            let d2 = datagram(
+            let d1 = vxlan_datagram(VNI, good_client, server, seq, 1 + good * 38, req.as_bytes());
+            let d2 = vxlan_datagram(
+                VNI,
                 server,
                 good_client,
                 1 + good * 38,
@@ -161,7 +107,7 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut text;
     loop {
-        text = get(&admin, "/metrics");
+        text = get(&admin, "/metrics").1;
         let received = metric(&text, "mirror_received_datagrams_total");
         let kernel_drops = metric(&text, "mirror_kernel_drops_total");
         let processed = metric(&text, "mirror_datagrams_total");
@@ -170,10 +116,10 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let rss_end = rss_kib(child.id());
+    let rss_end = rss_kib(daemon.child.id());
     eprintln!("RSS {rss_start} KiB at start, {rss_end} KiB after the flood");
     assert!(
-        child.try_wait().unwrap().is_none(),
+        daemon.child.try_wait().unwrap().is_none(),
         "the daemon is still running"
     );
     let datagrams = metric(&text, "mirror_datagrams_total");
@@ -214,11 +160,7 @@ fn flood_of_half_open_flows_and_garbage_stays_within_budget() {
         rss_end < (BUDGET_MIB + OVERHEAD_MIB) << 10,
         "RSS {rss_end} KiB over budget + overhead"
     );
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
+    daemon.stop(Duration::from_secs(120));
     let records = std::fs::read_to_string(&out).unwrap();
     let good_paths = records
         .lines()

@@ -1,13 +1,15 @@
 //! The systemd unit the AMI installs: `systemd-analyze verify` accepts it, and
 //! `systemd-analyze security --offline=true` rates its exposure 2.5 or lower.
 
+mod common;
+
+use common::{BIN, free_udp_port, receiver, signal};
 use std::process::Command;
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/packer/files/mirror-receiver.service"
 );
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
 
 /// The unit with its ExecStart paths pointing at the binary under test (verify checks that the
 /// executables exist), in a temporary directory.
@@ -110,18 +112,8 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MIRROR_") || k.starts_with("AKTO_") || k.starts_with("TRAFFIC_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let port = free_udp_port();
+    let mut child = receiver()
         .args([
             "run",
             "--workers",
@@ -132,7 +124,6 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
         .arg("--output")
         .arg(dir.path().join("out.jsonl"))
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("MIRROR_ADMIN_LISTEN", "127.0.0.1:0")
         .env("WATCHDOG_USEC", "400000")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -148,10 +139,7 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
             seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    signal(&child, libc::SIGTERM);
     let status = child.wait().unwrap();
     while let Ok(n) = sock.recv(&mut buf) {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
