@@ -1,0 +1,160 @@
+//! A standalone rdkafka producer: the baseline of `benches/line-rate.sh` for producer CPU per
+//! record.
+//!
+//! Reads JSON lines (records as `mirror-receiver replay` prints them) from a file or stdin, and
+//! produces each to a topic with the producer settings mirror-receiver's Kafka sink uses
+//! (src/sink/kafka.rs): `acks=all`, `enable.idempotence=true`, `compression.type` (lz4),
+//! `linger.ms` (100), `batch.num.messages` (1000), `message.max.bytes=1048576`,
+//! `message.timeout.ms=30000`, a ThreadedProducer, the key a u64 in decimal (the receiver keys by
+//! its connection id; records carry no ports, so here it is a hash of `ip`, `destIp` and
+//! `akto_vxlan_id`), payload the line as read. It waits until every record is acknowledged and
+//! exits non-zero if any failed. Prints `records=N delivered=D failed=F`.
+//!
+//! `--dry-run` does everything but producing (reads, parses each line as JSON, computes the key):
+//! its CPU, subtracted from a real run's, leaves the producer's own.
+//!
+//! Usage: `cargo run --release --example produce_baseline -- --brokers HOST:PORT --topic T
+//! [--compression lz4] [--linger-ms 100] [--batch-size 1000] [--dry-run] [FILE|-]`
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Counter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counter {}
+
+impl ProducerContext for Counter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+struct Args {
+    brokers: String,
+    topic: String,
+    compression: String,
+    linger_ms: u64,
+    batch_size: usize,
+    dry_run: bool,
+    input: String,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        brokers: "127.0.0.1:9092".into(),
+        topic: "akto.api.logs".into(),
+        compression: "lz4".into(),
+        linger_ms: 100,
+        batch_size: 1000,
+        dry_run: false,
+        input: "-".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--brokers" => a.brokers = value()?,
+            "--topic" => a.topic = value()?,
+            "--compression" => a.compression = value()?,
+            "--linger-ms" => a.linger_ms = value()?.parse()?,
+            "--batch-size" => a.batch_size = value()?.parse()?,
+            "--dry-run" => a.dry_run = true,
+            f if f.starts_with("--") => anyhow::bail!("unknown flag {f}"),
+            _ => a.input = flag,
+        }
+    }
+    Ok(a)
+}
+
+/// The record's key: a hash of the fields that stand for its connection, in decimal.
+fn key_of(line: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in ["ip", "destIp", "akto_vxlan_id"] {
+        v.get(f).and_then(|x| x.as_str()).unwrap_or("").hash(&mut h);
+    }
+    Ok(h.finish().to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let input: Box<dyn Read> = if args.input == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&args.input)?)
+    };
+    let reader = BufReader::with_capacity(1 << 20, input);
+
+    let producer: Option<ThreadedProducer<Counter>> = if args.dry_run {
+        None
+    } else {
+        Some(
+            ClientConfig::new()
+                .set("bootstrap.servers", &args.brokers)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("compression.type", &args.compression)
+                .set("linger.ms", args.linger_ms.to_string())
+                .set("batch.num.messages", args.batch_size.to_string())
+                .set("message.max.bytes", "1048576")
+                .set("message.timeout.ms", "30000")
+                .create_with_context(Counter::default())?,
+        )
+    };
+
+    let mut records = 0u64;
+    let mut checksum = 0u64;
+    for line in reader.lines() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let key = key_of(&line)?;
+        records += 1;
+        let Some(p) = &producer else {
+            checksum = checksum.wrapping_add(key.len() as u64);
+            continue;
+        };
+        loop {
+            match p.send::<String, String>(BaseRecord::to(&args.topic).key(&key).payload(&line)) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => anyhow::bail!("produce: {e}"),
+            }
+        }
+    }
+    let Some(p) = producer else {
+        println!("records={records} delivered=0 failed=0 dry_run=1 ({checksum})");
+        return Ok(());
+    };
+    p.flush(Duration::from_secs(60))?;
+    let c = p.context();
+    let (delivered, failed) = (
+        c.delivered.load(Ordering::Relaxed),
+        c.failed.load(Ordering::Relaxed),
+    );
+    println!("records={records} delivered={delivered} failed={failed}");
+    if delivered != records {
+        anyhow::bail!("{} of {records} records not delivered", records - delivered);
+    }
+    Ok(())
+}
