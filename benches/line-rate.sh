@@ -3,7 +3,7 @@
 # table (measurement | ours | baseline | ratio | target | pass) under the machine it ran on.
 # Everything runs on loopback (127.0.0.1); every process the script starts is stopped on exit.
 #
-# 1. Replay vs tshark. Pairs per CPU-second (user+sys of the whole process, best of $RUNS) of
+# 1. Replay vs tshark. Pairs per CPU-second (user+sys of the whole process, median of $RUNS) of
 #    `mirror-receiver replay CAPTURE` (records to /dev/null) against tshark on the same capture,
 #    its JSON dissector off and fields output only:
 #    `tshark --disable-protocol json -r CAPTURE -T fields -e http.request_in -Y http.response`
@@ -16,9 +16,10 @@
 #    the last CPU and stopped (SIGSTOP); `mirror-receiver send`, pinned to the other CPUs, puts
 #    ~120k datagrams of CAPTURE in its socket queue (fewer than it holds: checked, no kernel
 #    drop); the receiver is continued and takes them all; rate = datagrams / the receiver's CPU
-#    time for them (/proc/PID/task/*/schedstat; the daemon's idle CPU over the same time subtracted). Best
-#    of $INGEST_RUNS for each. (Stepping the senders' rate does not work on a 2-core box: one core
-#    of `send` reaches ~150-250k datagrams/s and neither receiver loses any at that rate.)
+#    time for them (/proc/PID/task/*/schedstat; the daemon's idle CPU over the same time
+#    subtracted). Median of $INGEST_RUNS for each. (Stepping the senders' rate does not work on
+#    a 2-core box: one core of `send` reaches ~150-250k datagrams/s and neither receiver loses
+#    any at that rate.)
 # 3. Memory. (a) Per idle open connection: a daemon (--flow-idle-timeout 3600) warmed up with
 #    samples/sample.vxlan.pcap; VmRSS read; a capture of 10,000 TCP connections each with handshake,
 #    one complete HTTP exchange and no FIN (benches/gen_idle.py) sent; once mirror_flows_active
@@ -37,10 +38,11 @@
 #    bytes). Ours: CPU of `replay CAPTURE --kafka-brokers ...` (acknowledged by the broker) minus
 #    CPU of the same replay to /dev/null, per record. Baseline: CPU of examples/produce_baseline.rs
 #    (rdkafka with the receiver's producer settings) producing the same records (the JSON lines
-#    replay prints) minus its --dry-run (read and parse only), per record. Best of $KAFKA_RUNS each.
+#    replay prints) minus its --dry-run (read and parse only), per record. Median of $KAFKA_RUNS
+#    runs for each of the four (the receiver's Kafka CPU varies by +-20 % from run to run).
 #
 # Usage: benches/line-rate.sh
-#   env: RUNS=3 INGEST_RUNS=5 KAFKA_RUNS=5 CAPTURE=FILE TANSU=BIN ONLY="1 2 3 4 5" (rows to take)
+#   env: RUNS=3 INGEST_RUNS=5 KAFKA_RUNS=7 CAPTURE=FILE TANSU=BIN ONLY="1 2 3 4 5" (rows to take)
 # Needs: cargo, python3, curl, taskset; tshark for row 1, tansu for row 5 (~/.cargo/bin/tansu).
 # CPU times come from getrusage/schedstat at microsecond resolution (GNU time's 10 ms is too
 # coarse for a 0.06 s replay). Takes about 90 s after the build. Exits non-zero when a
@@ -49,7 +51,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-KAFKA_RUNS=${KAFKA_RUNS:-5}
+KAFKA_RUNS=${KAFKA_RUNS:-7}
 INGEST_RUNS=${INGEST_RUNS:-5}
 IDLE_CONNS=10000
 RECV_BUFFER=67108864 # the daemon's default --recv-buffer; the drain gets the same
@@ -114,7 +116,11 @@ EOF
 
 calc() { python3 -c "print($1)"; }
 fmt() { python3 -c "import sys; print(format($1, sys.argv[1]))" "$2"; }
-min_of() { tr ' ' '\n' | grep . | sort -g | head -1; }
+# Median of numbers on stdin (space or newline separated): the middle one, or the mean of the two.
+median_of() {
+  tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
 # Sum of the `drops` column of /proc/net/udp for the sockets bound to a local port.
 udp_drops() {
@@ -279,8 +285,8 @@ measure_tshark() {
     theirs+=("${r%% *}")
   done
   tpairs=$(grep -c . "$TMP/tshark.out" || true)
-  best=$(echo "${ours[*]}" | min_of)
-  tbest=$(echo "${theirs[*]}" | min_of)
+  best=$(echo "${ours[*]}" | median_of)
+  tbest=$(echo "${theirs[*]}" | median_of)
   log "1: replay $pairs pairs, CPU s ${ours[*]}; tshark $tpairs pairs, CPU s ${theirs[*]}"
   local o t ratio
   o=$(calc "$pairs / $best")
@@ -360,7 +366,7 @@ daemon_trial() { # sets TR_RATE (by CPU), TR_PROC (processed), TR_GOT (received)
   TR_PROC=$p TR_GOT=$got TR_DROPS=$drops
 }
 measure_ingest() {
-  local n i d=0 b=0
+  local n i d=0 b=0 ds=() bs=()
   n=$(nproc)
   if [ "$n" -ge 2 ]; then
     RECV_PIN=(taskset -c $((n - 1)))
@@ -370,17 +376,21 @@ measure_ingest() {
     drain_trial
     log "2: drain: $TR_RATE datagrams per CPU-second ($TR_SPAN_RATE/s by its own clock);" \
       "sent $SENT, received $TR_GOT, kernel drops $TR_DROPS"
-    if [ "$TR_DROPS" = 0 ] && [ "$TR_GOT" = "$SENT" ] && [ "$TR_RATE" -gt "$b" ]; then b=$TR_RATE; fi
+    if [ "$TR_DROPS" = 0 ] && [ "$TR_GOT" = "$SENT" ]; then bs+=("$TR_RATE"); fi
   done
   if start_daemon; then
     for i in $(seq "$INGEST_RUNS"); do
       daemon_trial
       log "2: daemon: $TR_RATE datagrams per CPU-second; sent $SENT, received $TR_GOT," \
         "processed $TR_PROC, kernel drops $TR_DROPS"
-      if [ "$TR_DROPS" = 0 ] && [ "$TR_PROC" = "$SENT" ] && [ "$TR_RATE" -gt "$d" ]; then d=$TR_RATE; fi
+      if [ "$TR_DROPS" = 0 ] && [ "$TR_PROC" = "$SENT" ]; then ds+=("$TR_RATE"); fi
     done
     stop_daemon
   fi
+  # Trials that lost a datagram do not count.
+  if [ "${#bs[@]}" -gt 0 ]; then b=$(echo "${bs[*]}" | median_of); fi
+  if [ "${#ds[@]}" -gt 0 ]; then d=$(echo "${ds[*]}" | median_of); fi
+  b=${b%.*} d=${d%.*}
   RECV_PIN=()
   SEND_PIN=()
   if [ "$d" = 0 ] || [ "$b" = 0 ]; then
@@ -566,8 +576,8 @@ measure_kafka() {
   done
   log "5: $n records; CPU s: replay->kafka ${k[*]}; replay->/dev/null ${z[*]}; baseline ${p[*]}; baseline dry-run ${d[*]}"
   local ours base ratio
-  ours=$(calc "($(echo "${k[*]}" | min_of) - $(echo "${z[*]}" | min_of)) / $n * 1e6")
-  base=$(calc "($(echo "${p[*]}" | min_of) - $(echo "${d[*]}" | min_of)) / $n * 1e6")
+  ours=$(calc "($(echo "${k[*]}" | median_of) - $(echo "${z[*]}" | median_of)) / $n * 1e6")
+  base=$(calc "($(echo "${p[*]}" | median_of) - $(echo "${d[*]}" | median_of)) / $n * 1e6")
   ratio=$(calc "$ours / $base")
   row "5. Kafka producer CPU per record ($n records)" "$(fmt "$ours" .2f) µs" \
     "$(fmt "$base" .2f) µs (rdkafka alone)" "$(fmt "$ratio" .2f)x" "<= 1.25x" \
