@@ -335,7 +335,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     });
     let admission = Arc::new(args.admission()?);
     let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
-    let record_pool = BatchPool::new(RECORD_QUEUE_BATCHES + workers);
+    // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
+    // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
+    // not leave memory behind.
+    let record_pool = BatchPool::new(2 * workers + 2);
     let sink_shared = shared.clone();
     let sink_pool = record_pool.clone();
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
@@ -349,8 +352,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             result
         })?;
 
-    // Spare batches: enough for every queue to be a quarter full without allocating.
-    let pool = BatchPool::new(workers * SHARD_QUEUE_BATCHES / 4 + workers * workers);
+    // Spare batches kept for reuse: in the steady state each receive thread fills one per shard
+    // and a few are queued. Beyond that (bursts that fill the queues) batches are allocated and
+    // freed on return, so a burst does not leave memory behind.
+    let pool = BatchPool::new(2 * workers * workers + 4 * workers);
     let mut shard_txs = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..workers {

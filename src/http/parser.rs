@@ -592,6 +592,9 @@ impl Parser {
         } else {
             State::Head
         };
+        // Between messages a keep-alive connection holds nothing: give the buffer back now
+        // rather than at the idle pass, so thousands of open connections stay small.
+        self.release();
         let Some(mut msg) = self.msg.take().map(|m| *m) else {
             return Step::NeedMore;
         };

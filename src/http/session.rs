@@ -279,6 +279,11 @@ impl Session {
                     }
                 }
                 let seq = msg.seq;
+                if self.pending.capacity() == 0 {
+                    // Most connections have one request outstanding at a time: room for one
+                    // (VecDeque would start at four).
+                    self.pending.reserve_exact(1);
+                }
                 self.pending.push_back(Pending {
                     method: msg.method().unwrap_or_default().to_owned(),
                     seq,
