@@ -303,7 +303,12 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
                     continue;
                 }
             }
-            pending[shard_of(datagram, to.shards.len())].push(datagram);
+            // One shard needs no hash (and no decode here).
+            let shard = match to.shards.len() {
+                1 => 0,
+                n => shard_of(datagram, n),
+            };
+            pending[shard].push(datagram);
         }
         if received == 0 {
             continue;

@@ -41,6 +41,13 @@ impl Headers {
         }
     }
 
+    /// Makes room for `fields` more fields of `bytes` bytes in all, so a head is copied with one
+    /// allocation for the text and one for the positions.
+    pub fn reserve(&mut self, fields: usize, bytes: usize) {
+        self.fields.reserve_exact(fields);
+        self.text.reserve_exact(bytes);
+    }
+
     pub fn len(&self) -> usize {
         self.fields.len()
     }

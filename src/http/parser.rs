@@ -649,6 +649,8 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
 
 /// Copies httparse's fields into the message's [`Headers`].
 fn copy_headers(fields: &[httparse::Header<'_>], into: &mut Headers) {
+    let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+    into.reserve(fields.len(), bytes);
     for h in fields.iter().filter(|h| !h.name.is_empty()) {
         into.push_raw(h.name.as_bytes(), h.value);
     }
