@@ -43,6 +43,22 @@ extern "C" fn on_report(_: libc::c_int) {
     REPORT.store(true, Ordering::SeqCst);
 }
 
+/// A plain recvmmsg UDP receiver that only counts what it takes.
+#[derive(clap::Parser)]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1:4789")]
+    listen: SocketAddr,
+    /// Receive buffer in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    rcvbuf: usize,
+    /// Stop after this many seconds without a datagram once one arrived (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    idle_exit: f64,
+    /// Stop when stdin closes.
+    #[arg(long)]
+    watch_stdin: bool,
+}
+
 struct Args {
     listen: SocketAddr,
     rcvbuf: usize,
@@ -51,36 +67,13 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        listen: "127.0.0.1:4789".parse()?,
-        rcvbuf: 64 << 20,
-        idle_exit: None,
-        watch_stdin: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--listen" => a.listen = value()?.parse()?,
-            "--rcvbuf" => a.rcvbuf = value()?.parse()?,
-            "--idle-exit" => {
-                let s: f64 = value()?.parse()?;
-                a.idle_exit = (s > 0.0).then(|| Duration::from_secs_f64(s));
-            }
-            "--watch-stdin" => a.watch_stdin = true,
-            "-h" | "--help" => {
-                println!(
-                    "usage: drain [--listen ADDR] [--rcvbuf BYTES] [--idle-exit SECS] [--watch-stdin]"
-                );
-                std::process::exit(0);
-            }
-            other => anyhow::bail!("unknown argument {other}"),
-        }
-    }
-    Ok(a)
+    let c = <Cli as clap::Parser>::parse();
+    Ok(Args {
+        listen: c.listen,
+        rcvbuf: c.rcvbuf,
+        idle_exit: (c.idle_exit > 0.0).then(|| Duration::from_secs_f64(c.idle_exit)),
+        watch_stdin: c.watch_stdin,
+    })
 }
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> std::io::Result<()> {

@@ -43,44 +43,25 @@ impl ProducerContext for Counter {
     }
 }
 
+/// A standalone rdkafka producer of JSON-lines records, with the receiver's producer settings.
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
+    #[arg(long, default_value = "akto.api.logs")]
     topic: String,
+    #[arg(long, default_value = "lz4")]
     compression: String,
+    #[arg(long, default_value_t = 100)]
     linger_ms: u64,
+    #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Read and parse the records only, produce nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// JSON lines to produce ("-": stdin).
+    #[arg(default_value = "-")]
     input: String,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        brokers: "127.0.0.1:9092".into(),
-        topic: "akto.api.logs".into(),
-        compression: "lz4".into(),
-        linger_ms: 100,
-        batch_size: 1000,
-        dry_run: false,
-        input: "-".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--brokers" => a.brokers = value()?,
-            "--topic" => a.topic = value()?,
-            "--compression" => a.compression = value()?,
-            "--linger-ms" => a.linger_ms = value()?.parse()?,
-            "--batch-size" => a.batch_size = value()?.parse()?,
-            "--dry-run" => a.dry_run = true,
-            f if f.starts_with("--") => anyhow::bail!("unknown flag {f}"),
-            _ => a.input = flag,
-        }
-    }
-    Ok(a)
 }
 
 /// The record's key: a hash of the fields that stand for its connection, in decimal.
@@ -94,7 +75,7 @@ fn key_of(line: &str) -> anyhow::Result<String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let input: Box<dyn Read> = if args.input == "-" {
         Box::new(std::io::stdin())
     } else {

@@ -13,10 +13,11 @@
 //! 1.7 and later validate the template itself (from 1.10 on after
 //! `packer plugins install github.com/hashicorp/amazon`).
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
@@ -70,42 +71,11 @@ fn tool(name: &str, env_var: &str, version_args: &[&str], install: &str) -> Opti
 
 /// Runs `cmd` to completion, killing it after `limit`.
 fn run(mut cmd: Command, limit: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .env("CHECKPOINT_DISABLE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{desc}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        stdout.read_to_end(&mut buf).ok();
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        stderr.read_to_end(&mut buf).ok();
-        buf
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("{desc} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let f = common::run(cmd.env("CHECKPOINT_DISABLE", "1"), limit);
     Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
+        status: f.status,
+        stdout: f.stdout.into_bytes(),
+        stderr: f.stderr.into_bytes(),
     }
 }
 

@@ -8,10 +8,11 @@
 //! `/opt/mirror-receiver-ci-venv/bin/python` (the venv `.ci/run` creates). Without one the test
 //! skips with a message, and fails instead when `MIRROR_INFRA_REQUIRE=1` (as CI sets).
 
-use std::io::Read;
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CI_VENV_PYTHON: &str = "/opt/mirror-receiver-ci-venv/bin/python";
@@ -66,8 +67,8 @@ fn session_sync_against_a_local_fake_of_ec2_and_elb() {
         return;
     };
     let script = Path::new(ROOT).join("tests/sessions/test_sessions_sync.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
         .current_dir(ROOT)
         // No real AWS configuration may leak in: the test sets its own endpoint and keys.
         .env_remove("AWS_PROFILE")
@@ -75,43 +76,12 @@ fn session_sync_against_a_local_fake_of_ec2_and_elb() {
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{python} {}: {e}", script.display()));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = String::new();
-        stdout.read_to_string(&mut buf).ok();
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = String::new();
-        stderr.read_to_string(&mut buf).ok();
-        buf
-    });
-    let limit = Duration::from_secs(300);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "{} did not finish within {limit:?}: {}",
-                script.display(),
-                err_reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let common::Finished {
+        status,
+        stdout,
+        stderr,
+    } = common::run(&mut cmd, Duration::from_secs(300));
     // unittest reports on stderr.
     eprintln!("{stderr}");
     assert!(
