@@ -17,11 +17,11 @@
 // AL2023 itself. The build runs `mirror-receiver --version` on the instance and fails if the
 // binary cannot start there.
 //
-// Needs an amazon-ebs builder that knows metadata_options (IMDSv2 on the build instance):
-// Packer >= 1.7; from 1.10 on run `packer plugins install github.com/hashicorp/amazon` first.
-// Debian 12's packer 1.6.6 predates metadata_options: with it `packer validate -syntax-only`
-// passes, and the full `packer validate` passes on a copy without the metadata_options blocks
-// (tests/infra.rs runs both); it cannot build this template.
+// IMDSv2: Amazon Linux 2023 AMIs are registered with ImdsSupport v2.0, so the build instance
+// requires IMDSv2 (unless the account's IMDS default says otherwise); the receivers' launch
+// template in the stack sets HttpTokens: required itself. The template keeps to the options
+// Debian 12's packer 1.6.6 knows, so `packer validate` and `packer fmt -check` pass with it
+// (tests/infra.rs); Packer >= 1.10 needs `packer plugins install github.com/hashicorp/amazon`.
 
 variable "region" {
   type        = string
@@ -128,12 +128,6 @@ source "amazon-ebs" "x86_64" {
     delete_on_termination = true
   }
 
-  // IMDSv2 only on the build instance.
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
 
   tags     = merge(local.ami_tags, { Architecture = "x86_64" })
   run_tags = { Name = "packer mirror-receiver x86_64" }
@@ -174,11 +168,6 @@ source "amazon-ebs" "arm64" {
     delete_on_termination = true
   }
 
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
 
   tags     = merge(local.ami_tags, { Architecture = "arm64" })
   run_tags = { Name = "packer mirror-receiver arm64" }
