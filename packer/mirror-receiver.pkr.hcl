@@ -200,6 +200,7 @@ build {
       "${path.root}/files/90-mirror-receiver-sysctl.conf",
       "${path.root}/files/90-mirror-receiver-journald.conf",
       "${path.root}/files/amazon-cloudwatch-agent.json",
+      "${path.root}/files/mirror-receiver-prometheus.yaml",
       "${path.root}/../README.md",
     ]
     destination = "/tmp/mirror-receiver/"
@@ -221,6 +222,7 @@ build {
       "install -D -m 0644 -o root -g root 90-mirror-receiver-sysctl.conf /etc/sysctl.d/90-mirror-receiver.conf",
       "install -D -m 0644 -o root -g root 90-mirror-receiver-journald.conf /etc/systemd/journald.conf.d/90-mirror-receiver.conf",
       "install -D -m 0644 -o root -g root amazon-cloudwatch-agent.json /opt/aws/amazon-cloudwatch-agent/etc/mirror-receiver.json",
+      "install -D -m 0644 -o root -g root mirror-receiver-prometheus.yaml /opt/aws/amazon-cloudwatch-agent/etc/mirror-receiver-prometheus.yaml",
       "sysctl --system",
       "test \"$(sysctl -n net.core.rmem_max)\" = 134217728",
       "systemctl daemon-reload",

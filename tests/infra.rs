@@ -258,6 +258,10 @@ fn templates_have_the_required_settings() {
         "HealthCheckPort: \"8080\"",
         "HealthCheckPath: /readyz",
         "HttpTokens: required",
+        "MetricName: mirror_kernel_drops_total",
+        "MetricName: mirror_sink_dropped_total",
+        "MetricName: NetworkSkipMirrorIn",
+        "MetricName: UnHealthyHostCount",
         "Encrypted: true",
         "AssociatePublicIpAddress: false",
         "PredefinedMetricType: ASGAverageCPUUtilization",
@@ -308,6 +312,24 @@ fn templates_have_the_required_settings() {
     assert!(hcl.contains("ImdsSupport v2.0"));
     assert_eq!(hcl.matches("encrypted             = true").count(), 2);
     assert!(hcl.contains("al2023-ami-"));
+    // The CloudWatch agent scrapes the receiver's /metrics for the stack's drop alarms.
+    assert!(hcl.contains("mirror-receiver-prometheus.yaml"));
+    let agent =
+        std::fs::read_to_string(Path::new(ROOT).join("packer/files/amazon-cloudwatch-agent.json"))
+            .unwrap();
+    for needle in [
+        "\"metric_namespace\": \"MirrorReceiver\"",
+        "^mirror_kernel_drops_total$",
+        "^mirror_sink_dropped_total$",
+        "mirror-receiver-prometheus.yaml",
+    ] {
+        assert!(agent.contains(needle), "agent config lacks {needle}");
+    }
+    let scrape = std::fs::read_to_string(
+        Path::new(ROOT).join("packer/files/mirror-receiver-prometheus.yaml"),
+    )
+    .unwrap();
+    assert!(scrape.contains("job_name: mirror-receiver") && scrape.contains("127.0.0.1:8080"));
     assert!(hcl.contains("systemctl enable mirror-receiver"));
     for (file, dest) in [
         (
