@@ -7,12 +7,13 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use std::io::Read;
 
 /// One frame of a capture.
-pub struct Frame {
+pub struct Frame<'a> {
     /// `None` when the frame's link type is not one the decoder knows (it is counted, not fatal).
     pub link: Option<LinkType>,
     /// Capture time in µs since the epoch.
     pub ts: u64,
-    pub data: Vec<u8>,
+    /// Borrowed from the reader's buffer where the format allows (pcap), owned otherwise.
+    pub data: std::borrow::Cow<'a, [u8]>,
 }
 
 /// A pcap or pcapng file, told apart by its magic number.
@@ -62,7 +63,7 @@ impl<R: Read> CaptureReader<std::io::Chain<std::io::Cursor<[u8; 4]>, R>> {
 
 impl<R: Read> CaptureReader<R> {
     /// The next frame, `None` at the end of the file.
-    pub fn next_frame(&mut self) -> Option<Result<Frame, CaptureError>> {
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, CaptureError>> {
         match self {
             CaptureReader::Pcap(reader, link) => {
                 let packet = match reader.next_packet()? {
@@ -72,7 +73,7 @@ impl<R: Read> CaptureReader<R> {
                 Some(Ok(Frame {
                     link: *link,
                     ts: u64::try_from(packet.timestamp.as_micros()).unwrap_or(u64::MAX),
-                    data: packet.data.into_owned(),
+                    data: packet.data,
                 }))
             }
             CaptureReader::PcapNg(reader) => loop {
@@ -102,7 +103,11 @@ impl<R: Read> CaptureReader<R> {
                 let per_second = interface.map_or(1_000_000, ticks_per_second);
                 let ts = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second))
                     .unwrap_or(u64::MAX);
-                return Some(Ok(Frame { link, ts, data }));
+                return Some(Ok(Frame {
+                    link,
+                    ts,
+                    data: data.into(),
+                }));
             },
         }
     }
