@@ -78,7 +78,7 @@ impl Metrics {
                     .absolute(p.wire.errors[e.index()]);
             }
             for (vni, v) in &p.vni {
-                let vni = if *vni == crate::pipeline::OTHER_VNI {
+                let vni = if *vni == crate::flow::OTHER_VNI {
                     "other".to_owned()
                 } else {
                     vni.to_string()

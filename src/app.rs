@@ -4,6 +4,7 @@
 use crate::capture::CaptureReader;
 use crate::config::{OutputArgs, ReplayArgs, RunArgs};
 use crate::http::Exchange;
+use crate::ingest::{Batch, BatchPool, SHARD_QUEUE_BATCHES};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{Encoder, RecordConfig};
 use crate::sink::kafka::{KafkaSettings, KafkaSink};
@@ -16,8 +17,6 @@ use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-pub use crate::ingest::MAX_DATAGRAM;
 
 /// Opens the configured sink.
 pub fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<dyn Sink>> {
@@ -221,8 +220,6 @@ struct Shared {
     records_too_large: std::sync::atomic::AtomicU64,
     /// Last loop time (µs) of each worker: the systemd watchdog is fed only while all are alive.
     heartbeats: Vec<std::sync::atomic::AtomicU64>,
-    /// Datagrams waiting in each worker's queue.
-    queued: Vec<std::sync::atomic::AtomicU64>,
     /// Batches waiting in each worker's queue, as last seen by the worker.
     queue_fill: Vec<std::sync::atomic::AtomicU64>,
     /// The receive sockets (for the kernel's drop counts) and their counters.
@@ -232,8 +229,6 @@ struct Shared {
     refused_source: std::sync::atomic::AtomicU64,
     refused_vni: std::sync::atomic::AtomicU64,
 }
-
-use crate::ingest::{Batch, BatchPool, SHARD_QUEUE_BATCHES};
 
 impl Shared {
     /// Datagrams taken off the sockets, and datagrams the kernel dropped for them.
@@ -326,7 +321,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         heartbeats: (0..workers)
             .map(|_| std::sync::atomic::AtomicU64::new(now_us()))
             .collect(),
-        queued: (0..workers).map(|_| Default::default()).collect(),
         queue_fill: (0..workers).map(|_| Default::default()).collect(),
         sockets: sockets.clone(),
         socket_counters: (0..workers).map(|_| Default::default()).collect(),
@@ -395,7 +389,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 .spawn(move || {
                     let to = crate::ingest::Ingest {
                         shards: &txs,
-                        queued: &shared.queued,
                         pool: &pool,
                         admission: &admission,
                         counters: &shared.socket_counters[i],
@@ -603,7 +596,6 @@ impl Worker<'_> {
             for d in batch.iter() {
                 pipeline.datagram(d, now);
             }
-            shared.queued[index].fetch_sub(batch.len() as u64, Ordering::Relaxed);
             pool.give(batch);
         };
         loop {

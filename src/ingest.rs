@@ -128,10 +128,6 @@ impl BatchPool {
 pub struct SocketCounters {
     /// Datagrams taken off the socket (before admission).
     pub received: AtomicU64,
-    /// Datagrams longer than [`MAX_DATAGRAM`], passed on cut (the decoder sees the truncation).
-    pub oversized: AtomicU64,
-    /// `recvmmsg` calls and the datagrams they returned (average batch = datagrams / calls).
-    pub calls: AtomicU64,
 }
 
 /// Opens one of the receive sockets: SO_REUSEPORT, `recv_buffer` bytes of receive buffer (with
@@ -229,8 +225,6 @@ fn source_ip(addr: Option<&SockaddrStorage>) -> Option<IpAddr> {
 /// Where a receive thread sends what it takes, and what it counts.
 pub struct Ingest<'a> {
     pub shards: &'a [Sender<Batch>],
-    /// Datagrams waiting in each shard's queue (added here, subtracted by the worker).
-    pub queued: &'a [AtomicU64],
     pub pool: &'a BatchPool,
     pub admission: &'a Admission,
     pub counters: &'a SocketCounters,
@@ -242,14 +236,15 @@ pub struct Ingest<'a> {
 /// Receives until `stop` is set or every worker is gone.
 pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
     let fd = socket.as_raw_fd();
-    // One slot longer than the largest datagram taken, so a longer one shows as cut.
-    let slot = MAX_DATAGRAM + 1;
+    // A longer datagram arrives cut to its slot; the decoder sees the truncation (IP length
+    // past the bytes present) and counts it.
+    let slot = MAX_DATAGRAM;
     let mut buf = vec![0u8; RECV_BATCH * slot];
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
     let mut pending: Vec<Batch> = to.shards.iter().map(|_| to.pool.take()).collect();
     let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
-    // Per datagram of a call: length, source, cut.
-    let mut got = [(0usize, None::<IpAddr>, false); RECV_BATCH];
+    // Per datagram of a call: length and source.
+    let mut got = [(0usize, None::<IpAddr>); RECV_BATCH];
     while !to.stop.load(Ordering::Relaxed) {
         let received = {
             // On the stack: no allocation per call.
@@ -263,13 +258,7 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
                 Ok(results) => {
                     let mut n = 0;
                     for (msg, entry) in results.zip(got.iter_mut()) {
-                        let cut =
-                            msg.bytes > MAX_DATAGRAM || msg.flags.contains(MsgFlags::MSG_TRUNC);
-                        *entry = (
-                            msg.bytes.min(MAX_DATAGRAM),
-                            source_ip(msg.address.as_ref()),
-                            cut,
-                        );
+                        *entry = (msg.bytes.min(slot), source_ip(msg.address.as_ref()));
                         n += 1;
                     }
                     n
@@ -284,10 +273,7 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
                 }
             }
         };
-        for (i, &(len, from, cut)) in got[..received].iter().enumerate() {
-            if cut {
-                to.counters.oversized.fetch_add(1, Ordering::Relaxed);
-            }
+        for (i, &(len, from)) in got[..received].iter().enumerate() {
             let datagram = &buf[i * slot..i * slot + len];
             // A source the kernel did not report cannot pass a source allow-list: it is taken
             // as the unspecified address.
@@ -313,7 +299,6 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
         if received == 0 {
             continue;
         }
-        to.counters.calls.fetch_add(1, Ordering::Relaxed);
         to.counters
             .received
             .fetch_add(received as u64, Ordering::Relaxed);
@@ -322,7 +307,6 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
                 continue;
             }
             let full = std::mem::replace(batch, to.pool.take());
-            to.queued[shard].fetch_add(full.len() as u64, Ordering::Relaxed);
             // Blocks while the worker's queue is full: the socket's queue fills behind it and
             // the kernel counts what it drops (kernel_drops), so nothing is lost uncounted.
             if to.shards[shard].send(full).is_err() {
@@ -416,7 +400,6 @@ mod tests {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..SHARDS)
             .map(|_| crossbeam_channel::unbounded::<Batch>())
             .unzip();
-        let queued: Vec<AtomicU64> = (0..SHARDS).map(|_| AtomicU64::new(0)).collect();
         let pool = BatchPool::new(64);
         let admission = Admission::new(&[], &["9".to_owned()]).unwrap();
         let counters = SocketCounters::default();
@@ -424,7 +407,6 @@ mod tests {
         let stop = AtomicBool::new(false);
         let ingest = Ingest {
             shards: &txs,
-            queued: &queued,
             pool: &pool,
             admission: &admission,
             counters: &counters,
@@ -494,7 +476,6 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(queued[shard].load(Ordering::Relaxed), in_shard as u64);
             delivered += in_shard;
         }
         assert_eq!(

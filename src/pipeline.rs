@@ -76,12 +76,6 @@ impl VniStats {
     }
 }
 
-/// VNIs counted separately; further ones are summed under [`OTHER_VNI`] so a flood of forged VNIs
-/// cannot grow the table.
-pub const MAX_VNIS: usize = 4096;
-/// The key under which VNIs beyond [`MAX_VNIS`] are counted.
-pub const OTHER_VNI: u32 = u32::MAX;
-
 /// Settings of a pipeline shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -136,12 +130,7 @@ impl Pipeline {
     }
 
     fn vni_stats(&mut self, vni: u32) -> &mut VniStats {
-        let key = if self.vni.len() < MAX_VNIS || self.vni.contains_key(&vni) {
-            vni
-        } else {
-            OTHER_VNI
-        };
-        self.vni.entry(key).or_default()
+        crate::flow::vni_entry(&mut self.vni, vni)
     }
 
     fn vxlan(&mut self, payload: &[u8], now: u64) {

@@ -12,4 +12,7 @@ pub use reassembly::{
     DataMeta, Reassembler, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamEvent,
 };
 pub use seq::Seq;
-pub use table::{CloseReason, FlowConfig, FlowStats, FlowTable, StreamHandler};
+pub use table::{
+    CloseReason, FlowConfig, FlowStats, FlowTable, MAX_VNI_STATS, OTHER_VNI, StreamHandler,
+    vni_entry,
+};

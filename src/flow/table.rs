@@ -60,6 +60,23 @@ pub trait StreamHandler: Default {
     }
 }
 
+/// Mirror sessions (VNIs) whose counters are kept apart; further VNIs share the entry
+/// [`OTHER_VNI`], so a flood of forged VNIs cannot grow the per-VNI maps.
+pub const MAX_VNI_STATS: usize = 4096;
+/// The key under which VNIs beyond [`MAX_VNI_STATS`] are counted.
+pub const OTHER_VNI: u32 = u32::MAX;
+
+/// The counters of mirror session `vni` in a per-VNI map: its own entry while the map has room
+/// (or already holds it), else the shared [`OTHER_VNI`] entry.
+pub fn vni_entry<V: Default>(map: &mut std::collections::BTreeMap<u32, V>, vni: u32) -> &mut V {
+    let key = if map.len() < MAX_VNI_STATS || map.contains_key(&vni) {
+        vni
+    } else {
+        OTHER_VNI
+    };
+    map.entry(key).or_default()
+}
+
 /// A flow idle for this long (µs) gives back its buffers' spare capacity, so a connection held
 /// open between requests costs little more than its table entry.
 pub const RELEASE_AFTER_US: u64 = 1_000_000;
@@ -171,8 +188,7 @@ pub struct FlowTable<H: StreamHandler> {
     cfg: FlowConfig,
     /// Totals over all mirror sessions.
     pub stats: FlowStats,
-    /// The same counters per VNI (at most [`crate::http::MAX_VNI_STATS`] entries; further VNIs
-    /// share the entry `u32::MAX`).
+    /// The same counters per VNI (see [`vni_entry`]).
     pub per_vni: std::collections::BTreeMap<u32, FlowStats>,
     /// Sum of every flow's `bytes`.
     buffered: usize,
@@ -200,13 +216,7 @@ impl<H: StreamHandler> FlowTable<H> {
     /// Counts in the totals and in mirror session `vni`.
     fn bump(&mut self, vni: u32, f: impl Fn(&mut FlowStats)) {
         f(&mut self.stats);
-        let key =
-            if self.per_vni.len() < crate::http::MAX_VNI_STATS || self.per_vni.contains_key(&vni) {
-                vni
-            } else {
-                u32::MAX
-            };
-        f(self.per_vni.entry(key).or_default());
+        f(vni_entry(&mut self.per_vni, vni));
     }
 
     /// Stream bytes buffered across all flows (what the memory budget bounds).

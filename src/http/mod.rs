@@ -98,10 +98,6 @@ impl HttpStats {
     }
 }
 
-/// Mirror sessions whose counters are kept apart; further VNIs share one entry (`u32::MAX`), so
-/// forged VNIs cannot grow the map.
-pub const MAX_VNI_STATS: usize = 4096;
-
 /// What all sessions of a flow table share: limits, the queue of finished exchanges, counters.
 #[derive(Debug, Default)]
 pub struct HttpCtx {
@@ -127,11 +123,6 @@ impl HttpCtx {
     /// Counts in the totals and in mirror session `vni`.
     pub(crate) fn bump(&mut self, vni: u32, f: impl Fn(&mut HttpStats)) {
         f(&mut self.stats);
-        let key = if self.per_vni.len() < MAX_VNI_STATS || self.per_vni.contains_key(&vni) {
-            vni
-        } else {
-            u32::MAX
-        };
-        f(self.per_vni.entry(key).or_default());
+        f(crate::flow::vni_entry(&mut self.per_vni, vni));
     }
 }
