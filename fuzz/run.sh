@@ -32,7 +32,13 @@ for t in "${targets[@]}"; do
         extra=(-fork=1 -ignore_crashes=1)
     fi
     before=$(ls "$here/artifacts/$t" 2>/dev/null | wc -l)
-    if ! nice cargo +nightly fuzz run -s "$san" "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+    # The regression inputs (crashes found before, now fixed) run first, as a second corpus.
+    regressions=()
+    if [[ -d "$here/regressions/$t" ]]; then
+        regressions=("$here/regressions/$t")
+    fi
+    if ! nice cargo +nightly fuzz run -s "$san" "$t" "$here/corpus/$t" "${regressions[@]}" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 \
         -print_final_stats=1 "${extra[@]}"; then
         failed+=("$t")
     elif [[ $(ls "$here/artifacts/$t" 2>/dev/null | wc -l) -gt $before ]]; then

@@ -93,29 +93,16 @@ locals {
   }
 }
 
-source "amazon-ebs" "x86_64" {
-  region          = var.region
-  ami_regions     = var.ami_regions
-  instance_type   = var.instance_type_x86_64
-  subnet_id       = var.subnet_id
-  ssh_username    = "ec2-user"
-  ami_name        = "mirror-receiver-${var.version}-x86_64-${local.timestamp}"
-  ami_description = "mirror-receiver ${var.version} (AWS VPC Traffic Mirroring receiver) on Amazon Linux 2023, x86_64"
-  ena_support     = true
-  sriov_support   = true
-  encrypt_boot    = true
-  kms_key_id      = var.kms_key_id
-
-  source_ami_filter {
-    filters = {
-      name                = "al2023-ami-2023.*-kernel-*-x86_64"
-      architecture        = "x86_64"
-      virtualization-type = "hvm"
-      root-device-type    = "ebs"
-    }
-    owners      = ["amazon"]
-    most_recent = true
-  }
+// What both architectures share; the build block names each one and fills in the rest.
+source "amazon-ebs" "al2023" {
+  region        = var.region
+  ami_regions   = var.ami_regions
+  subnet_id     = var.subnet_id
+  ssh_username  = "ec2-user"
+  ena_support   = true
+  sriov_support = true
+  encrypt_boot  = true
+  kms_key_id    = var.kms_key_id
 
   launch_block_device_mappings {
     device_name           = "/dev/xvda"
@@ -127,54 +114,47 @@ source "amazon-ebs" "x86_64" {
     kms_key_id            = var.kms_key_id
     delete_on_termination = true
   }
-
-
-  tags     = merge(local.ami_tags, { Architecture = "x86_64" })
-  run_tags = { Name = "packer mirror-receiver x86_64" }
-}
-
-source "amazon-ebs" "arm64" {
-  region          = var.region
-  ami_regions     = var.ami_regions
-  instance_type   = var.instance_type_arm64
-  subnet_id       = var.subnet_id
-  ssh_username    = "ec2-user"
-  ami_name        = "mirror-receiver-${var.version}-arm64-${local.timestamp}"
-  ami_description = "mirror-receiver ${var.version} (AWS VPC Traffic Mirroring receiver) on Amazon Linux 2023, arm64"
-  ena_support     = true
-  sriov_support   = true
-  encrypt_boot    = true
-  kms_key_id      = var.kms_key_id
-
-  source_ami_filter {
-    filters = {
-      name                = "al2023-ami-2023.*-kernel-*-arm64"
-      architecture        = "arm64"
-      virtualization-type = "hvm"
-      root-device-type    = "ebs"
-    }
-    owners      = ["amazon"]
-    most_recent = true
-  }
-
-  launch_block_device_mappings {
-    device_name           = "/dev/xvda"
-    volume_size           = var.root_volume_size
-    volume_type           = "gp3"
-    iops                  = 3000
-    throughput            = 125
-    encrypted             = true
-    kms_key_id            = var.kms_key_id
-    delete_on_termination = true
-  }
-
-
-  tags     = merge(local.ami_tags, { Architecture = "arm64" })
-  run_tags = { Name = "packer mirror-receiver arm64" }
 }
 
 build {
-  sources = ["source.amazon-ebs.x86_64", "source.amazon-ebs.arm64"]
+  source "amazon-ebs.al2023" {
+    name            = "x86_64"
+    instance_type   = var.instance_type_x86_64
+    ami_name        = "mirror-receiver-${var.version}-x86_64-${local.timestamp}"
+    ami_description = "mirror-receiver ${var.version} (AWS VPC Traffic Mirroring receiver) on Amazon Linux 2023, x86_64"
+    source_ami_filter {
+      filters = {
+        name                = "al2023-ami-2023.*-kernel-*-x86_64"
+        architecture        = "x86_64"
+        virtualization-type = "hvm"
+        root-device-type    = "ebs"
+      }
+      owners      = ["amazon"]
+      most_recent = true
+    }
+    tags     = merge(local.ami_tags, { Architecture = "x86_64" })
+    run_tags = { Name = "packer mirror-receiver x86_64" }
+  }
+
+  source "amazon-ebs.al2023" {
+    name            = "arm64"
+    instance_type   = var.instance_type_arm64
+    ami_name        = "mirror-receiver-${var.version}-arm64-${local.timestamp}"
+    ami_description = "mirror-receiver ${var.version} (AWS VPC Traffic Mirroring receiver) on Amazon Linux 2023, arm64"
+    source_ami_filter {
+      filters = {
+        name                = "al2023-ami-2023.*-kernel-*-arm64"
+        architecture        = "arm64"
+        virtualization-type = "hvm"
+        root-device-type    = "ebs"
+      }
+      owners      = ["amazon"]
+      most_recent = true
+    }
+    tags     = merge(local.ami_tags, { Architecture = "arm64" })
+    run_tags = { Name = "packer mirror-receiver arm64" }
+  }
+
 
   provisioner "shell" {
     inline = ["mkdir -p /tmp/mirror-receiver"]

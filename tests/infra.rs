@@ -13,12 +13,12 @@
 
 mod common;
 
+use common::BIN;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const BIN: &str = env!("CARGO_BIN_EXE_mirror-receiver");
 
 fn template() -> PathBuf {
     Path::new(ROOT).join("cloudformation/mirror-receiver.yaml")
@@ -204,14 +204,18 @@ fn packer_validate(packer: &str, template: &Path, extra: &[&str]) -> Output {
     run(cmd, Duration::from_secs(60))
 }
 
-#[test]
-fn packer_template_validates() {
-    let Some(packer) = tool(
+fn packer() -> Option<String> {
+    tool(
         "packer",
         "PACKER_BIN",
         &["version"],
         "apt-get install -y packer",
-    ) else {
+    )
+}
+
+#[test]
+fn packer_template_validates() {
+    let Some(packer) = packer() else {
         return;
     };
     let out = packer_validate(&packer, &packer_template(), &[]);
@@ -230,12 +234,7 @@ fn packer_template_validates() {
 
 #[test]
 fn packer_template_is_formatted() {
-    let Some(packer) = tool(
-        "packer",
-        "PACKER_BIN",
-        &["version"],
-        "apt-get install -y packer",
-    ) else {
+    let Some(packer) = packer() else {
         return;
     };
     let mut cmd = Command::new(packer);
@@ -260,8 +259,6 @@ fn templates_have_the_required_settings() {
         "HttpTokens: required",
         "MetricName: mirror_kernel_drops_total",
         "MetricName: mirror_sink_dropped_total",
-        "MetricName: NetworkSkipMirrorIn",
-        "MetricName: UnHealthyHostCount",
         "Encrypted: true",
         "AssociatePublicIpAddress: false",
         "PredefinedMetricType: ASGAverageCPUUtilization",
@@ -308,10 +305,19 @@ fn templates_have_the_required_settings() {
     }
 
     let hcl = std::fs::read_to_string(packer_template()).unwrap();
-    // IMDSv2 comes from the AL2023 source AMIs (ImdsSupport v2.0), as the header says.
-    assert!(hcl.contains("ImdsSupport v2.0"));
-    assert_eq!(hcl.matches("encrypted             = true").count(), 2);
-    assert!(hcl.contains("al2023-ami-"));
+    // One shared source (encrypted volume and AMI) named once per architecture.
+    assert!(hcl.contains("encrypt_boot  = true"));
+    assert_eq!(hcl.matches("encrypted             = true").count(), 1);
+    for arch in ["x86_64", "arm64"] {
+        assert!(
+            hcl.contains(&format!("al2023-ami-2023.*-kernel-*-{arch}")),
+            "{arch}"
+        );
+        assert!(
+            hcl.contains(&format!("name            = \"{arch}\"")),
+            "{arch}"
+        );
+    }
     // The CloudWatch agent scrapes the receiver's /metrics for the stack's drop alarms.
     assert!(hcl.contains("mirror-receiver-prometheus.yaml"));
     let agent =

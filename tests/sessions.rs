@@ -17,7 +17,7 @@ use std::time::Duration;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CI_VENV_PYTHON: &str = "/opt/mirror-receiver-ci-venv/bin/python";
 const INSTALL: &str = "python3 -m venv /opt/mirror-receiver-ci-venv && \
-                       /opt/mirror-receiver-ci-venv/bin/pip install 'moto[server]' cfn-lint";
+                       /opt/mirror-receiver-ci-venv/bin/pip install boto3 'moto[server]'";
 
 fn required() -> bool {
     std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1")

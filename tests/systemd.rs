@@ -140,7 +140,8 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
         }
     }
     signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
+    let status = common::wait_until(&mut child, Duration::from_secs(10))
+        .expect("the daemon stops within 10 s of SIGTERM");
     while let Ok(n) = sock.recv(&mut buf) {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }

@@ -10,15 +10,6 @@ use mirror_receiver::wire::{
 };
 use mirror_receiver_fuzz::within;
 
-const LINK_TYPES: [LinkType; 6] = [
-    LinkType::Ethernet,
-    LinkType::RawIp,
-    LinkType::Null,
-    LinkType::Loop,
-    LinkType::LinuxSll,
-    LinkType::LinuxSll2,
-];
-
 fn check_segment(seg: &TcpSegment<'_>, frame: &[u8]) {
     assert!(within(seg.payload, frame), "TCP payload outside its frame");
     // The missing bytes come from a 16-bit IP length: never more than 64 KiB (plus an IPv6
@@ -40,7 +31,10 @@ fn vxlan_then_ethernet(datagram: &[u8]) {
             }
         }
         Err(e) => {
-            assert!(matches!(e, DecodeError::VxlanTooShort | DecodeError::VxlanNoVni));
+            assert!(matches!(
+                e,
+                DecodeError::VxlanTooShort | DecodeError::VxlanNoVni
+            ));
             if e == DecodeError::VxlanTooShort {
                 assert!(datagram.len() < VXLAN_HEADER_LEN);
             }
@@ -60,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(seg) => check_segment(&seg, data),
         Err(e) => label(e),
     }
-    for link in LINK_TYPES {
+    for link in LinkType::ALL {
         match wire::decode_capture_frame(link, data) {
             Ok(CaptureFrame::Vxlan(payload)) => {
                 assert!(within(payload, data), "VXLAN payload outside its frame");

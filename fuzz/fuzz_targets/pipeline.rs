@@ -15,16 +15,7 @@ use mirror_receiver::flow::{FlowConfig, ReassemblyConfig};
 use mirror_receiver::http::HttpConfig;
 use mirror_receiver::pipeline::{Pipeline, PipelineConfig};
 use mirror_receiver::wire::LinkType;
-use mirror_receiver_fuzz::{check_exchange, encoder};
-
-const LINK_TYPES: [LinkType; 6] = [
-    LinkType::Ethernet,
-    LinkType::RawIp,
-    LinkType::Null,
-    LinkType::Loop,
-    LinkType::LinuxSll,
-    LinkType::LinuxSll2,
-];
+use mirror_receiver_fuzz::check_exchanges;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&config, mut rest)) = data.split_first() else {
@@ -57,13 +48,17 @@ fuzz_target!(|data: &[u8]| {
         rest = r;
         let kind = ctl >> 6;
         let link = if kind == 3 {
-            let Some((&l, r)) = rest.split_first() else { break };
+            let Some((&l, r)) = rest.split_first() else {
+                break;
+            };
             rest = r;
-            LINK_TYPES[usize::from(l) % LINK_TYPES.len()]
+            LinkType::ALL[usize::from(l) % LinkType::ALL.len()]
         } else {
             LinkType::Ethernet
         };
-        let Some((len, r)) = rest.split_first_chunk::<2>() else { break };
+        let Some((len, r)) = rest.split_first_chunk::<2>() else {
+            break;
+        };
         let len = usize::from(u16::from_be_bytes(*len)).min(r.len());
         let (frame, r) = r.split_at(len);
         rest = r;
@@ -75,24 +70,20 @@ fuzz_target!(|data: &[u8]| {
         if ctl & 0x20 != 0 {
             p.expire(now);
         }
-        assert!(p.flows() <= cfg.flow.max_flows, "{} flows > max {}", p.flows(), cfg.flow.max_flows);
+        assert!(
+            p.flows() <= cfg.flow.max_flows,
+            "{} flows > max {}",
+            p.flows(),
+            cfg.flow.max_flows
+        );
     }
     now += 1;
     p.finish(now);
     assert_eq!(p.flows(), 0, "flows left after finish");
     let stats = p.stats();
-    assert_eq!(stats.wire.segments + stats.wire.dropped(), stats.wire.datagrams);
-    let enc = encoder();
-    let mut buf = Vec::new();
-    let (mut answered, mut unanswered) = (0u64, 0u64);
-    for ex in p.exchanges() {
-        if ex.response.is_some() {
-            answered += 1;
-        } else {
-            unanswered += 1;
-        }
-        check_exchange(&enc, &ex, cfg.http.max_body_bytes, &mut buf);
-    }
-    assert_eq!(answered, stats.http.pairs, "pairs counter");
-    assert_eq!(unanswered, stats.http.unanswered, "unanswered counter");
+    assert_eq!(
+        stats.wire.segments + stats.wire.dropped(),
+        stats.wire.datagrams
+    );
+    check_exchanges(&mut p, &stats, cfg.http.max_body_bytes);
 });

@@ -20,7 +20,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mirror_receiver::flow::{
-    ReassemblyConfig, ReassemblyStats, Reassembler, SegmentIn, Seq, StreamEvent,
+    Reassembler, ReassemblyConfig, ReassemblyStats, SegmentIn, Seq, StreamEvent,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -100,7 +100,11 @@ impl Checker<'_> {
                 if !self.corrupted {
                     for (i, &b) in bytes.iter().enumerate() {
                         let off = self.pos + i as u64;
-                        assert_eq!(b, stream_byte(self.stream, off), "wrong byte at offset {off}");
+                        assert_eq!(
+                            b,
+                            stream_byte(self.stream, off),
+                            "wrong byte at offset {off}"
+                        );
                     }
                 }
                 self.pos += bytes.len() as u64;
@@ -111,7 +115,11 @@ impl Checker<'_> {
             }
             StreamEvent::End { .. } => {
                 let fin = self.fin.expect("End without FIN");
-                assert!(self.pos >= fin, "End at {} before the FIN at {fin}", self.pos);
+                assert!(
+                    self.pos >= fin,
+                    "End at {} before the FIN at {fin}",
+                    self.pos
+                );
                 self.ended = true;
             }
         }
@@ -184,7 +192,10 @@ fuzz_target!(|input: Input| {
         }
         now += u64::from(seg.dt);
         // A SYN takes one sequence number before the first data byte.
-        let seq = Seq(input.isn.wrapping_add(off as u32).wrapping_sub(u32::from(seg.syn)));
+        let seq = Seq(input
+            .isn
+            .wrapping_add(off as u32)
+            .wrapping_sub(u32::from(seg.syn)));
         let inp = SegmentIn {
             seq,
             ack: seg.ack.map(Seq),

@@ -1,6 +1,7 @@
 //! Helpers shared by the fuzz targets.
 
 use mirror_receiver::http::{Exchange, StartLine};
+use mirror_receiver::pipeline::{Pipeline, PipelineStats};
 use mirror_receiver::record::{Encoder, RecordConfig, RecordError};
 
 /// True when `part` is a sub-slice of `whole` (same allocation, inside its bounds).
@@ -32,6 +33,24 @@ const FIELDS: [&str; 16] = [
     "source",
 ];
 
+/// Checks every exchange the pipeline finished ([`check_exchange`]) and that they match the
+/// pair and unanswered counters of `stats` (taken before draining).
+pub fn check_exchanges(p: &mut Pipeline, stats: &PipelineStats, max_body_bytes: usize) {
+    let enc = encoder();
+    let mut buf = Vec::new();
+    let (mut answered, mut unanswered) = (0u64, 0u64);
+    for ex in p.exchanges() {
+        if ex.response.is_some() {
+            answered += 1;
+        } else {
+            unanswered += 1;
+        }
+        check_exchange(&enc, &ex, max_body_bytes, &mut buf);
+    }
+    assert_eq!(answered, stats.http.pairs, "pairs counter");
+    assert_eq!(unanswered, stats.http.unanswered, "unanswered counter");
+}
+
 pub fn encoder() -> Encoder {
     Encoder::new(RecordConfig {
         account_id: "1000000".to_owned(),
@@ -48,14 +67,20 @@ pub fn check_exchange(enc: &Encoder, ex: &Exchange, max_body_bytes: usize, buf: 
         "request is not a request: {:?}",
         ex.request.start
     );
-    assert!(ex.request.body.len() <= max_body_bytes, "request body over the cap");
+    assert!(
+        ex.request.body.len() <= max_body_bytes,
+        "request body over the cap"
+    );
     if let Some(resp) = &ex.response {
         assert!(
             matches!(resp.start, StartLine::Response { .. }),
             "response is not a response: {:?}",
             resp.start
         );
-        assert!(resp.body.len() <= max_body_bytes, "response body over the cap");
+        assert!(
+            resp.body.len() <= max_body_bytes,
+            "response body over the cap"
+        );
     }
     assert!(ex.request.version <= 1);
     match enc.encode(ex, buf) {
@@ -69,9 +94,8 @@ pub fn check_exchange(enc: &Encoder, ex: &Exchange, max_body_bytes: usize, buf: 
         buf.len(),
         MAX_RECORD_BYTES
     );
-    let value: serde_json::Value = serde_json::from_slice(buf).unwrap_or_else(|e| {
-        panic!("record is not JSON ({e}): {}", String::from_utf8_lossy(buf))
-    });
+    let value: serde_json::Value = serde_json::from_slice(buf)
+        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {}", String::from_utf8_lossy(buf)));
     let obj = value.as_object().expect("record is not an object");
     for (k, v) in obj {
         assert!(v.is_string(), "field {k} is not a string: {v}");
@@ -81,9 +105,11 @@ pub fn check_exchange(enc: &Encoder, ex: &Exchange, max_body_bytes: usize, buf: 
     }
     for f in ["requestHeaders", "responseHeaders"] {
         let s = obj[f].as_str().unwrap_or_default();
-        let headers: serde_json::Value = serde_json::from_str(s)
-            .unwrap_or_else(|e| panic!("{f} is not JSON ({e}): {s}"));
-        let headers = headers.as_object().unwrap_or_else(|| panic!("{f} not an object"));
+        let headers: serde_json::Value =
+            serde_json::from_str(s).unwrap_or_else(|e| panic!("{f} is not JSON ({e}): {s}"));
+        let headers = headers
+            .as_object()
+            .unwrap_or_else(|| panic!("{f} not an object"));
         for (k, v) in headers {
             assert!(v.is_string(), "{f}.{k} is not a string: {v}");
         }

@@ -124,6 +124,16 @@ pub enum LinkType {
 }
 
 impl LinkType {
+    /// Every link type the decoder knows.
+    pub const ALL: [LinkType; 6] = [
+        LinkType::Ethernet,
+        LinkType::RawIp,
+        LinkType::Null,
+        LinkType::Loop,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+    ];
+
     /// Maps a pcap/pcapng link type number.
     pub fn from_pcap(linktype: u32) -> Option<LinkType> {
         Some(match linktype {

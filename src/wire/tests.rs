@@ -218,7 +218,7 @@ proptest::proptest! {
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
         let _ = decode_vxlan(&data).map(|v| decode_ethernet(v.inner));
         let _ = decode_ethernet(&data);
-        for link in [LinkType::Ethernet, LinkType::RawIp, LinkType::Null, LinkType::Loop, LinkType::LinuxSll, LinkType::LinuxSll2] {
+        for link in LinkType::ALL {
             let _ = decode_capture_frame(link, &data);
         }
     }
