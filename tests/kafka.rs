@@ -395,3 +395,66 @@ fn kafka_sink_record_size_limits() {
         ]
     );
 }
+
+/// Records sent after a quiet spell longer than `--spool-grace` are not an outage: the grace
+/// clock starts when a record goes in flight, not at the last acknowledgement before the quiet.
+#[test]
+fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
+    use mirror_receiver::sink::kafka::{Compression, KafkaSettings, KafkaSink};
+    use mirror_receiver::sink::spool::SpoolConfig;
+    use mirror_receiver::sink::{Sink, SinkStats};
+    let test = "a_record_after_a_quiet_spell_is_not_taken_for_an_outage";
+    let Some(tansu) = tansu_bin().map_err(|e| skip(test, &e)).ok() else {
+        return;
+    };
+    let broker = Broker::start(&tansu);
+    broker.create_topic("quiet", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(1);
+    let settings = KafkaSettings {
+        brokers: broker.bootstrap(),
+        topic: "quiet".into(),
+        batch_size: 1000,
+        batch_time: Duration::from_millis(5),
+        compression: Compression::None,
+        options: Vec::new(),
+        spool: SpoolConfig::new(dir.path()),
+        spool_grace: grace,
+        spool_always: false,
+    };
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
+    let settle = |sink: &mut KafkaSink, stats: &SinkStats, delivered: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while SinkStats::get(&stats.delivered) < delivered && Instant::now() < deadline {
+            sink.idle().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    sink.send(1, b"{\"first\":1}").unwrap();
+    settle(&mut sink, &stats, 1);
+    assert_eq!(
+        SinkStats::get(&stats.delivered),
+        1,
+        "the first record is delivered"
+    );
+    // Quiet for several grace periods, then one record and at once the idle tick the sink
+    // thread runs when its queue is empty.
+    std::thread::sleep(grace * 4);
+    let spooled_before = SinkStats::get(&stats.spooled);
+    sink.send(2, b"{\"second\":2}").unwrap();
+    sink.idle().unwrap();
+    settle(&mut sink, &stats, 2);
+    assert_eq!(
+        SinkStats::get(&stats.delivered),
+        2,
+        "the second record is delivered"
+    );
+    assert_eq!(
+        SinkStats::get(&stats.spooled),
+        spooled_before,
+        "the record after the quiet spell did not go to the spool"
+    );
+    assert_eq!(SinkStats::get(&stats.destination_up), 1, "kafka stayed up");
+    sink.flush(Duration::from_secs(10)).unwrap();
+}

@@ -301,6 +301,11 @@ impl KafkaSink {
         payload: &[u8],
         pos: Option<SpoolPos>,
     ) -> Result<(), SinkError> {
+        if self.healthy && self.producer.in_flight_count() == 0 {
+            // The grace clock runs only while something waits for an acknowledgement: after a
+            // quiet spell it starts now, not at the last acknowledgement before it.
+            self.last_progress = Instant::now();
+        }
         let key_text = key.to_string();
         let mut opaque = Box::new(Opaque { key, pos });
         loop {
