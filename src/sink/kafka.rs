@@ -402,15 +402,18 @@ impl KafkaSink {
 
     /// Applies every delivery report received so far.
     fn pump(&mut self) -> Result<(), SinkError> {
+        // Spooled records acknowledged by Kafka: marked in the spool's ack log with one write.
+        let mut acked = Vec::new();
+        let mut progressed = false;
         while let Ok(event) = self.events.try_recv() {
             match event {
                 Event::Delivered { pos } => {
                     SinkStats::add(&self.stats.delivered, 1);
-                    self.last_progress = Instant::now();
+                    progressed = true;
                     if let Some(pos) = pos {
                         self.drained_in_flight -= 1;
                         SinkStats::add(&self.stats.replayed, 1);
-                        self.spool.ack(pos)?;
+                        acked.push(pos);
                     }
                     if !self.healthy {
                         tracing::info!("kafka acknowledges again: draining the spool");
@@ -448,6 +451,10 @@ impl KafkaSink {
                 Event::BrokersDown => self.set_unhealthy("all brokers down"),
             }
         }
+        if progressed {
+            self.last_progress = Instant::now();
+        }
+        self.spool.ack_all(acked)?;
         if self.rewind && self.drained_in_flight == 0 {
             self.spool.rewind();
             self.rewind = false;
