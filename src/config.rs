@@ -267,6 +267,12 @@ fn bad(name: &str, value: impl ToString, why: &str) -> ConfigError {
     }
 }
 
+/// The value of Akto variable `name`, if it is set and not blank: a blank one counts as unset
+/// everywhere (here, for the config file's precedence, and for AKTO_LOG_LEVEL).
+pub fn alias(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
 /// Fills settings left at their defaults from Akto's variable names. `matches` are the
 /// subcommand's; `env` looks a variable up (the process environment, or a table in tests).
 pub fn apply_aliases(
@@ -284,10 +290,10 @@ pub fn apply_aliases(
     fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
         v.trim().parse().map_err(|_| bad(name, v, "not a number"))
     }
+    let env = |name: &str| alias(env, name);
     if unset("kafka_brokers") {
-        output.kafka_brokers = env("AKTO_KAFKA_BROKER_MAL")
-            .filter(|v| !v.trim().is_empty())
-            .or_else(|| env("AKTO_KAFKA_BROKER_URL").filter(|v| !v.trim().is_empty()));
+        output.kafka_brokers =
+            env("AKTO_KAFKA_BROKER_MAL").or_else(|| env("AKTO_KAFKA_BROKER_URL"));
     }
     if unset("batch_size")
         && let Some(v) = env("AKTO_TRAFFIC_BATCH_SIZE")
@@ -654,7 +660,7 @@ pub fn apply_config_file(
         );
         let by_alias = ALIASES
             .iter()
-            .any(|(a, names)| *a == id && names.iter().any(|n| env(n).is_some()));
+            .any(|(a, names)| *a == id && names.iter().any(|n| alias(env, n).is_some()));
         if set_elsewhere || by_alias {
             continue;
         }

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     if matches!(
         matches.value_source("log_level"),
         Some(clap::parser::ValueSource::DefaultValue)
-    ) && let Some(level) = env("AKTO_LOG_LEVEL")
+    ) && let Some(level) = config::alias(&env, "AKTO_LOG_LEVEL")
     {
         cli.log_level = level;
     }

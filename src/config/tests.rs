@@ -140,3 +140,29 @@ fn every_flag_has_a_mirror_env_var() {
         }
     }
 }
+
+#[test]
+fn blank_akto_aliases_count_as_unset() {
+    // A blank AKTO_KAFKA_BROKER_MAL neither hides the config file's brokers nor sets any.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("receiver.toml");
+    std::fs::write(&file, "kafka-brokers = \"file:9092\"\nmax-flows = 7\n").unwrap();
+    let env = |k: &str| match k {
+        "AKTO_KAFKA_BROKER_MAL" => Some("  ".to_owned()),
+        "TRAFFIC_MAX_ACTIVE_CONN" => Some(String::new()),
+        _ => None,
+    };
+    let argv = ["mirror-receiver", "run", "--config", file.to_str().unwrap()]
+        .map(std::ffi::OsString::from)
+        .to_vec();
+    let argv = apply_config_file(argv, &env).unwrap();
+    let matches = Cli::command().try_get_matches_from(argv).unwrap();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap();
+    let sub = matches.subcommand().unwrap().1;
+    let Command::Run(a) = &mut cli.command else {
+        unreachable!()
+    };
+    apply_aliases(&mut a.pipeline, &mut a.output, sub, &env).unwrap();
+    assert_eq!(a.output.kafka_brokers.as_deref(), Some("file:9092"));
+    assert_eq!(a.pipeline.max_flows, 7);
+}
