@@ -458,3 +458,39 @@ fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
     assert_eq!(SinkStats::get(&stats.destination_up), 1, "kafka stayed up");
     sink.flush(Duration::from_secs(10)).unwrap();
 }
+
+/// A record larger than a spool frame can hold fails alone and is counted; the sink goes on.
+#[test]
+fn a_record_too_large_for_the_spool_fails_alone() {
+    use mirror_receiver::sink::kafka::{Compression, KafkaSettings, KafkaSink};
+    use mirror_receiver::sink::spool::SpoolConfig;
+    use mirror_receiver::sink::{Sink, SinkStats};
+    let dir = tempfile::tempdir().unwrap();
+    // No broker is needed: with --spool-always every record is written to the spool first.
+    let settings = KafkaSettings {
+        brokers: "127.0.0.1:9".into(),
+        topic: "big".into(),
+        batch_size: 1000,
+        batch_time: Duration::from_millis(5),
+        compression: Compression::None,
+        options: Vec::new(),
+        spool: SpoolConfig {
+            segment_bytes: 4096,
+            ..SpoolConfig::new(dir.path())
+        },
+        spool_grace: Duration::from_secs(2),
+        spool_always: true,
+    };
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
+    sink.send(1, &[b'x'; 10_000])
+        .expect("a record too large is not fatal");
+    sink.send(2, b"{\"small\":1}").unwrap();
+    assert_eq!(SinkStats::get(&stats.failed_too_large), 1);
+    assert_eq!(SinkStats::get(&stats.failed), 1);
+    assert_eq!(
+        SinkStats::get(&stats.spooled),
+        1,
+        "the next record is spooled"
+    );
+}

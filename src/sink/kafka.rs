@@ -384,6 +384,20 @@ impl KafkaSink {
                 }
                 Ok(())
             }
+            // Larger than a spool frame can hold (far past any broker's limit): the record
+            // fails alone, as one Kafka refuses for its size, and the daemon goes on.
+            Err(SpoolError::TooLarge { len, max }) => {
+                SinkStats::add(&self.stats.failed, 1);
+                SinkStats::add(&self.stats.failed_too_large, 1);
+                if self.fail_log.ready() {
+                    tracing::warn!(
+                        len,
+                        max,
+                        "record too large for the spool; counted, not kept"
+                    );
+                }
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
