@@ -491,23 +491,6 @@ pub struct Filter {
     redact: Vec<String>,
 }
 
-impl Default for Filter {
-    /// Keeps everything, redacts nothing.
-    fn default() -> Self {
-        Filter {
-            rules: Vec::new(),
-            ignore_ip_traffic: false,
-            ignore_cloud_metadata_calls: false,
-            allow_hosts: Vec::new(),
-            deny_hosts: Vec::new(),
-            allow_paths: Vec::new(),
-            deny_paths: Vec::new(),
-            sample_rate: 1.0,
-            redact: Vec::new(),
-        }
-    }
-}
-
 impl Filter {
     /// Checks every setting; the error names the first one that cannot be used.
     pub fn new(cfg: &FilterConfig) -> Result<Filter, FilterError> {

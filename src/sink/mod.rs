@@ -98,8 +98,6 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("{0} records were not delivered before the flush timeout")]
-    Undelivered(u64),
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
     /// Kafka did not take everything before the flush ended; the rest is safe in the spool and
