@@ -400,8 +400,7 @@ fn kafka_sink_record_size_limits() {
 /// clock starts when a record goes in flight, not at the last acknowledgement before the quiet.
 #[test]
 fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
-    use mirror_receiver::sink::kafka::{Compression, KafkaSettings, KafkaSink};
-    use mirror_receiver::sink::spool::SpoolConfig;
+    use mirror_receiver::sink::kafka::KafkaSink;
     use mirror_receiver::sink::{Sink, SinkStats};
     let test = "a_record_after_a_quiet_spell_is_not_taken_for_an_outage";
     let Some(tansu) = tansu_bin().map_err(|e| skip(test, &e)).ok() else {
@@ -411,17 +410,7 @@ fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
     broker.create_topic("quiet", 1);
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_secs(1);
-    let settings = KafkaSettings {
-        brokers: broker.bootstrap(),
-        topic: "quiet".into(),
-        batch_size: 1000,
-        batch_time: Duration::from_millis(5),
-        compression: Compression::None,
-        options: Vec::new(),
-        spool: SpoolConfig::new(dir.path()),
-        spool_grace: grace,
-        spool_always: false,
-    };
+    let settings = sink_settings(&broker.bootstrap(), "quiet", dir.path(), grace);
     let stats = Arc::new(SinkStats::default());
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
     let settle = |sink: &mut KafkaSink, stats: &SinkStats, delivered: u64| {
@@ -459,27 +448,102 @@ fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
     sink.flush(Duration::from_secs(10)).unwrap();
 }
 
+/// A broker that takes connections and never answers (SIGSTOPped) while records keep coming:
+/// once librdkafka's queue is full, the sink does not wait out `message.timeout.ms` (30 s) with
+/// the workers, and the kernel's queue, behind it. Past `--spool-grace` what librdkafka holds
+/// and every new record go to the spool, and all of them reach Kafka once it answers again.
+#[test]
+fn a_stalled_broker_does_not_block_the_sink() {
+    use mirror_receiver::sink::kafka::KafkaSink;
+    use mirror_receiver::sink::{Sink, SinkStats};
+    let test = "a_stalled_broker_does_not_block_the_sink";
+    let Some(tansu) = tansu_bin().map_err(|e| skip(test, &e)).ok() else {
+        return;
+    };
+    let broker = Broker::start(&tansu);
+    broker.create_topic("stall", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(1);
+    let mut settings = sink_settings(&broker.bootstrap(), "stall", dir.path(), grace);
+    // A small queue, so that it fills within the test.
+    settings.options = vec![("queue.buffering.max.messages".into(), "20".into())];
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
+    let record = |i: u64| format!("{{\"n\":{i}}}");
+    sink.send(0, record(0).as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while SinkStats::get(&stats.delivered) < 1 && Instant::now() < deadline {
+        sink.idle().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        SinkStats::get(&stats.delivered),
+        1,
+        "kafka answers at first"
+    );
+
+    broker.pause();
+    // Records without a pause and without the idle tick: the sink thread under load.
+    let started = Instant::now();
+    const RECORDS: u64 = 200;
+    for i in 1..=RECORDS {
+        sink.send(i, record(i).as_bytes()).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "{RECORDS} records took {took:?} with the broker stalled (grace {grace:?})"
+    );
+    assert!(
+        SinkStats::get(&stats.queue_full) > 0,
+        "librdkafka's queue filled up"
+    );
+    assert_eq!(
+        SinkStats::get(&stats.destination_up),
+        0,
+        "kafka taken as down"
+    );
+    assert!(
+        SinkStats::get(&stats.spooled) >= RECORDS - 20,
+        "records past the queue went to the spool: {} spooled",
+        SinkStats::get(&stats.spooled)
+    );
+
+    broker.resume();
+    let mut reader = TopicReader::new(&broker.bootstrap(), "stall");
+    let want: std::collections::BTreeSet<String> = (0..=RECORDS).map(record).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < want.len() && Instant::now() < deadline {
+        sink.idle().unwrap();
+        reader.poll_once();
+        got = reader.msgs.iter().map(|m| m.payload.clone()).collect();
+    }
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(missing.is_empty(), "records not in Kafka: {missing:?}");
+    sink.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        SinkStats::get(&stats.spool_pending),
+        0,
+        "the spool is drained"
+    );
+}
+
 /// A record larger than a spool frame can hold fails alone and is counted; the sink goes on.
 #[test]
 fn a_record_too_large_for_the_spool_fails_alone() {
-    use mirror_receiver::sink::kafka::{Compression, KafkaSettings, KafkaSink};
+    use mirror_receiver::sink::kafka::{KafkaSettings, KafkaSink};
     use mirror_receiver::sink::spool::SpoolConfig;
     use mirror_receiver::sink::{Sink, SinkStats};
     let dir = tempfile::tempdir().unwrap();
     // No broker is needed: with --spool-always every record is written to the spool first.
     let settings = KafkaSettings {
-        brokers: "127.0.0.1:9".into(),
-        topic: "big".into(),
-        batch_size: 1000,
-        batch_time: Duration::from_millis(5),
-        compression: Compression::None,
-        options: Vec::new(),
         spool: SpoolConfig {
             segment_bytes: 4096,
             ..SpoolConfig::new(dir.path())
         },
-        spool_grace: Duration::from_secs(2),
         spool_always: true,
+        ..sink_settings("127.0.0.1:9", "big", dir.path(), Duration::from_secs(2))
     };
     let stats = Arc::new(SinkStats::default());
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
@@ -493,4 +557,26 @@ fn a_record_too_large_for_the_spool_fails_alone() {
         1,
         "the next record is spooled"
     );
+}
+
+/// Kafka sink settings for the tests that drive a `KafkaSink` directly.
+fn sink_settings(
+    brokers: &str,
+    topic: &str,
+    spool: &Path,
+    grace: Duration,
+) -> mirror_receiver::sink::kafka::KafkaSettings {
+    use mirror_receiver::sink::kafka::{Compression, KafkaSettings};
+    use mirror_receiver::sink::spool::SpoolConfig;
+    KafkaSettings {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        batch_size: 1000,
+        batch_time: Duration::from_millis(5),
+        compression: Compression::None,
+        options: Vec::new(),
+        spool: SpoolConfig::new(spool),
+        spool_grace: grace,
+        spool_always: false,
+    }
 }

@@ -323,7 +323,18 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     SinkStats::add(&self.stats.queue_full, 1);
                     opaque = back.delivery_opaque;
-                    self.pump()?;
+                    // A broker that takes connections and never acknowledges fills the queue:
+                    // past the grace, what librdkafka holds and this record go to the spool
+                    // instead of waiting out message.timeout.ms here while datagrams are lost.
+                    self.check_grace()?;
+                    if !self.healthy {
+                        match pos {
+                            // Already in the spool, not produced: hand it out again later.
+                            Some(_) => self.rewind = true,
+                            None => self.spool_record(key, payload)?,
+                        }
+                        return Ok(());
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((error, back)) if is_permanent(&error) => {
@@ -476,6 +487,20 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Applies the reports, then takes Kafka as unavailable when records have waited longer than
+    /// the grace for an acknowledgement.
+    fn check_grace(&mut self) -> Result<(), SinkError> {
+        self.pump()?;
+        if self.healthy
+            && self.producer.in_flight_count() > 0
+            && self.last_progress.elapsed() > self.grace
+        {
+            self.set_unhealthy("no acknowledgement within --spool-grace");
+            self.pump()?;
+        }
+        Ok(())
+    }
+
     /// Housekeeping: reports, the grace check, spool writes and draining.
     fn tick(&mut self) -> Result<(), SinkError> {
         self.pump()?;
@@ -493,13 +518,7 @@ impl KafkaSink {
             self.last_progress = Instant::now();
             SinkStats::set(&self.stats.destination_up, 1);
         }
-        if self.healthy
-            && self.producer.in_flight_count() > 0
-            && self.last_progress.elapsed() > self.grace
-        {
-            self.set_unhealthy("no acknowledgement within --spool-grace");
-            self.pump()?;
-        }
+        self.check_grace()?;
         if self.fenced && self.producer.in_flight_count() == 0 && self.drained_in_flight == 0 {
             // The old instance goes with its last reference (its metadata probe stops with it).
             self.producer = start_producer(
@@ -539,6 +558,10 @@ impl KafkaSink {
                 self.last_progress = Instant::now();
             }
             self.produce(rec.key, &rec.payload, Some(rec.pos))?;
+            if self.rewind {
+                // Not produced (Kafka stopped taking records): it is handed out again later.
+                break;
+            }
         }
         Ok(())
     }
