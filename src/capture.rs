@@ -1,10 +1,21 @@
-//! Reading pcap and pcapng files (pcap-file), frame by frame, with timestamps in µs.
+//! Reading pcap and pcapng files, frame by frame, with timestamps in µs.
+//!
+//! pcap-file's parsers do the format; the reading is ours: one buffer (256 KiB, grown only for a
+//! larger record) that frames are borrowed from. pcap-file's own readers start with a zeroed 8 MB
+//! buffer, whose page faults cost a short replay more than all its packet decoding.
 
 use crate::wire::LinkType;
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcapng::{Block, PcapNgParser};
+use pcap_file::{Endianness, TsResolution};
 use std::io::Read;
+
+/// The buffer's starting size.
+const BUFFER: usize = 256 * 1024;
+/// The largest record (pcap packet or pcapng block) read; a larger length field is an error, so a
+/// damaged file cannot make the reader allocate gigabytes.
+const MAX_RECORD: usize = 64 * 1024 * 1024;
 
 /// One frame of a capture.
 pub struct Frame<'a> {
@@ -12,14 +23,19 @@ pub struct Frame<'a> {
     pub link: Option<LinkType>,
     /// Capture time in µs since the epoch.
     pub ts: u64,
-    /// Borrowed from the reader's buffer where the format allows (pcap), owned otherwise.
+    /// Borrowed from the reader's buffer.
     pub data: std::borrow::Cow<'a, [u8]>,
 }
 
 /// A pcap or pcapng file, told apart by its magic number.
-pub enum CaptureReader<R: Read> {
-    Pcap(PcapReader<R>, Option<LinkType>),
-    PcapNg(PcapNgReader<R>),
+pub struct CaptureReader<R: Read> {
+    input: Input<R>,
+    format: Format,
+}
+
+enum Format {
+    Pcap(PcapParser, Option<LinkType>),
+    PcapNg(PcapNgParser),
 }
 
 /// Errors reading a capture.
@@ -31,71 +47,128 @@ pub enum CaptureError {
     NotACapture([u8; 4]),
     #[error("malformed capture: {0}")]
     Format(#[from] pcap_file::PcapError),
+    #[error("the capture ends inside a record (a truncated file)")]
+    Truncated,
+    #[error("malformed capture: a record of {0} bytes (more than {MAX_RECORD})")]
+    RecordTooLarge(usize),
 }
 
-impl CaptureReader<std::io::Chain<std::io::Cursor<[u8; 4]>, std::fs::File>> {
+impl CaptureReader<std::fs::File> {
     /// Opens a capture file.
     pub fn open(path: &std::path::Path) -> Result<Self, CaptureError> {
         Self::from_reader(std::fs::File::open(path)?)
     }
 }
 
-impl<R: Read> CaptureReader<std::io::Chain<std::io::Cursor<[u8; 4]>, R>> {
+impl<R: Read> CaptureReader<R> {
     /// Reads a capture from any byte source, telling pcap from pcapng by the magic number.
-    pub fn from_reader(mut reader: R) -> Result<Self, CaptureError> {
-        let mut magic = [0u8; 4];
-        reader.read_exact(&mut magic)?;
-        let reader = std::io::Cursor::new(magic).chain(reader);
-        match magic {
-            [0x0a, 0x0d, 0x0d, 0x0a] => Ok(CaptureReader::PcapNg(PcapNgReader::new(reader)?)),
+    pub fn from_reader(reader: R) -> Result<Self, CaptureError> {
+        let mut input = Input {
+            reader,
+            buf: vec![0; BUFFER],
+            start: 0,
+            end: 0,
+        };
+        if !input.fill(4)? {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let magic: [u8; 4] = input.buf[..4].try_into().unwrap_or_default();
+        let format = match magic {
+            [0x0a, 0x0d, 0x0d, 0x0a] => {
+                // A shorter file fails in the parser, with its reason.
+                input.fill(12)?;
+                let need = block_len(input.available(), Endianness::Big);
+                input.fill_record(need)?;
+                let (rem, parser) = PcapNgParser::new(input.available())?;
+                input.start = input.end - rem.len();
+                Format::PcapNg(parser)
+            }
             [0xd4, 0xc3, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0xc3, 0xd4]
             | [0x4d, 0x3c, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d] => {
-                let pcap = PcapReader::new(reader)?;
-                let link = LinkType::from_pcap(u32::from(pcap.header().datalink));
-                Ok(CaptureReader::Pcap(pcap, link))
+                input.fill_record(24)?;
+                let (rem, parser) = PcapParser::new(input.available())?;
+                input.start = input.end - rem.len();
+                let link = LinkType::from_pcap(u32::from(parser.header().datalink));
+                Format::Pcap(parser, link)
             }
-            other => Err(CaptureError::NotACapture(other)),
-        }
+            other => return Err(CaptureError::NotACapture(other)),
+        };
+        Ok(CaptureReader { input, format })
     }
-}
 
-impl<R: Read> CaptureReader<R> {
     /// The next frame, `None` at the end of the file.
     pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, CaptureError>> {
-        match self {
-            CaptureReader::Pcap(reader, link) => {
-                let packet = match reader.next_packet()? {
-                    Ok(p) => p,
-                    Err(e) => return Some(Err(e.into())),
+        match self.try_next_frame() {
+            Ok(frame) => frame.map(Ok),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn try_next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
+        let input = &mut self.input;
+        match &mut self.format {
+            Format::Pcap(parser, link) => {
+                // A record: 16 bytes of header, the 4 at offset 8 its captured length.
+                if !input.another(16)? {
+                    return Ok(None);
+                }
+                let caplen =
+                    peek_u32(input.available(), 8, parser.header().endianness).unwrap_or(0);
+                input.fill_record(caplen.saturating_add(16))?;
+                let Input {
+                    buf, start, end, ..
+                } = input;
+                // Raw: pcap-file's checked packet refuses a frame longer on the wire than the
+                // snap length, which is every cut frame of `tcpdump -s N`.
+                let (rem, packet) = parser.next_raw_packet(&buf[*start..*end])?;
+                *start = *end - rem.len();
+                let frac_us = match parser.header().ts_resolution {
+                    TsResolution::MicroSecond => u64::from(packet.ts_frac),
+                    TsResolution::NanoSecond => u64::from(packet.ts_frac) / 1000,
                 };
-                Some(Ok(Frame {
+                Ok(Some(Frame {
                     link: *link,
-                    ts: u64::try_from(packet.timestamp.as_micros()).unwrap_or(u64::MAX),
+                    ts: u64::from(packet.ts_sec) * 1_000_000 + frac_us,
                     data: packet.data,
                 }))
             }
-            CaptureReader::PcapNg(reader) => loop {
-                let block = match reader.next_block()? {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e.into())),
-                };
+            Format::PcapNg(parser) => {
+                // Blocks other than packets (section and interface descriptions, statistics...)
+                // are parsed for the parser's state and passed over.
+                loop {
+                    if !input.another(12)? {
+                        return Ok(None);
+                    }
+                    let endianness = parser.section().endianness;
+                    let need = block_len(input.available(), endianness);
+                    input.fill_record(need)?;
+                    if matches!(peek_u32(input.available(), 0, endianness), Some(2 | 3 | 6)) {
+                        break;
+                    }
+                    let (rem, _) = parser.next_block(input.available())?;
+                    input.start = input.end - rem.len();
+                }
+                let Input {
+                    buf, start, end, ..
+                } = input;
+                let (rem, block) = parser.next_block(&buf[*start..*end])?;
+                *start = *end - rem.len();
                 let (interface_id, raw_ts, data) = match block {
                     Block::EnhancedPacket(p) => (
                         Some(p.interface_id),
                         u64::try_from(p.timestamp.as_nanos()).ok(),
-                        p.data.into_owned(),
+                        p.data,
                     ),
-                    Block::SimplePacket(p) => (Some(0), None, p.data.into_owned()),
-                    Block::Packet(p) => (
-                        Some(u32::from(p.interface_id)),
-                        Some(p.timestamp),
-                        p.data.into_owned(),
-                    ),
-                    _ => continue,
+                    Block::SimplePacket(p) => (Some(0), None, p.data),
+                    Block::Packet(p) => {
+                        (Some(u32::from(p.interface_id)), Some(p.timestamp), p.data)
+                    }
+                    // The block type said a packet.
+                    _ => return Err(pcap_file::PcapError::InvalidField("pcapng block type").into()),
                 };
-                let interface = interface_id.and_then(|i| reader.interfaces().get(i as usize));
+                let interface = interface_id.and_then(|i| parser.interfaces().get(i as usize));
                 let link = interface.and_then(|i| LinkType::from_pcap(u32::from(i.linktype)));
                 // pcap-file reads the raw 64-bit timestamp as nanoseconds; its unit is really
                 // the interface's if_tsresol (default microseconds).
@@ -103,13 +176,108 @@ impl<R: Read> CaptureReader<R> {
                 let per_second = interface.map_or(1_000_000, ticks_per_second);
                 let ts = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second))
                     .unwrap_or(u64::MAX);
-                return Some(Ok(Frame {
-                    link,
-                    ts,
-                    data: data.into(),
-                }));
-            },
+                Ok(Some(Frame { link, ts, data }))
+            }
         }
+    }
+}
+
+/// A pcapng block's total length, from its first 12 bytes: in the section's byte order, or for a
+/// section header in the order its magic (8 bytes in) shows. At least 12: the parser tells what is
+/// wrong with a shorter one.
+fn block_len(head: &[u8], section: Endianness) -> usize {
+    let endianness = match head {
+        [
+            0x0a,
+            0x0d,
+            0x0d,
+            0x0a,
+            _,
+            _,
+            _,
+            _,
+            0x4d,
+            0x3c,
+            0x2b,
+            0x1a,
+            ..,
+        ] => Endianness::Little,
+        [0x0a, 0x0d, 0x0d, 0x0a, ..] => Endianness::Big,
+        _ => section,
+    };
+    peek_u32(head, 4, endianness).unwrap_or(0).max(12)
+}
+
+/// The u32 `at` bytes into `bytes`, if they reach that far.
+fn peek_u32(bytes: &[u8], at: usize, endianness: Endianness) -> Option<usize> {
+    let field: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    let n = match endianness {
+        Endianness::Big => u32::from_be_bytes(field),
+        Endianness::Little => u32::from_le_bytes(field),
+    };
+    usize::try_from(n).ok()
+}
+
+/// The file's bytes, read into one buffer that records are parsed from in place.
+struct Input<R> {
+    reader: R,
+    buf: Vec<u8>,
+    /// The unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> Input<R> {
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Whether another record starts: its first `head` bytes available, false at a clean end.
+    fn another(&mut self, head: usize) -> Result<bool, CaptureError> {
+        if self.fill(head)? {
+            Ok(true)
+        } else if self.start == self.end {
+            Ok(false)
+        } else {
+            Err(CaptureError::Truncated)
+        }
+    }
+
+    /// Makes a whole record of `need` bytes available: an error if the file ends first.
+    fn fill_record(&mut self, need: usize) -> Result<(), CaptureError> {
+        if need > MAX_RECORD {
+            return Err(CaptureError::RecordTooLarge(need));
+        }
+        if self.fill(need)? {
+            Ok(())
+        } else {
+            Err(CaptureError::Truncated)
+        }
+    }
+
+    /// Makes at least `need` unparsed bytes available, reading as much as the buffer holds;
+    /// false when the file ends first.
+    fn fill(&mut self, need: usize) -> std::io::Result<bool> {
+        if self.end - self.start >= need {
+            return Ok(true);
+        }
+        if self.buf.len() - self.start < need {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < need {
+                self.buf.resize(need.next_power_of_two(), 0);
+            }
+        }
+        while self.end - self.start < need {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -166,6 +334,165 @@ mod tests {
             CaptureReader::from_reader(&b"ab"[..]),
             Err(CaptureError::Io(_))
         ));
+    }
+
+    /// Every frame of a capture as (link, ts, data), or the first error.
+    fn frames<R: Read>(reader: R) -> Result<Vec<(Option<LinkType>, u64, Vec<u8>)>, CaptureError> {
+        let mut reader = CaptureReader::from_reader(reader)?;
+        let mut out = Vec::new();
+        while let Some(frame) = reader.next_frame() {
+            let frame = frame?;
+            out.push((frame.link, frame.ts, frame.data.into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// A reader handing out at most a few bytes per read, as a pipe or socket may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 7 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// A pcap file: `snaplen`, then (incl_len, orig_len, data) records, little-endian, µs.
+    fn pcap(snaplen: u32, packets: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
+        let header = PcapHeader {
+            snaplen,
+            ..PcapHeader::default()
+        };
+        let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
+        for (i, &(incl_len, orig_len, data)) in packets.iter().enumerate() {
+            let packet = RawPcapPacket {
+                ts_sec: 1_700_000_000 + i as u32,
+                ts_frac: 250_000,
+                incl_len,
+                orig_len,
+                data: data.into(),
+            };
+            w.write_raw_packet(&packet).unwrap();
+        }
+        w.into_writer()
+    }
+
+    #[test]
+    fn a_frame_cut_by_the_snap_length_reads() {
+        // `tcpdump -s 128`: every long frame is longer on the wire than in the file.
+        let data = [7u8; 128];
+        let file = pcap(128, &[(128, 1514, &data), (60, 60, &data[..60])]);
+        let got = frames(&file[..]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].2.len(), 128);
+        assert_eq!(got[0].1, 1_700_000_000_250_000);
+        assert_eq!(got[1].2.len(), 60);
+    }
+
+    #[test]
+    fn short_reads_and_large_frames_read_alike() {
+        // A frame larger than the starting buffer, between two small ones.
+        let big = vec![0x5a; BUFFER + 40_000];
+        let big_len = big.len() as u32;
+        let file = pcap(
+            big_len,
+            &[(3, 3, b"abc"), (big_len, big_len, &big), (2, 2, b"de")],
+        );
+        let whole = frames(&file[..]).unwrap();
+        assert_eq!(
+            whole.iter().map(|f| f.2.len()).collect::<Vec<_>>(),
+            [3, big.len(), 2]
+        );
+        assert_eq!(whole[1].2, big);
+        assert_eq!(frames(Trickle(&file, 0)).unwrap(), whole);
+        assert_eq!(frames(Trickle(SAMPLE, 0)).unwrap(), frames(SAMPLE).unwrap());
+    }
+
+    #[test]
+    fn truncated_and_oversized_records_are_error_values() {
+        let data = [1u8; 100];
+        let file = pcap(65535, &[(100, 100, &data), (100, 100, &data)]);
+        // Cut at a record boundary: a clean end. Inside a record: truncated.
+        assert_eq!(frames(&file[..file.len() - 116]).unwrap().len(), 1);
+        for cut in [1, 50, 110] {
+            assert!(
+                matches!(
+                    frames(&file[..file.len() - cut]),
+                    Err(CaptureError::Truncated)
+                ),
+                "cut {cut}"
+            );
+        }
+        // A length field of nearly 4 GiB is refused before anything is read or allocated.
+        let mut huge = file.clone();
+        huge[24 + 8..24 + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        assert!(matches!(
+            frames(&huge[..]),
+            Err(CaptureError::RecordTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn pcapng_interfaces_resolutions_and_other_blocks() {
+        use pcap_file::DataLink;
+        use pcap_file::pcapng::PcapNgWriter;
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+        use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsBlock;
+        use std::time::Duration;
+        for endianness in [Endianness::Big, Endianness::Little] {
+            let mut w = PcapNgWriter::with_endianness(Vec::new(), endianness).unwrap();
+            w.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen: 0,
+                options: vec![],
+            })
+            .unwrap();
+            // Nanosecond ticks on the second interface.
+            w.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::RAW,
+                snaplen: 0,
+                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+            })
+            .unwrap();
+            let packet = |interface_id, ticks: u64, data: &'static [u8]| EnhancedPacketBlock {
+                interface_id,
+                // pcap-file writes the Duration's nanoseconds as the raw ticks.
+                timestamp: Duration::from_nanos(ticks),
+                original_len: data.len() as u32,
+                data: data.into(),
+                options: vec![],
+            };
+            w.write_pcapng_block(packet(0, 1_700_000_000_000_001, b"first"))
+                .unwrap();
+            w.write_pcapng_block(InterfaceStatisticsBlock {
+                interface_id: 0,
+                timestamp: 0,
+                options: vec![],
+            })
+            .unwrap();
+            w.write_pcapng_block(packet(1, 1_700_000_000_000_002_000, b"second"))
+                .unwrap();
+            let file = w.into_inner();
+            let want = vec![
+                (
+                    Some(LinkType::Ethernet),
+                    1_700_000_000_000_001,
+                    b"first".to_vec(),
+                ),
+                (
+                    Some(LinkType::RawIp),
+                    1_700_000_000_000_002,
+                    b"second".to_vec(),
+                ),
+            ];
+            assert_eq!(frames(&file[..]).unwrap(), want, "{endianness:?}");
+            assert_eq!(frames(Trickle(&file, 0)).unwrap(), want, "{endianness:?}");
+        }
     }
 
     proptest! {
