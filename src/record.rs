@@ -8,8 +8,9 @@
 //! `"truncated"` naming what was cut (also when a body hit the body cap).
 
 use crate::http::{Exchange, Message, StartLine};
-use serde::Serialize;
 use std::borrow::Cow;
+use std::io::Write as _;
+use std::net::IpAddr;
 
 /// Record settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,33 +38,6 @@ pub enum RecordError {
     TooLarge,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Record<'a> {
-    path: &'a str,
-    method: &'a str,
-    request_headers: &'a str,
-    response_headers: &'a str,
-    request_payload: &'a str,
-    response_payload: &'a str,
-    ip: &'a str,
-    dest_ip: &'a str,
-    time: &'a str,
-    status_code: &'a str,
-    status: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(rename = "akto_account_id")]
-    account_id: &'a str,
-    #[serde(rename = "akto_vxlan_id")]
-    vxlan_id: &'a str,
-    #[serde(rename = "is_pending")]
-    is_pending: &'a str,
-    source: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    truncated: &'a str,
-}
-
 /// Encodes exchanges into Akto records.
 #[derive(Debug, Default)]
 pub struct Encoder {
@@ -76,6 +50,10 @@ impl Encoder {
     }
 
     /// Writes the record of `ex` into `buf` (cleared first).
+    ///
+    /// The JSON is written by hand, field by field, in the order and form `serde_json` would give
+    /// a struct of string fields (the tests keep such a struct as the reference): no
+    /// intermediate strings, headers escaped twice in one pass.
     pub fn encode(&self, ex: &Exchange, buf: &mut Vec<u8>) -> Result<(), RecordError> {
         buf.clear();
         let (method, path) = match &ex.request.start {
@@ -84,53 +62,76 @@ impl Encoder {
         };
         let resp = ex.response.as_ref();
         let (status_code, status) = match resp.map(|r| &r.start) {
-            Some(StartLine::Response { status, reason }) => (status.to_string(), reason.as_str()),
-            _ => ("0".to_owned(), ""),
+            Some(StartLine::Response { status, reason }) => (*status, reason.as_str()),
+            _ => (0, ""),
         };
-        let request_headers = headers_json(&ex.request);
-        let response_headers = resp.map_or_else(|| "{}".to_owned(), headers_json);
-        let req_body = String::from_utf8_lossy(&ex.request.body);
-        let resp_body = resp.map_or(Cow::Borrowed(""), |r| String::from_utf8_lossy(&r.body));
-        let ip = ex.client.ip().to_string();
-        let dest_ip = ex.server.ip().to_string();
-        let time = (ex.request.ts / 1_000_000).to_string();
-        let vxlan_id = ex.vni.to_string();
-        let mut record = Record {
-            path,
-            method,
-            request_headers: &request_headers,
-            response_headers: &response_headers,
-            request_payload: &req_body,
-            response_payload: &resp_body,
-            ip: &ip,
-            dest_ip: &dest_ip,
-            time: &time,
-            status_code: &status_code,
-            status,
-            kind: ex.request.version_str(),
-            account_id: &self.cfg.account_id,
-            vxlan_id: &vxlan_id,
-            is_pending: if resp.is_some() { "false" } else { "true" },
-            source: "MIRRORING",
-            truncated: "",
+        let req_body = body_text(&ex.request.body);
+        let resp_body = resp.map_or(Cow::Borrowed(""), |r| body_text(&r.body));
+
+        // Everything before the payloads is the same in every attempt below: written once.
+        buf.extend_from_slice(b"{\"path\":\"");
+        push_escaped(buf, path, false);
+        buf.extend_from_slice(b"\",\"method\":\"");
+        push_escaped(buf, method, false);
+        buf.extend_from_slice(b"\",\"requestHeaders\":\"");
+        push_headers(buf, &ex.request, true);
+        buf.extend_from_slice(b"\",\"responseHeaders\":\"");
+        match resp {
+            Some(r) => push_headers(buf, r, true),
+            None => buf.extend_from_slice(b"{}"),
+        }
+        buf.extend_from_slice(b"\",\"requestPayload\":\"");
+        let head = buf.len();
+        // The rest of the record, from the payloads on. Addresses and numbers need no escaping.
+        let finish = |buf: &mut Vec<u8>, req: &str, resp_payload: &str, truncated: &str| {
+            buf.truncate(head);
+            push_escaped(buf, req, false);
+            buf.extend_from_slice(b"\",\"responsePayload\":\"");
+            push_escaped(buf, resp_payload, false);
+            buf.extend_from_slice(b"\",\"ip\":\"");
+            push_ip(buf, ex.client.ip());
+            buf.extend_from_slice(b"\",\"destIp\":\"");
+            push_ip(buf, ex.server.ip());
+            buf.extend_from_slice(b"\",\"time\":\"");
+            push_decimal(buf, ex.request.ts / 1_000_000);
+            buf.extend_from_slice(b"\",\"statusCode\":\"");
+            push_decimal(buf, u64::from(status_code));
+            buf.extend_from_slice(b"\",\"status\":\"");
+            push_escaped(buf, status, false);
+            buf.extend_from_slice(b"\",\"type\":\"");
+            push_escaped(buf, ex.request.version_str(), false);
+            buf.extend_from_slice(b"\",\"akto_account_id\":\"");
+            push_escaped(buf, &self.cfg.account_id, false);
+            buf.extend_from_slice(b"\",\"akto_vxlan_id\":\"");
+            push_decimal(buf, u64::from(ex.vni));
+            buf.extend_from_slice(b"\",\"is_pending\":\"");
+            buf.extend_from_slice(if resp.is_some() { b"false" } else { b"true" });
+            buf.extend_from_slice(b"\",\"source\":\"MIRRORING\"");
+            if !truncated.is_empty() {
+                buf.extend_from_slice(b",\"truncated\":\"");
+                push_escaped(buf, truncated, false);
+                buf.push(b'"');
+            }
+            buf.push(b'}');
         };
+
         let mut req_cut = ex.request.body_truncated;
         let mut resp_cut = resp.is_some_and(|r| r.body_truncated);
-        let truncated = truncated_label(req_cut, resp_cut);
-        record.truncated = truncated;
         // An escaped payload is never shorter than its text: when the payloads alone pass the
         // limit, the whole record cannot fit and is not written in full only to be thrown away.
         if req_body.len() + resp_body.len() <= self.cfg.max_record_bytes {
-            write(&record, buf);
+            finish(
+                buf,
+                &req_body,
+                &resp_body,
+                truncated_label(req_cut, resp_cut),
+            );
             if buf.len() <= self.cfg.max_record_bytes {
                 return Ok(());
             }
         }
         // Too large: find what the record costs without payloads, then share the rest.
-        record.request_payload = "";
-        record.response_payload = "";
-        record.truncated = "requestPayload,responsePayload";
-        write(&record, buf);
+        finish(buf, "", "", "requestPayload,responsePayload");
         let room = self
             .cfg
             .max_record_bytes
@@ -141,19 +142,10 @@ impl Encoder {
         let resp_fit = cut_to_escaped(&resp_body, resp_room);
         req_cut |= req_fit.len() < req_body.len();
         resp_cut |= resp_fit.len() < resp_body.len();
-        record.request_payload = req_fit;
-        record.response_payload = resp_fit;
-        record.truncated = truncated_label(req_cut, resp_cut);
-        write(&record, buf);
+        finish(buf, req_fit, resp_fit, truncated_label(req_cut, resp_cut));
         debug_assert!(buf.len() <= self.cfg.max_record_bytes);
         Ok(())
     }
-}
-
-fn write(record: &Record<'_>, buf: &mut Vec<u8>) {
-    buf.clear();
-    // Serializing strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, record);
 }
 
 fn truncated_label(req: bool, resp: bool) -> &'static str {
@@ -206,40 +198,229 @@ fn cut_to_escaped(s: &str, room: usize) -> &str {
     s
 }
 
-/// The message's headers as a JSON object serialized to a string: names in byte order, the
-/// values of a repeated field joined (", ", or a newline for set-cookie) in the order sent.
-/// Written directly, without building a map: this runs twice per record.
-fn headers_json(msg: &Message) -> String {
-    let mut fields: Vec<(&str, &str)> = msg.headers.iter().collect();
+/// The bytes of the word `w` (8 bytes of text, little-endian) to escape inside a JSON string:
+/// `"`, `\` and the control characters below 0x20 (not DEL, not non-ASCII bytes: as in
+/// serde_json). The high bit of the lowest such byte is set, and no bit below it.
+///
+/// The classic "has a byte less than n" test `(w - n*ONES) & !w & HIGH` sets the high bit of
+/// each byte below 0x20, and the same with `n = 1` on `w ^ (c*ONES)` flags the bytes equal to
+/// `c`. A borrow only starts at a byte that really is flagged and only carries upwards, so a
+/// byte above a flagged one may be flagged wrongly but the lowest flagged byte is always right:
+/// its index is `trailing_zeros / 8`. Bytes of 0x80 and above are never flagged (the `!w` term).
+fn escapes_in(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let control = w.wrapping_sub(ONES * 0x20);
+    // `quote` and `backslash` have the high bits of `w`: `!w` serves all three tests.
+    (control | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !w & HIGH
+}
+
+/// Appends the escape of a byte that [`escapes_in`] flags, as serde_json writes it: `\"`, `\\`,
+/// `\b \t \n \f \r`, other control characters as `\u00xx` (lower-case hex). With `twice`, the
+/// escape is itself escaped (`\"` becomes `\\\"`), for JSON text inside a JSON string.
+fn push_escape(out: &mut Vec<u8>, b: u8, twice: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match b {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        _ => 0,
+    };
+    let (escape, len) = match short {
+        0 => {
+            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
+            ([b'\\', b'u', b'0', b'0', hi, lo], 6)
+        }
+        c => ([b'\\', c, 0, 0, 0, 0], 2),
+    };
+    let escape = &escape[..len];
+    if !twice {
+        out.extend_from_slice(escape);
+        return;
+    }
+    // An escape is ASCII whose only characters to escape again are `\` and `"`.
+    for &c in escape {
+        if c == b'\\' || c == b'"' {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+}
+
+/// The first 8 bytes of `b` as a little-endian word, zeros past the end of a shorter `b`. A
+/// short `b` is read with two overlapping loads rather than byte by byte.
+fn load_word(b: &[u8]) -> u64 {
+    if let Some(w) = b.first_chunk::<8>() {
+        return u64::from_le_bytes(*w);
+    }
+    // Both loads cover the whole of `b`; the bytes they share are the same.
+    let n = b.len() as u32;
+    if let (Some(lo), Some(hi)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        u64::from(u32::from_le_bytes(*lo)) | u64::from(u32::from_le_bytes(*hi)) << (8 * (n - 4))
+    } else if let (Some(lo), Some(hi)) = (b.first_chunk::<2>(), b.last_chunk::<2>()) {
+        u64::from(u16::from_le_bytes(*lo)) | u64::from(u16::from_le_bytes(*hi)) << (8 * (n - 2))
+    } else {
+        b.first().map_or(0, |&x| u64::from(x))
+    }
+}
+
+/// Appends `s` escaped as the contents of a JSON string, byte for byte as serde_json escapes it
+/// (see [`escapes_in`], [`push_escape`]). With `twice`, escaped once more: what a JSON string
+/// holding the once-escaped string (in quotes) would contain, minus those quotes.
+///
+/// Goes 8 bytes at a time ([`escapes_in`]), the last few padded with spaces (which need no
+/// escape): a word is copied whole (a fixed-size copy, where short runs through `memcpy` cost
+/// more than they copy), then the copy is cut back to the end of the text or to the byte to
+/// escape.
+fn push_escaped(out: &mut Vec<u8>, s: &str, twice: bool) {
+    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+    let mut rest = s.as_bytes();
+    out.reserve(rest.len() + 8);
+    while !rest.is_empty() {
+        let len = rest.len().min(8);
+        let word = if len == 8 {
+            load_word(rest)
+        } else {
+            load_word(rest) | SPACES << (8 * len)
+        };
+        out.extend_from_slice(&word.to_le_bytes());
+        let flagged = escapes_in(word);
+        if flagged == 0 {
+            out.truncate(out.len() - (8 - len));
+            rest = &rest[len..];
+        } else {
+            // Never in the padding: the lowest flagged byte is a real one.
+            let at = (flagged.trailing_zeros() / 8) as usize;
+            out.truncate(out.len() - (8 - at));
+            push_escape(out, rest[at], twice);
+            rest = &rest[at + 1..];
+        }
+    }
+}
+
+/// Appends `n` in decimal, as `n.to_string()` writes it. Below 10^16 (all the record's
+/// numbers) the digits are gathered in a register and stored in one go, first digit in the
+/// lowest byte: written to memory one by one and read back wide, they would stall the copy.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    if n >= 10_u64.pow(16) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{n}");
+        return;
+    }
+    let (mut digits, mut len) = (0u128, 0);
+    loop {
+        digits = digits << 8 | u128::from(b'0' + (n % 10) as u8);
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits.to_le_bytes());
+    out.truncate(out.len() - (16 - len));
+}
+
+/// Appends the address as its `Display` writes it: IPv4 by hand (the common case), IPv6 (with
+/// its zero compression rules) through `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// The body as text, as `String::from_utf8_lossy` gives it (borrowed when valid), but validated
+/// by the faster `str::from_utf8` first.
+fn body_text(body: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    }
+}
+
+/// Fields sorted on the stack; a message with more sorts a Vec.
+const STACK_FIELDS: usize = 32;
+
+/// Appends the message's headers as a JSON object: names in byte order, the values of a
+/// repeated field joined (", ", or a newline for set-cookie) in the order sent. With `twice`,
+/// the object comes already escaped as the contents of a JSON string (`{\"name\":\"value\"}`),
+/// which the record holds: one pass, no intermediate string. Runs twice per record.
+fn push_headers(out: &mut Vec<u8>, msg: &Message, twice: bool) {
+    let quote: &[u8] = if twice { b"\\\"" } else { b"\"" };
+    // Each field with its name's first 8 bytes as a big-endian number (zero-padded), which
+    // orders as the names do where it differs: most comparisons are of integers.
+    fn keyed<'a>((name, value): (&'a str, &'a str)) -> (u64, &'a str, &'a str) {
+        (load_word(name.as_bytes()).swap_bytes(), name, value)
+    }
+    let count = msg.headers.len();
+    let mut on_stack = [(0, "", ""); STACK_FIELDS];
+    let mut on_heap = Vec::new();
+    let fields: &mut [(u64, &str, &str)] = if count <= STACK_FIELDS {
+        for (slot, field) in on_stack.iter_mut().zip(msg.headers.iter()) {
+            *slot = keyed(field);
+        }
+        &mut on_stack[..count]
+    } else {
+        on_heap.extend(msg.headers.iter().map(keyed));
+        &mut on_heap
+    };
     // Stable: repeated fields keep their order.
-    fields.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(msg.headers.len() * 48 + 2);
+    fields.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     out.push(b'{');
-    let mut rest = fields.as_slice();
-    while let Some((&(name, value), tail)) = rest.split_first() {
-        let run = tail.iter().take_while(|(n, _)| *n == name).count();
-        if out.len() > 1 {
+    let mut rest = &*fields;
+    let mut first = true;
+    while let Some((&(key, name, value), tail)) = rest.split_first() {
+        let run = tail
+            .iter()
+            .take_while(|&&(k, n, _)| k == key && n == name)
+            .count();
+        if !first {
             out.push(b',');
         }
-        // Serializing strings into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, name);
+        first = false;
+        out.extend_from_slice(quote);
+        push_escaped(out, name, twice);
+        out.extend_from_slice(quote);
         out.push(b':');
-        if run == 0 {
-            let _ = serde_json::to_writer(&mut out, value);
-        } else {
+        out.extend_from_slice(quote);
+        push_escaped(out, value, twice);
+        if run > 0 {
+            // Escaping goes character by character: the pieces escaped in turn are the joined
+            // value escaped.
             let sep = if name == "set-cookie" { "\n" } else { ", " };
-            let mut joined = value.to_owned();
-            for (_, v) in &tail[..run] {
-                joined.push_str(sep);
-                joined.push_str(v);
+            for &(_, _, v) in &tail[..run] {
+                push_escaped(out, sep, twice);
+                push_escaped(out, v, twice);
             }
-            let _ = serde_json::to_writer(&mut out, &joined);
         }
+        out.extend_from_slice(quote);
         rest = &tail[run..];
     }
     out.push(b'}');
-    // serde_json writes UTF-8 only.
-    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The message's headers as a JSON object serialized to a string (see [`push_headers`]).
+#[cfg(test)]
+fn headers_json(msg: &Message) -> String {
+    let mut out = Vec::new();
+    push_headers(&mut out, msg, false);
+    String::from_utf8(out).expect("escaping keeps UTF-8")
 }
 
 #[cfg(test)]
