@@ -503,11 +503,14 @@ impl Parser {
 
     fn parse_head(&mut self, cfg: &HttpConfig) -> Result<Option<()>, ParseError> {
         let avail = &self.buf[self.pos..];
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Left uninitialised: filling 128 empty headers (4 KiB) for every head cost more than
+        // parsing it.
+        let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let config = httparse::ParserConfig::default();
         let parsed = match self.role {
             Role::Request => {
-                let mut req = httparse::Request::new(&mut storage);
-                match req.parse(avail)? {
+                let mut req = httparse::Request::new(&mut []);
+                match config.parse_request_with_uninit_headers(&mut req, avail, &mut storage)? {
                     httparse::Status::Complete(n) => {
                         let start = StartLine::Request {
                             method: req.method.unwrap_or_default().to_owned(),
@@ -524,8 +527,8 @@ impl Parser {
                 }
             }
             Role::Response => {
-                let mut resp = httparse::Response::new(&mut storage);
-                match resp.parse(avail)? {
+                let mut resp = httparse::Response::new(&mut []);
+                match config.parse_response_with_uninit_headers(&mut resp, avail, &mut storage)? {
                     httparse::Status::Complete(n) => {
                         let start = StartLine::Response {
                             status: resp.code.unwrap_or_default(),
