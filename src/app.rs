@@ -209,8 +209,13 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
 
 /// Records a worker hands to the sink thread at once, at most.
 const RECORDS_PER_BATCH: usize = 64;
-/// Record batches the sink thread's queue holds.
-const RECORD_QUEUE_BATCHES: usize = 256;
+/// Bytes of records in a batch after which it is handed over, however few records it holds
+/// (records may reach `--max-record-bytes`, 1 MB by default).
+const RECORD_BATCH_BYTES: usize = 256 * 1024;
+/// Record batches the sink thread's queue holds: with the two limits above, about 8 MiB of
+/// records (plus one record per batch) wait for the sink at most. Past that the workers wait,
+/// their queues fill, then the receive sockets' queues, whose drops the kernel counts.
+const RECORD_QUEUE_BATCHES: usize = 32;
 
 struct Shared {
     stop: AtomicBool,
@@ -641,7 +646,8 @@ impl Worker<'_> {
 }
 
 /// A worker's encoded records on their way to the sink thread: copied into a pooled batch and
-/// handed over [`RECORDS_PER_BATCH`] at a time, and whatever is left after each drain.
+/// handed over [`RECORDS_PER_BATCH`] or [`RECORD_BATCH_BYTES`] at a time, whichever comes first,
+/// and whatever is left after each drain.
 struct RecordsOut {
     batch: Batch,
     pool: BatchPool,
@@ -651,7 +657,7 @@ struct RecordsOut {
 impl RecordsOut {
     fn push(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError> {
         self.batch.push_tagged(key, record);
-        if self.batch.len() < RECORDS_PER_BATCH {
+        if self.batch.len() < RECORDS_PER_BATCH && self.batch.bytes() < RECORD_BATCH_BYTES {
             return Ok(());
         }
         self.flush()
@@ -755,4 +761,36 @@ pub fn send(args: &crate::config::SendArgs) -> Result<u64> {
         }
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_batches_are_bounded_in_count_and_bytes() {
+        let (tx, rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
+        let mut out = RecordsOut {
+            batch: Batch::default(),
+            pool: BatchPool::new(2),
+            tx,
+        };
+        // Small records: handed over 64 at a time.
+        for i in 0..RECORDS_PER_BATCH as u64 * 2 + 5 {
+            out.push(i, b"{}").unwrap();
+        }
+        let sizes: Vec<usize> = rx.try_iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [RECORDS_PER_BATCH, RECORDS_PER_BATCH]);
+        out.flush().unwrap();
+        assert_eq!(rx.try_iter().map(|b| b.len()).collect::<Vec<_>>(), [5]);
+        // Large records: handed over once the batch passes the byte limit.
+        let big = vec![b'x'; RECORD_BATCH_BYTES / 2 + 1];
+        for i in 0..5 {
+            out.push(i, &big).unwrap();
+        }
+        let batches: Vec<Batch> = rx.try_iter().collect();
+        assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), [2, 2]);
+        assert!(batches.iter().all(|b| b.bytes() == 2 * big.len()));
+        assert_eq!(out.batch.len(), 1, "the fifth waits for more");
+    }
 }

@@ -27,8 +27,10 @@ use std::time::Duration;
 pub const MAX_DATAGRAM: usize = 9216;
 /// Datagrams taken per `recvmmsg` call.
 pub const RECV_BATCH: usize = 64;
-/// Batches a worker's queue holds. With full batches that is 64 Ki datagrams.
-pub const SHARD_QUEUE_BATCHES: usize = 1024;
+/// Batches a worker's queue holds: up to 4 Ki datagrams, enough to ride out the worker being
+/// descheduled. Bursts beyond that wait in the socket's receive queue (`--recv-buffer`, 64 MiB by
+/// default), which is not the process's memory and whose drops the kernel counts.
+pub const SHARD_QUEUE_BATCHES: usize = 64;
 
 /// Byte strings packed back to back in one buffer, each with a tag: the datagrams on their way
 /// to a worker, or the encoded records (tagged with their message key) on their way to the sink.
@@ -55,6 +57,11 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// Bytes of all items together.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
     }
 
     pub fn clear(&mut self) {
