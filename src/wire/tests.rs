@@ -212,7 +212,80 @@ fn error_labels_are_distinct() {
     }
 }
 
+/// A VXLAN datagram to port 4789 in an Ethernet frame, as a capture holds it.
+fn outer_frame() -> Vec<u8> {
+    let inner = frame(&ETH, &IPV4, &TCP, PAYLOAD);
+    let udp_len = (8 + VXLAN.len() + inner.len()) as u16;
+    let total = 20 + udp_len;
+    let mut ip = IPV4;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[9] = 17;
+    let mut udp = vec![0xd4, 0x31, 0x12, 0xb5];
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    [&ETH[..], &ip, &udp, &VXLAN, &inner].concat()
+}
+
+#[test]
+fn plain_frames_take_the_fast_path() {
+    let tcp = frame(&ETH, &IPV4, &TCP, PAYLOAD);
+    assert!(matches!(plain_ethernet(&tcp), Some(CaptureFrame::Tcp(_))));
+    let outer = outer_frame();
+    assert!(matches!(
+        plain_ethernet(&outer),
+        Some(CaptureFrame::Vxlan(_))
+    ));
+    assert_eq!(
+        decode_capture_frame(LinkType::Ethernet, &outer),
+        decode_lax(LinkType::Ethernet, &outer)
+    );
+    // A truncated packet is left to the lax slicer, which counts the missing bytes.
+    assert_eq!(plain_ethernet(&tcp[..tcp.len() - 4]), None);
+}
+
 proptest::proptest! {
+    /// Wherever the fast path answers, etherparse's lax slicer gives the same answer: on valid
+    /// frames (TCP, VXLAN, IPv6 with an extension header) with bytes changed, cut or added.
+    #[test]
+    fn the_fast_path_agrees_with_the_lax_slicer(
+        base in 0usize..3,
+        flips in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 0..4),
+        cut in 0usize..80,
+        extra in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+    ) {
+        let mut f = match base {
+            0 => frame(&ETH, &IPV4, &TCP, PAYLOAD),
+            1 => outer_frame(),
+            _ => {
+                let eth6 = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+                let mut ip6 = vec![0x60, 0, 0, 0, 0x00, 46, 0x00, 64];
+                ip6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+                ip6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+                [&eth6[..], &ip6, &[0x06, 0x00, 0x01, 0x04, 0, 0, 0, 0], &TCP, PAYLOAD].concat()
+            }
+        };
+        for (i, b) in flips {
+            if let Some(x) = f.get_mut(i) {
+                *x = b;
+            }
+        }
+        // Half the cases cut the frame short, anywhere.
+        if cut < 40 {
+            f.truncate(f.len().saturating_sub(cut * 2));
+        }
+        f.extend_from_slice(&extra);
+        if let Some(fast) = plain_ethernet(&f) {
+            proptest::prop_assert_eq!(Ok(fast), decode_lax(LinkType::Ethernet, &f));
+        }
+        if let Ok(seg) = decode_ethernet(&f) {
+            let lax = decode_lax(LinkType::Ethernet, &f);
+            proptest::prop_assert!(
+                lax == Ok(CaptureFrame::Tcp(seg.clone())) || matches!(lax, Ok(CaptureFrame::Vxlan(_))),
+                "{:?} vs {:?}", seg, lax
+            );
+        }
+    }
+
     /// Found by this test: pnet_packet's SLL view indexes past frames shorter than 16 bytes.
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
