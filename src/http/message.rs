@@ -20,25 +20,27 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Appends a field (the name is lower-cased).
+    /// Appends a field (the name is lower-cased). A message whose head passes 4 GiB cannot occur
+    /// (heads are capped far lower); such a field would be dropped rather than mis-indexed.
     pub fn push(&mut self, name: &str, value: &str) {
-        self.push_raw(name.as_bytes(), value.as_bytes());
-    }
-
-    /// Appends a field as it came off the wire: the name is lower-cased, invalid UTF-8 in either
-    /// is replaced. A message whose head passes 4 GiB cannot occur (heads are capped far lower);
-    /// such a field would be dropped rather than mis-indexed.
-    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) {
         let start = self.text.len();
-        push_text(&mut self.text, name);
+        self.text.push_str(name);
         self.text[start..].make_ascii_lowercase();
         let name_end = self.text.len();
-        push_text(&mut self.text, value);
+        self.text.push_str(value);
         let ends = [start, name_end, self.text.len()].map(u32::try_from);
         match ends {
             [Ok(a), Ok(b), Ok(c)] => self.fields.push([a, b, c]),
             _ => self.text.truncate(start),
         }
+    }
+
+    /// Appends a field as it came off the wire: invalid UTF-8 in either part is replaced.
+    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) {
+        self.push(
+            &String::from_utf8_lossy(name),
+            &String::from_utf8_lossy(value),
+        );
     }
 
     /// Makes room for `fields` more fields of `bytes` bytes in all, so a head is copied with one
@@ -74,15 +76,6 @@ impl Headers {
             out.push(n, if matches(n) { value } else { v });
         }
         *self = out;
-    }
-}
-
-/// Appends `bytes` as text, invalid UTF-8 replaced (as `String::from_utf8_lossy`, whose
-/// validation is slower than `str::from_utf8`'s on the valid text nearly every field is).
-fn push_text(text: &mut String, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(valid) => text.push_str(valid),
-        Err(_) => text.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 

@@ -411,10 +411,11 @@ impl Parser {
                 }
                 State::Chunked(Chunk::Trailers) => {
                     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(&self.buf[self.pos..], &mut storage) {
+                    let avail = &self.buf[self.pos..];
+                    match httparse::parse_headers(avail, &mut storage) {
                         Ok(httparse::Status::Complete((n, fields))) => {
                             if let Some(msg) = &mut self.msg {
-                                copy_headers(fields, &mut msg.headers);
+                                copy_headers(fields, &avail[..n], &mut msg.headers);
                             }
                             self.consume(n);
                             return self.finish_message(cfg);
@@ -520,7 +521,7 @@ impl Parser {
                             n,
                             start,
                             req.version.unwrap_or(1),
-                            owned_headers(req.headers),
+                            owned_headers(req.headers, &avail[..n]),
                         ))
                     }
                     httparse::Status::Partial => None,
@@ -538,7 +539,7 @@ impl Parser {
                             n,
                             start,
                             resp.version.unwrap_or(1),
-                            owned_headers(resp.headers),
+                            owned_headers(resp.headers, &avail[..n]),
                         ))
                     }
                     httparse::Status::Partial => None,
@@ -651,17 +652,27 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
 }
 
 /// Copies httparse's fields into the message's [`Headers`].
-fn copy_headers(fields: &[httparse::Header<'_>], into: &mut Headers) {
+/// Copies parsed fields into `into`. `head` is the text they were parsed from, when it is valid
+/// UTF-8 (checked once for the whole head, not field by field): values are then taken from it
+/// as they are; otherwise each is checked, and invalid UTF-8 replaced.
+fn copy_headers(fields: &[httparse::Header<'_>], head: &[u8], into: &mut Headers) {
     let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
     into.reserve(fields.len(), bytes);
+    let text = std::str::from_utf8(head).ok();
     for h in fields.iter().filter(|h| !h.name.is_empty()) {
-        into.push_raw(h.name.as_bytes(), h.value);
+        // The value's place in the head; `get` finds it on character boundaries (httparse
+        // splits at ASCII delimiters) or gives nothing, never panics.
+        let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        match text.and_then(|t| t.get(at..at.wrapping_add(h.value.len()))) {
+            Some(value) if value.as_bytes() == h.value => into.push(h.name, value),
+            _ => into.push_raw(h.name.as_bytes(), h.value),
+        }
     }
 }
 
-fn owned_headers(fields: &[httparse::Header<'_>]) -> Headers {
+fn owned_headers(fields: &[httparse::Header<'_>], head: &[u8]) -> Headers {
     let mut h = Headers::default();
-    copy_headers(fields, &mut h);
+    copy_headers(fields, head, &mut h);
     h
 }
 

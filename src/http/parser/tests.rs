@@ -299,3 +299,22 @@ fn switching_protocols_ends_parsing() {
     assert_eq!(complete(&steps).len(), 1);
     assert!(p.in_tunnel());
 }
+
+#[test]
+fn header_values_keep_valid_text_and_replace_invalid_utf8() {
+    let mut p = Parser::new(Role::Request);
+    // A valid head (with non-ASCII UTF-8 in a value), then one with a byte that is not UTF-8;
+    // both with a chunked trailer of the same kinds.
+    let mut data = b"GET /a HTTP/1.1\r\nX-Name: caf\xc3\xa9\r\nHost: h\r\n\r\n".to_vec();
+    data.extend_from_slice(b"GET /b HTTP/1.1\r\nX-Name: caf\xe9\r\nHost: h\r\n\r\n");
+    data.extend_from_slice(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    data.extend_from_slice(b"0\r\nX-Trailer: \xff ok\r\nX-Other: fin\xc3\xa9\r\n\r\n");
+    let steps = run(&mut p, &data, None);
+    let msgs = complete(&steps);
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[0].header("x-name"), Some("caf\u{e9}"));
+    assert_eq!(msgs[1].header("x-name"), Some("caf\u{fffd}"));
+    assert_eq!(msgs[1].header("host"), Some("h"));
+    assert_eq!(msgs[2].header("x-trailer"), Some("\u{fffd} ok"));
+    assert_eq!(msgs[2].header("x-other"), Some("fin\u{e9}"));
+}
