@@ -336,8 +336,11 @@ mod tests {
         ));
     }
 
-    /// Every frame of a capture as (link, ts, data), or the first error.
-    fn frames<R: Read>(reader: R) -> Result<Vec<(Option<LinkType>, u64, Vec<u8>)>, CaptureError> {
+    /// A frame as (link, ts, data).
+    type Owned = (Option<LinkType>, u64, Vec<u8>);
+
+    /// Every frame of a capture, or the first error.
+    fn frames<R: Read>(reader: R) -> Result<Vec<Owned>, CaptureError> {
         let mut reader = CaptureReader::from_reader(reader)?;
         let mut out = Vec::new();
         while let Some(frame) = reader.next_frame() {
