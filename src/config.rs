@@ -52,7 +52,7 @@ pub enum Command {
     /// Read a pcap/pcapng file through the same pipeline and deliver its records.
     Replay(ReplayArgs),
     /// Check a configuration and exit: 0 when valid, 2 with a message naming the bad setting.
-    Validate(RunArgs),
+    Validate(ValidateArgs),
     /// Send a VXLAN capture's datagrams to a receiver (load tests, checking a deployment).
     Send(SendArgs),
 }
@@ -70,6 +70,17 @@ pub struct SendArgs {
     /// How many times to send the capture.
     #[arg(long = "loop", env = "MIRROR_SEND_LOOP", default_value_t = 1)]
     pub loops: u64,
+}
+
+/// `validate`: the flags of `run`, and how far to check.
+#[derive(Args, Debug, Clone)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Skip the checks that need the network (that the Kafka brokers resolve): for a service
+    /// that may start before DNS answers, which the daemon rides out with its spool.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -452,22 +463,26 @@ impl PipelineArgs {
 }
 
 impl RunArgs {
-    /// What `validate` checks beyond the values themselves: Kafka brokers resolve, the spool
-    /// directory (with Kafka) or the output file's directory is writable.
-    pub fn check_environment(&self) -> Result<(), ConfigError> {
+    /// What `validate` checks beyond the values themselves: Kafka brokers resolve (unless
+    /// `offline`), the spool directory (with Kafka) or the output file's directory is writable.
+    pub fn check_environment(&self, offline: bool) -> Result<(), ConfigError> {
         use std::net::ToSocketAddrs;
         if let Some(brokers) = &self.output.kafka_brokers {
-            for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-                let hostport = b.rsplit_once("://").map_or(b, |(_, r)| r);
-                match hostport.to_socket_addrs().map(|mut a| a.next()) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err(bad("--kafka-brokers", b, "resolves to no address")),
-                    Err(e) => {
-                        return Err(bad(
-                            "--kafka-brokers",
-                            b,
-                            &format!("does not resolve ({e}); expected HOST:PORT"),
-                        ));
+            if !offline {
+                for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+                    let hostport = b.rsplit_once("://").map_or(b, |(_, r)| r);
+                    match hostport.to_socket_addrs().map(|mut a| a.next()) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            return Err(bad("--kafka-brokers", b, "resolves to no address"));
+                        }
+                        Err(e) => {
+                            return Err(bad(
+                                "--kafka-brokers",
+                                b,
+                                &format!("does not resolve ({e}); expected HOST:PORT"),
+                            ));
+                        }
                     }
                 }
             }

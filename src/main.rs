@@ -42,7 +42,8 @@ fn main() -> ExitCode {
 
     let sub = matches.subcommand().map(|(_, m)| m);
     let result = match (&mut cli.command, sub) {
-        (Command::Run(args), Some(m)) | (Command::Validate(args), Some(m)) => {
+        (Command::Run(args), Some(m))
+        | (Command::Validate(config::ValidateArgs { run: args, .. }), Some(m)) => {
             config::apply_aliases(&mut args.pipeline, &mut args.output, m, &env)
                 .map_err(anyhow::Error::from)
         }
@@ -73,9 +74,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(args: &config::RunArgs) -> anyhow::Result<()> {
-    args.check()?;
-    args.check_environment()?;
+fn validate(args: &config::ValidateArgs) -> anyhow::Result<()> {
+    args.run.check()?;
+    args.run.check_environment(args.offline)?;
     println!("configuration is valid");
     Ok(())
 }

@@ -185,6 +185,44 @@ fn validate_names_the_bad_setting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
 
+/// `validate` checks that the brokers resolve; `validate --offline`, which the systemd unit runs
+/// before the daemon (DNS may not answer yet at boot), checks everything else.
+#[test]
+fn validate_offline_skips_broker_resolution_only() {
+    let spool = tempfile::tempdir().unwrap();
+    let check = |extra: &[&str]| {
+        let mut cmd = receiver();
+        cmd.arg("validate")
+            .args(["--kafka-brokers", "no-such-broker.invalid:9092"])
+            .arg("--spool-dir")
+            .arg(spool.path())
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let online = check(&[]);
+    assert!(!online.status.success());
+    let err = String::from_utf8_lossy(&online.stderr);
+    assert!(
+        err.contains("--kafka-brokers") && err.contains("no-such-broker.invalid"),
+        "{err}"
+    );
+    let offline = check(&["--offline"]);
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    assert!(String::from_utf8_lossy(&offline.stdout).contains("configuration is valid"));
+    // Offline still checks the rest: the spool directory must be writable.
+    let out = receiver()
+        .args(["validate", "--offline", "--kafka-brokers", "b.invalid:9092"])
+        .args(["--spool-dir", "/proc/no-spool-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spool-dir"));
+}
+
 #[test]
 fn help_shows_env_vars_and_defaults() {
     let out = receiver().args(["run", "--help"]).output().unwrap();

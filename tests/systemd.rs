@@ -83,7 +83,7 @@ fn unit_has_the_required_settings() {
         "WatchdogSec=",
         "Restart=always",
         "EnvironmentFile=-/etc/mirror-receiver/env",
-        "ExecStartPre=/usr/bin/mirror-receiver validate",
+        "ExecStartPre=/usr/bin/mirror-receiver validate --offline",
         "DynamicUser=yes",
         "StateDirectory=mirror-receiver",
         "ProtectSystem=strict",
