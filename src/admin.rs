@@ -145,6 +145,8 @@ impl Metrics {
             counter!("mirror_sink_dropped_total", "reason" => "spool_full")
                 .absolute(g(&s.dropped_spool_full));
             counter!("mirror_sink_queue_full_total").absolute(g(&s.queue_full));
+            counter!("mirror_spool_corrupt_frames_total").absolute(g(&s.spool_corrupt_frames));
+            counter!("mirror_spool_torn_bytes_total").absolute(g(&s.spool_torn_bytes));
             gauge!("mirror_spool_bytes").set(g(&s.spool_bytes) as f64);
             gauge!("mirror_spool_pending_records").set(g(&s.spool_pending) as f64);
             gauge!("mirror_sink_up").set(g(&s.destination_up) as f64);
@@ -287,6 +289,7 @@ mod tests {
         );
         let s = SinkStats::default();
         SinkStats::set(&s.spool_bytes, 1234);
+        SinkStats::set(&s.spool_torn_bytes, 7);
         let text = Metrics::default().render(&p, &s, &ProcessCounters::default());
         assert!(text.contains("mirror_datagrams_total 42"), "{text}");
         assert!(
@@ -296,6 +299,11 @@ mod tests {
         assert!(text.contains("mirror_http_pairs_total 7"));
         assert!(text.contains("mirror_vni_pairs_total{vni=\"99\"} 7"));
         assert!(text.contains("mirror_spool_bytes 1234"));
+        assert!(text.contains("mirror_spool_torn_bytes_total 7"), "{text}");
+        assert!(
+            text.contains("mirror_spool_corrupt_frames_total 0"),
+            "{text}"
+        );
         // A second render reflects new values (counters are set, not added).
         p.wire.datagrams = 50;
         let m = Metrics::default();

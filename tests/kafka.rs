@@ -559,6 +559,59 @@ fn a_record_too_large_for_the_spool_fails_alone() {
     );
 }
 
+/// Damage found in the spool at start (a torn last write) reaches the sink's counters, which
+/// `/metrics` shows as mirror_spool_torn_bytes_total and mirror_spool_corrupt_frames_total.
+#[test]
+fn spool_damage_found_at_start_is_counted() {
+    use mirror_receiver::sink::kafka::{KafkaSettings, KafkaSink};
+    use mirror_receiver::sink::{Sink, SinkStats};
+    let dir = tempfile::tempdir().unwrap();
+    // No broker: with --spool-always every record is written to the spool first.
+    let settings = KafkaSettings {
+        spool_always: true,
+        ..sink_settings("127.0.0.1:9", "torn", dir.path(), Duration::from_secs(2))
+    };
+    let stats = Arc::new(SinkStats::default());
+    let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
+    for i in 0..3u64 {
+        sink.send(i, format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    assert!(
+        sink.flush(Duration::ZERO).is_err(),
+        "records left in the spool"
+    );
+    drop(sink);
+    assert_eq!(SinkStats::get(&stats.spool_torn_bytes), 0);
+    // A crash in the middle of the last write: its last 5 bytes never made it to disk.
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("spool-") && name.ends_with(".log")
+        })
+        .max()
+        .expect("a spool segment");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let stats = Arc::new(SinkStats::default());
+    let _sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
+    assert!(
+        SinkStats::get(&stats.spool_torn_bytes) > 0,
+        "the torn frame is counted"
+    );
+    assert_eq!(
+        SinkStats::get(&stats.spool_pending),
+        2,
+        "the two whole records remain"
+    );
+}
+
 /// Kafka sink settings for the tests that drive a `KafkaSink` directly.
 fn sink_settings(
     brokers: &str,

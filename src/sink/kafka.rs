@@ -208,6 +208,15 @@ fn start_producer(
     Ok(producer)
 }
 
+/// The spool's size and damage counters, for `/metrics`.
+fn publish_spool(stats: &SinkStats, spool: &Spool) {
+    SinkStats::set(&stats.spool_bytes, spool.bytes());
+    SinkStats::set(&stats.spool_pending, spool.pending());
+    let damage = spool.stats();
+    SinkStats::set(&stats.spool_corrupt_frames, damage.corrupt_frames);
+    SinkStats::set(&stats.spool_torn_bytes, damage.torn_bytes);
+}
+
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Forwarder>>,
     /// What a new producer instance is created from.
@@ -267,8 +276,7 @@ impl KafkaSink {
             config.set(k, v);
         }
         let producer = start_producer(&config, tx.clone(), &settings.topic, &stats)?;
-        SinkStats::set(&stats.spool_bytes, spool.bytes());
-        SinkStats::set(&stats.spool_pending, recovered);
+        publish_spool(&stats, &spool);
         SinkStats::set(&stats.spool_max_bytes, settings.spool.max_bytes);
         SinkStats::set(&stats.destination_up, 1);
         Ok(KafkaSink {
@@ -535,8 +543,7 @@ impl KafkaSink {
             self.spool_dirty = false;
         }
         self.drain()?;
-        SinkStats::set(&self.stats.spool_bytes, self.spool.bytes());
-        SinkStats::set(&self.stats.spool_pending, self.spool.pending());
+        publish_spool(&self.stats, &self.spool);
         Ok(())
     }
 
@@ -616,8 +623,7 @@ impl Sink for KafkaSink {
         }
         self.pump()?;
         self.spool.flush(true)?;
-        SinkStats::set(&self.stats.spool_bytes, self.spool.bytes());
-        SinkStats::set(&self.stats.spool_pending, self.spool.pending());
+        publish_spool(&self.stats, &self.spool);
         match self.spool.pending() {
             0 => Ok(()),
             n => Err(SinkError::Spooled(n, self.spool_dir.clone())),

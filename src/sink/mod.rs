@@ -38,6 +38,10 @@ pub struct SinkStats {
     pub spool_pending: AtomicU64,
     /// The spool's size limit (0 without a spool).
     pub spool_max_bytes: AtomicU64,
+    /// Spool frames found damaged (bad checksum, impossible length) and skipped, since start.
+    pub spool_corrupt_frames: AtomicU64,
+    /// Spool bytes truncated away (a torn last write) or skipped as unreadable, since start.
+    pub spool_torn_bytes: AtomicU64,
     /// 1 while the destination takes records (Kafka acknowledges; the file is writable).
     pub destination_up: AtomicU64,
     /// Epoch second of the last successful Kafka metadata fetch (0: never; unused for files).
