@@ -224,14 +224,8 @@ impl<H: StreamHandler> FlowTable<H> {
         self.buffered
     }
 
-    /// Re-measures a flow after it changed, then evicts least recently active flows while the
-    /// table is over its memory budget.
-    fn account(&mut self, key: &FlowKey, now: u64, ctx: &mut H::Ctx) {
-        if let Some(flow) = self.flows.peek_mut(key) {
-            let bytes = flow.measure();
-            self.buffered = self.buffered - flow.bytes + bytes;
-            flow.bytes = bytes;
-        }
+    /// Evicts least recently active flows while the table is over its memory budget.
+    fn evict_over_budget(&mut self, now: u64, ctx: &mut H::Ctx) {
         while self.buffered > self.cfg.memory_budget {
             let Some((lru, _)) = self.flows.peek_lru() else {
                 break;
@@ -302,13 +296,17 @@ impl<H: StreamHandler> FlowTable<H> {
         } else {
             None
         };
+        // Re-measured while at hand (a second lookup per segment cost more than the measuring).
+        let bytes = flow.measure();
+        self.buffered = self.buffered - flow.bytes + bytes;
+        flow.bytes = bytes;
         if rs != ReassemblyStats::default() {
             self.bump(vni, |s| s.reassembly.add(&rs));
         }
         if let Some(reason) = done {
             self.close(key, reason, now, ctx);
         } else {
-            self.account(&key, now, ctx);
+            self.evict_over_budget(now, ctx);
         }
     }
 
