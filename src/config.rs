@@ -79,7 +79,7 @@ pub struct ValidateArgs {
     pub run: RunArgs,
     /// Skip the checks that need the network (that the Kafka brokers resolve): for a service
     /// that may start before DNS answers, which the daemon rides out with its spool.
-    #[arg(long)]
+    #[arg(long, env = "MIRROR_VALIDATE_OFFLINE")]
     pub offline: bool,
 }
 
