@@ -422,9 +422,7 @@ measure_memory() {
   "$BIN" --log-level warn send --to "127.0.0.1:$UDP_PORT" --rate 20000 "$TMP/idle.pcap" 2> "$TMP/idle.err"
   settle_received $((before + idle_dg)) > /dev/null
   f1=$(wait_flows $((f0 + IDLE_CONNS)) 20)
-  # The flow table's idle pass (once a second) gives back the buffers of connections quiet for a
-  # second, and the daemon returns freed memory to the kernel once a second: 2.5 s covers both.
-  sleep 2.5
+  sleep 1.5
   r1=$(rss_kib)
   log "3a: flows $f0 -> $f1, VmRSS $r0 -> $r1 KiB"
   if [ "$((f1 - f0))" -lt "$IDLE_CONNS" ]; then
