@@ -664,8 +664,11 @@ fn copy_headers(fields: &[httparse::Header<'_>], head: &[u8], into: &mut Headers
         // splits at ASCII delimiters) or gives nothing, never panics.
         let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
         match text.and_then(|t| t.get(at..at.wrapping_add(h.value.len()))) {
-            Some(value) if value.as_bytes() == h.value => into.push(h.name, value),
-            _ => into.push_raw(h.name.as_bytes(), h.value),
+            Some(value) => {
+                debug_assert_eq!(value.as_bytes(), h.value);
+                into.push(h.name, value);
+            }
+            None => into.push_raw(h.name.as_bytes(), h.value),
         }
     }
 }
