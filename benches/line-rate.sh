@@ -42,7 +42,7 @@
 #    runs for each of the four (the receiver's Kafka CPU varies by +-20 % from run to run).
 #
 # Usage: benches/line-rate.sh
-#   env: RUNS=3 INGEST_RUNS=5 KAFKA_RUNS=7 CAPTURE=FILE TANSU=BIN ONLY="1 2 3 4 5" (rows to take)
+#   env: RUNS=5 INGEST_RUNS=5 KAFKA_RUNS=7 CAPTURE=FILE TANSU=BIN ONLY="1 2 3 4 5" (rows to take)
 # Needs: cargo, python3, curl, taskset; tshark for row 1, tansu for row 5 (~/.cargo/bin/tansu).
 # CPU times come from getrusage/schedstat at microsecond resolution (GNU time's 10 ms is too
 # coarse for a 0.06 s replay). Takes about 90 s after the build. Exits non-zero when a
@@ -50,7 +50,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 KAFKA_RUNS=${KAFKA_RUNS:-7}
 INGEST_RUNS=${INGEST_RUNS:-5}
 IDLE_CONNS=10000
@@ -262,11 +262,11 @@ measure_tshark() {
   local i r ours=() theirs=() pairs tpairs best tbest
   "$BIN" --log-level warn replay "$CAPTURE" > "$TMP/replay.jsonl"
   pairs=$(wc -l < "$TMP/replay.jsonl")
+  # Taken in turns, so that a change in the machine's speed during the row (this VM's CPU speed
+  # drifts) weighs on both sides alike.
   for i in $(seq "$RUNS"); do
     r=$(cpu /dev/null "$TMP/replay.err" "$BIN" --log-level warn replay "$CAPTURE" --output /dev/null)
     ours+=("${r%% *}")
-  done
-  for i in $(seq "$RUNS"); do
     r=$(cpu "$TMP/tshark.out" "$TMP/tshark.err" tshark --disable-protocol json -r "$CAPTURE" \
       -T fields -e http.request_in -Y http.response)
     theirs+=("${r%% *}")
