@@ -403,14 +403,10 @@ fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
     use mirror_receiver::sink::kafka::KafkaSink;
     use mirror_receiver::sink::{Sink, SinkStats};
     let test = "a_record_after_a_quiet_spell_is_not_taken_for_an_outage";
-    let Some(tansu) = tansu_bin().map_err(|e| skip(test, &e)).ok() else {
+    let Some((_broker, _dir, settings)) = broker_and_sink_settings(test, "quiet") else {
         return;
     };
-    let broker = Broker::start(&tansu);
-    broker.create_topic("quiet", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let grace = Duration::from_secs(1);
-    let settings = sink_settings(&broker.bootstrap(), "quiet", dir.path(), grace);
+    let grace = settings.spool_grace;
     let stats = Arc::new(SinkStats::default());
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
     let settle = |sink: &mut KafkaSink, stats: &SinkStats, delivered: u64| {
@@ -457,14 +453,10 @@ fn a_stalled_broker_does_not_block_the_sink() {
     use mirror_receiver::sink::kafka::KafkaSink;
     use mirror_receiver::sink::{Sink, SinkStats};
     let test = "a_stalled_broker_does_not_block_the_sink";
-    let Some(tansu) = tansu_bin().map_err(|e| skip(test, &e)).ok() else {
+    let Some((broker, _dir, mut settings)) = broker_and_sink_settings(test, "stall") else {
         return;
     };
-    let broker = Broker::start(&tansu);
-    broker.create_topic("stall", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let grace = Duration::from_secs(1);
-    let mut settings = sink_settings(&broker.bootstrap(), "stall", dir.path(), grace);
+    let grace = settings.spool_grace;
     // A small queue, so that it fills within the test.
     settings.options = vec![("queue.buffering.max.messages".into(), "20".into())];
     let stats = Arc::new(SinkStats::default());
@@ -610,6 +602,29 @@ fn spool_damage_found_at_start_is_counted() {
         2,
         "the two whole records remain"
     );
+}
+
+/// A tansu broker with topic `topic`, a spool directory, and sink settings for them with a 1 s
+/// grace; `None` after reporting the skip when tansu is missing.
+fn broker_and_sink_settings(
+    test: &str,
+    topic: &str,
+) -> Option<(
+    Broker,
+    tempfile::TempDir,
+    mirror_receiver::sink::kafka::KafkaSettings,
+)> {
+    let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
+    let broker = Broker::start(&tansu);
+    broker.create_topic(topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = sink_settings(
+        &broker.bootstrap(),
+        topic,
+        dir.path(),
+        Duration::from_secs(1),
+    );
+    Some((broker, dir, settings))
 }
 
 /// Kafka sink settings for the tests that drive a `KafkaSink` directly.
