@@ -1,7 +1,8 @@
 //! Which datagrams the daemon takes at all: `--allow-source` (the outer sender's address, e.g. the
 //! NLB's subnets) and `--allow-vni` (the mirror sessions expected). Everything else is dropped and
 //! counted before the pipeline sees it (only the 8-byte VXLAN header is read, for the VNI), so
-//! nobody can inject fake traffic by sending VXLAN to the listener. Pure; the receive loop asks it about every datagram.
+//! nobody can inject fake traffic by sending VXLAN to the listener. Pure; the receive loop asks
+//! it about every datagram.
 
 use crate::wire;
 use ipnet::IpNet;

@@ -462,29 +462,33 @@ impl PipelineArgs {
     }
 }
 
+/// Every broker of a `--kafka-brokers` list resolves to an address.
+fn brokers_resolve(brokers: &str) -> Result<(), ConfigError> {
+    use std::net::ToSocketAddrs;
+    for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let hostport = b.rsplit_once("://").map_or(b, |(_, r)| r);
+        match hostport.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(bad("--kafka-brokers", b, "resolves to no address")),
+            Err(e) => {
+                return Err(bad(
+                    "--kafka-brokers",
+                    b,
+                    &format!("does not resolve ({e}); expected HOST:PORT"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RunArgs {
     /// What `validate` checks beyond the values themselves: Kafka brokers resolve (unless
     /// `offline`), the spool directory (with Kafka) or the output file's directory is writable.
     pub fn check_environment(&self, offline: bool) -> Result<(), ConfigError> {
-        use std::net::ToSocketAddrs;
         if let Some(brokers) = &self.output.kafka_brokers {
             if !offline {
-                for b in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-                    let hostport = b.rsplit_once("://").map_or(b, |(_, r)| r);
-                    match hostport.to_socket_addrs().map(|mut a| a.next()) {
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            return Err(bad("--kafka-brokers", b, "resolves to no address"));
-                        }
-                        Err(e) => {
-                            return Err(bad(
-                                "--kafka-brokers",
-                                b,
-                                &format!("does not resolve ({e}); expected HOST:PORT"),
-                            ));
-                        }
-                    }
-                }
+                brokers_resolve(brokers)?;
             }
             writable_dir(&self.output.spool_dir, true)
                 .map_err(|why| bad("--spool-dir", self.output.spool_dir.display(), &why))?;

@@ -528,14 +528,12 @@ fn a_record_too_large_for_the_spool_fails_alone() {
     use mirror_receiver::sink::spool::SpoolConfig;
     use mirror_receiver::sink::{Sink, SinkStats};
     let dir = tempfile::tempdir().unwrap();
-    // No broker is needed: with --spool-always every record is written to the spool first.
     let settings = KafkaSettings {
         spool: SpoolConfig {
             segment_bytes: 4096,
             ..SpoolConfig::new(dir.path())
         },
-        spool_always: true,
-        ..sink_settings("127.0.0.1:9", "big", dir.path(), Duration::from_secs(2))
+        ..spool_only_settings("big", dir.path())
     };
     let stats = Arc::new(SinkStats::default());
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
@@ -555,14 +553,10 @@ fn a_record_too_large_for_the_spool_fails_alone() {
 /// `/metrics` shows as mirror_spool_torn_bytes_total and mirror_spool_corrupt_frames_total.
 #[test]
 fn spool_damage_found_at_start_is_counted() {
-    use mirror_receiver::sink::kafka::{KafkaSettings, KafkaSink};
+    use mirror_receiver::sink::kafka::KafkaSink;
     use mirror_receiver::sink::{Sink, SinkStats};
     let dir = tempfile::tempdir().unwrap();
-    // No broker: with --spool-always every record is written to the spool first.
-    let settings = KafkaSettings {
-        spool_always: true,
-        ..sink_settings("127.0.0.1:9", "torn", dir.path(), Duration::from_secs(2))
-    };
+    let settings = spool_only_settings("torn", dir.path());
     let stats = Arc::new(SinkStats::default());
     let mut sink = KafkaSink::new(&settings, stats.clone()).expect("kafka sink");
     for i in 0..3u64 {
@@ -625,6 +619,15 @@ fn broker_and_sink_settings(
         Duration::from_secs(1),
     );
     Some((broker, dir, settings))
+}
+
+/// Sink settings that need no broker: with --spool-always every record is written to the spool
+/// first (the broker address is one nothing listens on).
+fn spool_only_settings(topic: &str, spool: &Path) -> mirror_receiver::sink::kafka::KafkaSettings {
+    mirror_receiver::sink::kafka::KafkaSettings {
+        spool_always: true,
+        ..sink_settings("127.0.0.1:9", topic, spool, Duration::from_secs(2))
+    }
 }
 
 /// Kafka sink settings for the tests that drive a `KafkaSink` directly.

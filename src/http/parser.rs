@@ -651,8 +651,7 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
     Ok(found)
 }
 
-/// Copies httparse's fields into the message's [`Headers`].
-/// Copies parsed fields into `into`. `head` is the text they were parsed from, when it is valid
+/// Copies httparse's fields into `into`. `head` is the text they were parsed from, when it is valid
 /// UTF-8 (checked once for the whole head, not field by field): values are then taken from it
 /// as they are; otherwise each is checked, and invalid UTF-8 replaced.
 fn copy_headers(fields: &[httparse::Header<'_>], head: &[u8], into: &mut Headers) {

@@ -221,7 +221,7 @@ proptest::proptest! {
             b"",
         );
         let mut map = serde_json::Map::new();
-        for (name, value) in &m.headers {
+        for (name, value) in m.headers.iter() {
             match map.get_mut(name) {
                 Some(Value::String(existing)) => {
                     existing.push_str(if name == "set-cookie" { "\n" } else { ", " });

@@ -334,6 +334,7 @@ impl KafkaSink {
                     // A broker that takes connections and never acknowledges fills the queue:
                     // past the grace, what librdkafka holds and this record go to the spool
                     // instead of waiting out message.timeout.ms here while datagrams are lost.
+                    self.pump()?;
                     self.check_grace()?;
                     if !self.healthy {
                         match pos {
@@ -495,10 +496,9 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Applies the reports, then takes Kafka as unavailable when records have waited longer than
-    /// the grace for an acknowledgement.
+    /// Takes Kafka as unavailable when records have waited longer than the grace for an
+    /// acknowledgement (call after [`Self::pump`], so that the last reports count).
     fn check_grace(&mut self) -> Result<(), SinkError> {
-        self.pump()?;
         if self.healthy
             && self.producer.in_flight_count() > 0
             && self.last_progress.elapsed() > self.grace

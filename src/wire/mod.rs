@@ -287,6 +287,7 @@ fn segment<'a>(
             rst: tcp.rst(),
         },
         payload: tcp.payload(),
+        // A TCP segment never exceeds 64 KiB, except a malformed header claiming more.
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
     }
 }
