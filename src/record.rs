@@ -278,6 +278,7 @@ fn load_word(b: &[u8]) -> u64 {
 /// escape): a word is copied whole (a fixed-size copy, where short runs through `memcpy` cost
 /// more than they copy), then the copy is cut back to the end of the text or to the byte to
 /// escape.
+#[inline(always)]
 fn push_escaped(out: &mut Vec<u8>, s: &str, twice: bool) {
     const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
     let mut rest = s.as_bytes();

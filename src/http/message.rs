@@ -66,6 +66,16 @@ impl Headers {
         })
     }
 
+    /// The values of the fields named `name` (lower case), in order. Names are compared as bytes
+    /// and only a match is sliced as text: lookups run several times per message.
+    pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        let bytes = self.text.as_bytes();
+        self.fields
+            .iter()
+            .filter(move |&&[a, b, _]| bytes.get(a as usize..b as usize) == Some(name.as_bytes()))
+            .map(|&[_, b, c]| &self.text[b as usize..c as usize])
+    }
+
     /// Replaces the value of every field whose name `matches`.
     pub fn replace_values(&mut self, matches: impl Fn(&str) -> bool, value: &str) {
         if !self.iter().any(|(n, _)| matches(n)) {
@@ -142,18 +152,12 @@ impl Message {
 
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        self.headers.values(name).next()
     }
 
     /// Every value of a header, in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| *n == name)
-            .map(|(_, v)| v)
+        self.headers.values(name)
     }
 
     pub fn method(&self) -> Option<&str> {
