@@ -36,7 +36,7 @@ fn norm_addr(a: &str) -> String {
 
 fn exchange_key(ex: &Exchange) -> Option<PairKey> {
     let (method, uri) = match &ex.request.start {
-        StartLine::Request { method, target } => (method.clone(), target.clone()),
+        StartLine::Request { method, target } => (method.to_string(), target.to_string()),
         StartLine::Response { .. } => return None,
     };
     let status = ex.response.as_ref()?.status()?;
@@ -390,7 +390,7 @@ fn out_of_order_requests_are_reassembled_and_reported_pending() {
         let got: Vec<(String, String)> = exchanges
             .iter()
             .map(|e| match &e.request.start {
-                StartLine::Request { method, target } => (method.clone(), target.clone()),
+                StartLine::Request { method, target } => (method.to_string(), target.to_string()),
                 StartLine::Response { .. } => unreachable!(),
             })
             .collect();

@@ -1,12 +1,20 @@
 //! HTTP/1.x messages as the parser hands them to the session.
 
 use crate::flow::Seq;
+use compact_str::CompactString;
 
-/// The first line of a message.
+/// The first line of a message. Its text is held inline when short (a method, a reason phrase,
+/// most targets: up to 24 bytes), so most messages' start lines cost no allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: String, target: String },
-    Response { status: u16, reason: String },
+    Request {
+        method: CompactString,
+        target: CompactString,
+    },
+    Response {
+        status: u16,
+        reason: CompactString,
+    },
 }
 
 /// The header fields of a message: names (lower-cased) and values (invalid UTF-8 replaced) copied

@@ -514,8 +514,8 @@ impl Parser {
                 match config.parse_request_with_uninit_headers(&mut req, avail, &mut storage)? {
                     httparse::Status::Complete(n) => {
                         let start = StartLine::Request {
-                            method: req.method.unwrap_or_default().to_owned(),
-                            target: req.path.unwrap_or_default().to_owned(),
+                            method: req.method.unwrap_or_default().into(),
+                            target: req.path.unwrap_or_default().into(),
                         };
                         Some((
                             n,
@@ -533,7 +533,7 @@ impl Parser {
                     httparse::Status::Complete(n) => {
                         let start = StartLine::Response {
                             status: resp.code.unwrap_or_default(),
-                            reason: resp.reason.unwrap_or_default().to_owned(),
+                            reason: resp.reason.unwrap_or_default().into(),
                         };
                         Some((
                             n,

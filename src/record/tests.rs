@@ -201,7 +201,7 @@ fn headers_are_one_sorted_object_with_repeated_fields_joined() {
     let none = message(
         StartLine::Response {
             status: 204,
-            reason: String::new(),
+            reason: "".into(),
         },
         &[],
         b"",
@@ -479,7 +479,7 @@ prop_compose! {
         response in proptest::option::of((any::<u16>(), text(3), fields(), body(), body_cut())),
     ) -> Exchange {
         let request = arbitrary_message(
-            StartLine::Request { method, target },
+            StartLine::Request { method: method.into(), target: target.into() },
             version,
             ts,
             &req_fields,
@@ -487,7 +487,7 @@ prop_compose! {
             req_cut,
         );
         let response = response.map(|(status, reason, fields, body, cut)| {
-            arbitrary_message(StartLine::Response { status, reason }, version, ts, &fields, body, cut)
+            arbitrary_message(StartLine::Response { status, reason: reason.into() }, version, ts, &fields, body, cut)
         });
         Exchange { vni, client, server, connection_id: 1, request, response }
     }

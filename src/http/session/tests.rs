@@ -89,8 +89,8 @@ fn summary(ex: &[Exchange]) -> Vec<(String, String, Option<u16>)> {
     ex.iter()
         .map(|e| match &e.request.start {
             StartLine::Request { method, target } => (
-                method.clone(),
-                target.clone(),
+                method.to_string(),
+                target.to_string(),
                 e.response.as_ref().and_then(|r| r.status()),
             ),
             StartLine::Response { .. } => unreachable!(),
