@@ -314,11 +314,13 @@ impl KafkaSink {
             // quiet spell it starts now, not at the last acknowledgement before it.
             self.last_progress = Instant::now();
         }
-        let key_text = key.to_string();
+        // The key as decimal text, formatted on the stack (not a String per record).
+        let mut key_buf = itoa::Buffer::new();
+        let key_text = key_buf.format(key);
         let mut opaque = Box::new(Opaque { key, pos });
         loop {
             let record = BaseRecord::with_opaque_to(&self.topic, opaque)
-                .key(&key_text)
+                .key(key_text)
                 .payload(payload);
             match self.producer.send(record) {
                 Ok(()) => {
