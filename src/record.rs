@@ -305,26 +305,9 @@ fn push_escaped(out: &mut Vec<u8>, s: &str, twice: bool) {
     }
 }
 
-/// Appends `n` in decimal, as `n.to_string()` writes it. Below 10^16 (all the record's
-/// numbers) the digits are gathered in a register and stored in one go, first digit in the
-/// lowest byte: written to memory one by one and read back wide, they would stall the copy.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    if n >= 10_u64.pow(16) {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{n}");
-        return;
-    }
-    let (mut digits, mut len) = (0u128, 0);
-    loop {
-        digits = digits << 8 | u128::from(b'0' + (n % 10) as u8);
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits.to_le_bytes());
-    out.truncate(out.len() - (16 - len));
+/// Appends `n` in decimal, as `n.to_string()` writes it.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends the address as its `Display` writes it: IPv4 by hand (the common case), IPv6 (with
