@@ -4,7 +4,7 @@
 use crate::capture::CaptureReader;
 use crate::config::{OutputArgs, ReplayArgs, RunArgs};
 use crate::http::Exchange;
-use crate::ingest::{Batch, BatchPool, SHARD_QUEUE_BATCHES};
+use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::{Encoder, RecordConfig};
 use crate::sink::kafka::{KafkaSettings, KafkaSink};
@@ -337,7 +337,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
     // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
     // not leave memory behind.
-    let record_pool = BatchPool::new(2 * workers + 2);
+    let record_pool = BatchPool::new(2 * workers + 2, RECORDS_PER_BATCH, RECORD_BATCH_BYTES / 4);
     let sink_shared = shared.clone();
     let sink_pool = record_pool.clone();
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
@@ -354,7 +354,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // Spare batches kept for reuse: in the steady state each receive thread fills one per shard
     // and a few are queued. Beyond that (bursts that fill the queues) batches are allocated and
     // freed on return, so a burst does not leave memory behind.
-    let pool = BatchPool::new(2 * workers * workers + 4 * workers);
+    let pool = BatchPool::new(
+        2 * workers * workers + 4 * workers,
+        RECV_BATCH,
+        RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
+    );
     let mut shard_txs = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..workers {
@@ -772,7 +776,7 @@ mod tests {
         let (tx, rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
         let mut out = RecordsOut {
             batch: Batch::default(),
-            pool: BatchPool::new(2),
+            pool: BatchPool::new(2, RECORDS_PER_BATCH, 1024),
             tx,
         };
         // Small records: handed over 64 at a time.

@@ -27,6 +27,9 @@ use std::time::Duration;
 pub const MAX_DATAGRAM: usize = 9216;
 /// Datagrams taken per `recvmmsg` call.
 pub const RECV_BATCH: usize = 64;
+/// Room a new batch of datagrams has per datagram: a standard-MTU frame with its VXLAN
+/// encapsulation (1500 + 14 + 50 bytes) and some to spare, so only jumbo frames make it grow.
+pub const BATCH_BYTES_PER_DATAGRAM: usize = 1600;
 /// Batches a worker's queue holds: up to 4 Ki datagrams, enough to ride out the worker being
 /// descheduled. Bursts beyond that wait in the socket's receive queue (`--recv-buffer`, 64 MiB by
 /// default), which is not the process's memory and whose drops the kernel counts.
@@ -85,24 +88,42 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// An empty batch with room for `items` items of `bytes` bytes in all.
+    pub fn with_capacity(items: usize, bytes: usize) -> Batch {
+        Batch {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(items),
+        }
+    }
+}
+
 /// Emptied batches on their way back from the workers to the receive threads.
 ///
-/// A stack (last in, first out), so the same few batches, already grown to their working size,
-/// serve again and again, and memory reaches its steady state at once instead of creeping up as
-/// a queue would hand out every spare batch in turn. Its lock is taken once per batch (up to
-/// [`RECV_BATCH`] datagrams), never per datagram, and is uncontended in practice.
+/// A stack (last in, first out), so the same few batches serve again and again, and memory
+/// reaches its steady state at once instead of creeping up as a queue would hand out every spare
+/// batch in turn. Its lock is taken once per batch (up to [`RECV_BATCH`] datagrams), never per
+/// datagram, and is uncontended in practice.
+///
+/// New batches start at their working size rather than growing to it: a vector grown by
+/// doubling leaves a block of every size on the way in the allocator's per-thread caches, and
+/// which of those stay cached differs from burst to burst, so the process's RSS would creep up.
 #[derive(Clone)]
 pub struct BatchPool {
     spare: std::sync::Arc<std::sync::Mutex<Vec<Batch>>>,
     capacity: usize,
+    /// Items and bytes a new batch has room for.
+    fresh: (usize, usize),
 }
 
 impl BatchPool {
-    /// A pool keeping at most `capacity` spare batches; more are freed.
-    pub fn new(capacity: usize) -> BatchPool {
+    /// A pool keeping at most `capacity` spare batches (more are freed), whose new batches have
+    /// room for `items` items of `bytes` bytes in all.
+    pub fn new(capacity: usize, items: usize, bytes: usize) -> BatchPool {
         BatchPool {
             spare: std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(capacity))),
             capacity,
+            fresh: (items, bytes),
         }
     }
 
@@ -112,7 +133,7 @@ impl BatchPool {
             .lock()
             .ok()
             .and_then(|mut s| s.pop())
-            .unwrap_or_default()
+            .unwrap_or_else(|| Batch::with_capacity(self.fresh.0, self.fresh.1))
     }
 
     /// Returns a processed batch for reuse. Batches that grew past a few typical batches are
@@ -349,8 +370,9 @@ mod tests {
 
     #[test]
     fn pool_reuses_batches_and_frees_oversized_ones() {
-        let pool = BatchPool::new(2);
+        let pool = BatchPool::new(2, 4, 100);
         let mut b = pool.take();
+        assert_eq!((b.ends.capacity(), b.data.capacity()), (4, 100));
         b.push(&[7u8; 1000]);
         let cap = b.data.capacity();
         pool.give(b);
@@ -362,7 +384,7 @@ mod tests {
         pool.give(huge);
         assert_eq!(
             pool.take().data.capacity(),
-            0,
+            100,
             "an oversized batch is not kept"
         );
     }
@@ -411,7 +433,7 @@ mod tests {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..SHARDS)
             .map(|_| crossbeam_channel::unbounded::<Batch>())
             .unzip();
-        let pool = BatchPool::new(64);
+        let pool = BatchPool::new(64, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
         let admission = Admission::new(&[], &["9".to_owned()]).unwrap();
         let counters = SocketCounters::default();
         let (refused_source, refused_vni) = (AtomicU64::new(0), AtomicU64::new(0));
