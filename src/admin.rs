@@ -1,7 +1,7 @@
 //! The admin endpoint: `/healthz` (the process runs), `/readyz` (the receiver can deliver: the NLB
 //! target group's health check uses it, so an instance that cannot deliver stops getting traffic)
-//! and `/metrics` (Prometheus text, rendered by metrics-exporter-prometheus from the counters of
-//! the pipeline shards and the sink at scrape time).
+//! and `/metrics` (OpenMetrics text, written by prometheus-client from the counters of the
+//! pipeline shards and the sink at scrape time).
 //!
 //! The server (tiny_http) runs on its own thread and never touches the packet path: it reads
 //! snapshots the workers publish about once a second and the sink's atomic counters.
@@ -10,8 +10,16 @@ use crate::http::ParseError;
 use crate::pipeline::PipelineStats;
 use crate::sink::{SinkStats, epoch_secs};
 use crate::wire::DecodeError;
-use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,148 +57,472 @@ pub struct ProcessCounters {
     pub kernel_drops: u64,
 }
 
-/// Renders every counter in Prometheus text format.
+/// The `/metrics` exposition (OpenMetrics text, written by prometheus-client): every counter read
+/// from `status` when it is scraped, written into the caller's buffer with no allocation of its
+/// own. (An exporter that builds a map of owned names and label sets per scrape would leave
+/// blocks of many sizes in the admin thread's allocator caches, and the RSS would creep up with
+/// every scrape.)
 pub struct Metrics {
-    recorder: PrometheusRecorder,
+    registry: Registry,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            recorder: PrometheusBuilder::new().build_recorder(),
+/// Content type of the exposition.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl Metrics {
+    pub fn new(status: Arc<dyn Status>) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition { status }));
+        Metrics { registry }
+    }
+
+    /// Writes the exposition into `out`, replacing what it held.
+    pub fn render(&self, out: &mut String) {
+        out.clear();
+        // Writing into a String cannot fail, and the encoder only fails when its writer does.
+        let _ = prometheus_client::encoding::text::encode(out, &self.registry);
+    }
+}
+
+struct Exposition {
+    status: Arc<dyn Status>,
+}
+
+impl fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Exposition")
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        // Read before the pipeline snapshot: a datagram counted as received may not be
+        // processed yet, never the other way round.
+        let (received, kernel_drops) = self.status.ingest();
+        let counters = ProcessCounters {
+            records_too_large: self.status.records_too_large(),
+            refused: self.status.refused(),
+            received,
+            kernel_drops,
+        };
+        let pipeline = self.status.pipeline();
+        encode(
+            &mut Families(encoder),
+            &pipeline,
+            self.status.sink(),
+            &counters,
+        )
+    }
+}
+
+/// Writes metric families: a counter's samples get the `_total` suffix from the encoder.
+struct Families<'a>(DescriptorEncoder<'a>);
+
+impl Families<'_> {
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        let m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(v).encode(m)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        let m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(v).encode(m)
+    }
+
+    fn counters<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in series {
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn gauges<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in series {
+            ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A mirror session as a label value: its VNI, or `other` for the sessions past the tracked ones.
+#[derive(Clone, Copy)]
+struct Vni(u32);
+
+impl EncodeLabelValue for Vni {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        if self.0 == crate::flow::OTHER_VNI {
+            encoder.write_str("other")
+        } else {
+            encoder.write_str(itoa::Buffer::new().format(self.0))
         }
     }
 }
 
-impl Metrics {
-    /// Sets every metric from the snapshots and renders the exposition text.
-    pub fn render(&self, p: &PipelineStats, s: &SinkStats, c: &ProcessCounters) -> String {
-        metrics::with_local_recorder(&self.recorder, || {
-            gauge!("mirror_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            counter!("mirror_received_datagrams_total").absolute(c.received);
-            counter!("mirror_kernel_drops_total").absolute(c.kernel_drops);
-            counter!("mirror_datagrams_total").absolute(p.wire.datagrams);
-            counter!("mirror_datagram_bytes_total").absolute(p.wire.bytes);
-            counter!("mirror_segments_total").absolute(p.wire.segments);
-            counter!("mirror_truncated_segments_total").absolute(p.wire.truncated_segments);
-            for e in DecodeError::ALL {
-                counter!("mirror_decode_drops_total", "reason" => e.as_str())
-                    .absolute(p.wire.errors[e.index()]);
-            }
-            for (vni, v) in &p.vni {
-                let vni = if *vni == crate::flow::OTHER_VNI {
-                    "other".to_owned()
-                } else {
-                    vni.to_string()
-                };
-                counter!("mirror_vni_datagrams_total", "vni" => vni.clone()).absolute(v.datagrams);
-                counter!("mirror_vni_bytes_total", "vni" => vni.clone()).absolute(v.bytes);
-                counter!("mirror_vni_drops_total", "vni" => vni.clone()).absolute(v.dropped);
-                counter!("mirror_vni_pairs_total", "vni" => vni.clone()).absolute(v.pairs);
-                counter!("mirror_vni_unanswered_total", "vni" => vni.clone())
-                    .absolute(v.unanswered);
-                vni_flow_http(&vni, v);
-            }
-            let f = &p.flow;
-            gauge!("mirror_flows_active").set(p.flows_active as f64);
-            gauge!("mirror_memory_budget_used_bytes").set(p.buffered_bytes as f64);
-            counter!("mirror_flows_opened_total").absolute(f.opened);
-            for (reason, n) in f.closed_by_reason() {
-                counter!("mirror_flows_closed_total", "reason" => reason.as_str()).absolute(n);
-            }
-            counter!("mirror_reassembly_gaps_total").absolute(f.reassembly.gaps);
-            counter!("mirror_reassembly_gap_bytes_total").absolute(f.reassembly.gap_bytes);
-            counter!("mirror_reassembly_out_of_order_segments_total")
-                .absolute(f.reassembly.ooo_segments);
-            counter!("mirror_reassembly_retransmitted_bytes_total")
-                .absolute(f.reassembly.retransmitted_bytes);
-            let h = &p.http;
-            counter!("mirror_http_requests_total").absolute(h.requests);
-            counter!("mirror_http_responses_total").absolute(h.responses);
-            counter!("mirror_http_pairs_total").absolute(h.pairs);
-            counter!("mirror_http_unanswered_requests_total").absolute(h.unanswered);
-            counter!("mirror_http_unmatched_responses_total").absolute(h.unmatched_responses);
-            counter!("mirror_http_messages_dropped_total", "reason" => "gap")
-                .absolute(h.dropped_gap);
-            counter!("mirror_http_messages_dropped_total", "reason" => "response_lost")
-                .absolute(h.responses_lost);
-            counter!("mirror_http_messages_dropped_total", "reason" => "incomplete")
-                .absolute(h.responses_incomplete);
-            for e in ParseError::ALL {
-                counter!("mirror_http_parse_errors_total", "kind" => e.as_str())
-                    .absolute(h.parse_errors[e.index()]);
-            }
-            counter!("mirror_http_bodies_truncated_total").absolute(h.bodies_truncated);
-            counter!("mirror_http_decode_failures_total").absolute(h.decode_failures);
-            counter!("mirror_records_too_large_total").absolute(c.records_too_large);
-            counter!("mirror_ingest_refused_total", "reason" => "source_not_allowed")
-                .absolute(c.refused.0);
-            counter!("mirror_ingest_refused_total", "reason" => "vni_not_allowed")
-                .absolute(c.refused.1);
-            counter!("mirror_filter_passed_total").absolute(p.filter.passed);
-            for r in crate::filter::DropReason::ALL {
-                counter!("mirror_filter_dropped_total", "reason" => r.as_str())
-                    .absolute(p.filter.dropped_by(r));
-            }
-            let g = SinkStats::get;
-            counter!("mirror_sink_records_total").absolute(g(&s.records));
-            counter!("mirror_sink_produced_total").absolute(g(&s.produced));
-            counter!("mirror_sink_delivered_total").absolute(g(&s.delivered));
-            counter!("mirror_sink_failed_total", "kind" => "too_large")
-                .absolute(g(&s.failed_too_large));
-            counter!("mirror_sink_failed_total", "kind" => "invalid")
-                .absolute(g(&s.failed_invalid));
-            counter!("mirror_sink_spooled_total").absolute(g(&s.spooled));
-            counter!("mirror_sink_replayed_total").absolute(g(&s.replayed));
-            counter!("mirror_sink_dropped_total", "reason" => "spool_full")
-                .absolute(g(&s.dropped_spool_full));
-            counter!("mirror_sink_queue_full_total").absolute(g(&s.queue_full));
-            counter!("mirror_spool_corrupt_frames_total").absolute(g(&s.spool_corrupt_frames));
-            counter!("mirror_spool_torn_bytes_total").absolute(g(&s.spool_torn_bytes));
-            gauge!("mirror_spool_bytes").set(g(&s.spool_bytes) as f64);
-            gauge!("mirror_spool_pending_records").set(g(&s.spool_pending) as f64);
-            gauge!("mirror_sink_up").set(g(&s.destination_up) as f64);
-        });
-        self.recorder.handle().render()
-    }
+type One<V> = [(&'static str, V); 1];
+
+fn label<V>(key: &'static str, value: V) -> One<V> {
+    [(key, value)]
 }
 
-/// The flow, reassembly and HTTP counters of one mirror session.
-fn vni_flow_http(vni: &str, v: &crate::pipeline::VniStats) {
-    let (f, h) = (&v.flow, &v.http);
-    let vni = vni.to_owned();
-    let closed = f.closed_by_reason();
-    let closed_total: u64 = closed.iter().map(|c| c.1).sum();
-    gauge!("mirror_vni_flows_active", "vni" => vni.clone())
-        .set(f.opened.saturating_sub(closed_total) as f64);
-    counter!("mirror_vni_flows_opened_total", "vni" => vni.clone()).absolute(f.opened);
-    for (reason, n) in closed {
-        counter!("mirror_vni_flows_closed_total", "vni" => vni.clone(), "reason" => reason.as_str())
-            .absolute(n);
-    }
+/// Every metric, from the snapshots.
+fn encode(
+    out: &mut Families<'_>,
+    p: &PipelineStats,
+    s: &SinkStats,
+    c: &ProcessCounters,
+) -> fmt::Result {
+    let m = out.0.encode_descriptor(
+        "mirror_build",
+        "The receiver's version.",
+        None,
+        MetricType::Info,
+    )?;
+    Info::new(label("version", env!("CARGO_PKG_VERSION"))).encode(m)?;
+    out.counter(
+        "mirror_received_datagrams",
+        "Datagrams taken off the receive sockets.",
+        c.received,
+    )?;
+    out.counter(
+        "mirror_kernel_drops",
+        "Datagrams the kernel dropped because a receive queue was full.",
+        c.kernel_drops,
+    )?;
+    out.counter("mirror_datagrams", "Datagrams processed.", p.wire.datagrams)?;
+    out.counter(
+        "mirror_datagram_bytes",
+        "Bytes of the datagrams processed.",
+        p.wire.bytes,
+    )?;
+    out.counter(
+        "mirror_segments",
+        "TCP segments decoded from the datagrams.",
+        p.wire.segments,
+    )?;
+    out.counter(
+        "mirror_truncated_segments",
+        "TCP segments cut short of their IP length (packet-length or MTU truncation).",
+        p.wire.truncated_segments,
+    )?;
+    out.counters(
+        "mirror_decode_drops",
+        "Datagrams dropped because they did not decode to a TCP segment, by reason.",
+        DecodeError::ALL.map(|e| (label("reason", e.as_str()), p.wire.errors[e.index()])),
+    )?;
+    per_vni(out, p)?;
+    let f = &p.flow;
+    out.gauge(
+        "mirror_flows_active",
+        "TCP connections being tracked.",
+        p.flows_active,
+    )?;
+    out.gauge(
+        "mirror_memory_budget_used_bytes",
+        "Stream bytes buffered across all connections (what --memory-budget bounds).",
+        p.buffered_bytes,
+    )?;
+    out.counter("mirror_flows_opened", "TCP connections opened.", f.opened)?;
+    out.counters(
+        "mirror_flows_closed",
+        "TCP connections closed, by reason.",
+        f.closed_by_reason()
+            .map(|(r, n)| (label("reason", r.as_str()), n)),
+    )?;
     let r = &f.reassembly;
-    counter!("mirror_vni_reassembly_gaps_total", "vni" => vni.clone()).absolute(r.gaps);
-    counter!("mirror_vni_reassembly_gap_bytes_total", "vni" => vni.clone()).absolute(r.gap_bytes);
-    counter!("mirror_vni_reassembly_out_of_order_segments_total", "vni" => vni.clone())
-        .absolute(r.ooo_segments);
-    counter!("mirror_vni_reassembly_retransmitted_bytes_total", "vni" => vni.clone())
-        .absolute(r.retransmitted_bytes);
-    counter!("mirror_vni_http_requests_total", "vni" => vni.clone()).absolute(h.requests);
-    counter!("mirror_vni_http_responses_total", "vni" => vni.clone()).absolute(h.responses);
-    counter!("mirror_vni_http_unmatched_responses_total", "vni" => vni.clone())
-        .absolute(h.unmatched_responses);
-    for (reason, n) in [
-        ("gap", h.dropped_gap),
-        ("response_lost", h.responses_lost),
-        ("incomplete", h.responses_incomplete),
-    ] {
-        counter!("mirror_vni_http_messages_dropped_total", "vni" => vni.clone(), "reason" => reason)
-            .absolute(n);
-    }
-    for e in ParseError::ALL {
-        counter!("mirror_vni_http_parse_errors_total", "vni" => vni.clone(), "kind" => e.as_str())
-            .absolute(h.parse_errors[e.index()]);
-    }
+    out.counter(
+        "mirror_reassembly_gaps",
+        "Holes in a stream given up on (bytes never seen).",
+        r.gaps,
+    )?;
+    out.counter(
+        "mirror_reassembly_gap_bytes",
+        "Bytes missing in those holes.",
+        r.gap_bytes,
+    )?;
+    out.counter(
+        "mirror_reassembly_out_of_order_segments",
+        "Segments that arrived ahead of a hole and waited for it.",
+        r.ooo_segments,
+    )?;
+    out.counter(
+        "mirror_reassembly_retransmitted_bytes",
+        "Bytes seen again (retransmissions and overlaps).",
+        r.retransmitted_bytes,
+    )?;
+    let h = &p.http;
+    out.counter("mirror_http_requests", "HTTP requests parsed.", h.requests)?;
+    out.counter(
+        "mirror_http_responses",
+        "HTTP responses parsed.",
+        h.responses,
+    )?;
+    out.counter(
+        "mirror_http_pairs",
+        "Requests paired with their responses.",
+        h.pairs,
+    )?;
+    out.counter(
+        "mirror_http_unanswered_requests",
+        "Requests whose connection ended without a response.",
+        h.unanswered,
+    )?;
+    out.counter(
+        "mirror_http_unmatched_responses",
+        "Responses without a request to pair with.",
+        h.unmatched_responses,
+    )?;
+    out.counters(
+        "mirror_http_messages_dropped",
+        "HTTP messages dropped, by reason.",
+        [
+            (label("reason", "gap"), h.dropped_gap),
+            (label("reason", "response_lost"), h.responses_lost),
+            (label("reason", "incomplete"), h.responses_incomplete),
+        ],
+    )?;
+    out.counters(
+        "mirror_http_parse_errors",
+        "Streams that did not parse as HTTP/1.x, by kind.",
+        ParseError::ALL.map(|e| (label("kind", e.as_str()), h.parse_errors[e.index()])),
+    )?;
+    out.counter(
+        "mirror_http_bodies_truncated",
+        "Bodies cut at --max-body-bytes.",
+        h.bodies_truncated,
+    )?;
+    out.counter(
+        "mirror_http_decode_failures",
+        "Bodies whose content-encoding did not decode (kept as sent).",
+        h.decode_failures,
+    )?;
+    out.counter(
+        "mirror_records_too_large",
+        "Records larger than the sink takes, dropped.",
+        c.records_too_large,
+    )?;
+    out.counters(
+        "mirror_ingest_refused",
+        "Datagrams refused by --allow-source and --allow-vni.",
+        [
+            (label("reason", "source_not_allowed"), c.refused.0),
+            (label("reason", "vni_not_allowed"), c.refused.1),
+        ],
+    )?;
+    out.counter(
+        "mirror_filter_passed",
+        "Exchanges the filters kept.",
+        p.filter.passed,
+    )?;
+    out.counters(
+        "mirror_filter_dropped",
+        "Exchanges the filters dropped, by reason.",
+        crate::filter::DropReason::ALL
+            .map(|r| (label("reason", r.as_str()), p.filter.dropped_by(r))),
+    )?;
+    let g = SinkStats::get;
+    out.counter(
+        "mirror_sink_records",
+        "Records handed to the sink.",
+        g(&s.records),
+    )?;
+    out.counter(
+        "mirror_sink_produced",
+        "Records given to the destination.",
+        g(&s.produced),
+    )?;
+    out.counter(
+        "mirror_sink_delivered",
+        "Records the destination acknowledged.",
+        g(&s.delivered),
+    )?;
+    out.counters(
+        "mirror_sink_failed",
+        "Records the destination refused for good, by kind.",
+        [
+            (label("kind", "too_large"), g(&s.failed_too_large)),
+            (label("kind", "invalid"), g(&s.failed_invalid)),
+        ],
+    )?;
+    out.counter(
+        "mirror_sink_spooled",
+        "Records written to the disk spool.",
+        g(&s.spooled),
+    )?;
+    out.counter(
+        "mirror_sink_replayed",
+        "Records sent again from the spool.",
+        g(&s.replayed),
+    )?;
+    out.counters(
+        "mirror_sink_dropped",
+        "Records dropped by the sink, by reason.",
+        [(label("reason", "spool_full"), g(&s.dropped_spool_full))],
+    )?;
+    out.counter(
+        "mirror_sink_queue_full",
+        "Times the destination's queue was full.",
+        g(&s.queue_full),
+    )?;
+    out.counter(
+        "mirror_spool_corrupt_frames",
+        "Spool frames skipped because they failed their checksum.",
+        g(&s.spool_corrupt_frames),
+    )?;
+    out.counter(
+        "mirror_spool_torn_bytes",
+        "Bytes of a torn last spool write truncated.",
+        g(&s.spool_torn_bytes),
+    )?;
+    out.gauge(
+        "mirror_spool_bytes",
+        "Bytes in the disk spool.",
+        g(&s.spool_bytes),
+    )?;
+    out.gauge(
+        "mirror_spool_pending_records",
+        "Records in the disk spool.",
+        g(&s.spool_pending),
+    )?;
+    out.gauge(
+        "mirror_sink_up",
+        "1 while the destination takes records, 0 while the sink spools.",
+        g(&s.destination_up),
+    )
+}
+
+/// The counters of each mirror session (VNI).
+fn per_vni(out: &mut Families<'_>, p: &PipelineStats) -> fmt::Result {
+    let vnis = || p.vni.iter().map(|(vni, v)| (label("vni", Vni(*vni)), v));
+    let vni_reason = |vni: u32, key: &'static str, reason: &'static str| {
+        (label("vni", Vni(vni)), label(key, reason))
+    };
+    out.counters(
+        "mirror_vni_datagrams",
+        "Datagrams of each mirror session.",
+        vnis().map(|(l, v)| (l, v.datagrams)),
+    )?;
+    out.counters(
+        "mirror_vni_bytes",
+        "Bytes of each mirror session's datagrams.",
+        vnis().map(|(l, v)| (l, v.bytes)),
+    )?;
+    out.counters(
+        "mirror_vni_drops",
+        "Datagrams of each mirror session that did not decode to a TCP segment.",
+        vnis().map(|(l, v)| (l, v.dropped)),
+    )?;
+    out.counters(
+        "mirror_vni_pairs",
+        "Request/response pairs of each mirror session.",
+        vnis().map(|(l, v)| (l, v.pairs)),
+    )?;
+    out.counters(
+        "mirror_vni_unanswered",
+        "Requests of each mirror session emitted without a response.",
+        vnis().map(|(l, v)| (l, v.unanswered)),
+    )?;
+    out.gauges(
+        "mirror_vni_flows_active",
+        "TCP connections of each mirror session being tracked.",
+        vnis().map(|(l, v)| {
+            let closed: u64 = v.flow.closed_by_reason().iter().map(|c| c.1).sum();
+            (l, v.flow.opened.saturating_sub(closed))
+        }),
+    )?;
+    out.counters(
+        "mirror_vni_flows_opened",
+        "TCP connections of each mirror session opened.",
+        vnis().map(|(l, v)| (l, v.flow.opened)),
+    )?;
+    out.counters(
+        "mirror_vni_flows_closed",
+        "TCP connections of each mirror session closed, by reason.",
+        p.vni.iter().flat_map(|(vni, v)| {
+            v.flow
+                .closed_by_reason()
+                .map(|(r, n)| (vni_reason(*vni, "reason", r.as_str()), n))
+        }),
+    )?;
+    out.counters(
+        "mirror_vni_reassembly_gaps",
+        "Holes given up on in each mirror session's streams.",
+        vnis().map(|(l, v)| (l, v.flow.reassembly.gaps)),
+    )?;
+    out.counters(
+        "mirror_vni_reassembly_gap_bytes",
+        "Bytes missing in each mirror session's holes.",
+        vnis().map(|(l, v)| (l, v.flow.reassembly.gap_bytes)),
+    )?;
+    out.counters(
+        "mirror_vni_reassembly_out_of_order_segments",
+        "Segments of each mirror session that waited for a hole.",
+        vnis().map(|(l, v)| (l, v.flow.reassembly.ooo_segments)),
+    )?;
+    out.counters(
+        "mirror_vni_reassembly_retransmitted_bytes",
+        "Bytes of each mirror session seen again.",
+        vnis().map(|(l, v)| (l, v.flow.reassembly.retransmitted_bytes)),
+    )?;
+    out.counters(
+        "mirror_vni_http_requests",
+        "HTTP requests of each mirror session.",
+        vnis().map(|(l, v)| (l, v.http.requests)),
+    )?;
+    out.counters(
+        "mirror_vni_http_responses",
+        "HTTP responses of each mirror session.",
+        vnis().map(|(l, v)| (l, v.http.responses)),
+    )?;
+    out.counters(
+        "mirror_vni_http_unmatched_responses",
+        "Responses of each mirror session without a request.",
+        vnis().map(|(l, v)| (l, v.http.unmatched_responses)),
+    )?;
+    out.counters(
+        "mirror_vni_http_messages_dropped",
+        "HTTP messages of each mirror session dropped, by reason.",
+        p.vni.iter().flat_map(|(vni, v)| {
+            let h = &v.http;
+            [
+                ("gap", h.dropped_gap),
+                ("response_lost", h.responses_lost),
+                ("incomplete", h.responses_incomplete),
+            ]
+            .map(|(r, n)| (vni_reason(*vni, "reason", r), n))
+        }),
+    )?;
+    out.counters(
+        "mirror_vni_http_parse_errors",
+        "Streams of each mirror session that did not parse as HTTP/1.x, by kind.",
+        p.vni.iter().flat_map(|(vni, v)| {
+            ParseError::ALL.map(|e| {
+                (
+                    vni_reason(*vni, "kind", e.as_str()),
+                    v.http.parse_errors[e.index()],
+                )
+            })
+        }),
+    )
 }
 
 /// Readiness of the sink alone: the destination takes records, Kafka answered a metadata
@@ -224,46 +556,51 @@ pub fn serve(
         .server_addr()
         .to_ip()
         .ok_or_else(|| std::io::Error::other("admin endpoint not on an IP socket"))?;
-    let metrics = Metrics::default();
+    let metrics = Metrics::new(status.clone());
     let thread = std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
+            // Every answer is written into this one buffer.
+            let mut body = String::with_capacity(64 * 1024);
             while !stop.load(Ordering::Relaxed) {
                 let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
                     continue;
                 };
-                let (code, body, kind) = match req.url().split('?').next().unwrap_or("") {
-                    "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
+                body.clear();
+                let (code, kind) = match req.url().split('?').next().unwrap_or("") {
+                    "/healthz" => {
+                        body.push_str("ok\n");
+                        (200, "text/plain")
+                    }
                     "/readyz" => match status.not_ready() {
-                        None => (200, "{\"ready\":true}\n".to_owned(), "application/json"),
-                        Some(why) => (
-                            503,
-                            format!("{}\n", serde_json::json!({"ready": false, "reason": why})),
-                            "application/json",
-                        ),
+                        None => {
+                            body.push_str("{\"ready\":true}\n");
+                            (200, "application/json")
+                        }
+                        Some(why) => {
+                            let json = serde_json::json!({"ready": false, "reason": why});
+                            let _ = writeln!(body, "{json}");
+                            (503, "application/json")
+                        }
                     },
                     "/metrics" => {
-                        // Read before the pipeline snapshot: a datagram counted as received
-                        // may not be processed yet, never the other way round.
-                        let (received, kernel_drops) = status.ingest();
-                        let counters = ProcessCounters {
-                            records_too_large: status.records_too_large(),
-                            refused: status.refused(),
-                            received,
-                            kernel_drops,
-                        };
-                        let text = metrics.render(&status.pipeline(), status.sink(), &counters);
-                        (200, text, "text/plain; version=0.0.4")
+                        metrics.render(&mut body);
+                        (200, METRICS_CONTENT_TYPE)
                     }
-                    _ => (404, "not found\n".to_owned(), "text/plain"),
+                    _ => {
+                        body.push_str("not found\n");
+                        (404, "text/plain")
+                    }
                 };
                 let header = tiny_http::Header::from_bytes("Content-Type", kind)
                     .expect("static header is valid");
-                let _ = req.respond(
-                    tiny_http::Response::from_string(body)
-                        .with_status_code(code)
-                        .with_header(header),
-                );
+                let _ = req.respond(tiny_http::Response::new(
+                    tiny_http::StatusCode(code),
+                    vec![header],
+                    body.as_bytes(),
+                    Some(body.len()),
+                    None,
+                ));
             }
         })?;
     Ok((bound, thread))
@@ -272,6 +609,31 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fixed counters, as the daemon's status would report them.
+    #[derive(Default)]
+    struct Fixed {
+        pipeline: std::sync::Mutex<PipelineStats>,
+        sink: SinkStats,
+    }
+
+    impl Status for Fixed {
+        fn pipeline(&self) -> PipelineStats {
+            self.pipeline.lock().unwrap().clone()
+        }
+        fn sink(&self) -> &SinkStats {
+            &self.sink
+        }
+        fn not_ready(&self) -> Option<String> {
+            None
+        }
+        fn records_too_large(&self) -> u64 {
+            5
+        }
+        fn ingest(&self) -> (u64, u64) {
+            (45, 2)
+        }
+    }
 
     #[test]
     fn metrics_render_counters_with_labels() {
@@ -287,31 +649,52 @@ mod tests {
                 ..Default::default()
             },
         );
-        let s = SinkStats::default();
-        SinkStats::set(&s.spool_bytes, 1234);
-        SinkStats::set(&s.spool_torn_bytes, 7);
-        let text = Metrics::default().render(&p, &s, &ProcessCounters::default());
-        assert!(text.contains("mirror_datagrams_total 42"), "{text}");
-        assert!(
-            text.contains("mirror_decode_drops_total{reason=\"not_tcp\"} 3"),
-            "{text}"
-        );
-        assert!(text.contains("mirror_http_pairs_total 7"));
-        assert!(text.contains("mirror_vni_pairs_total{vni=\"99\"} 7"));
-        assert!(text.contains("mirror_spool_bytes 1234"));
-        assert!(text.contains("mirror_spool_torn_bytes_total 7"), "{text}");
-        assert!(
-            text.contains("mirror_spool_corrupt_frames_total 0"),
-            "{text}"
-        );
-        // A second render reflects new values (counters are set, not added).
-        p.wire.datagrams = 50;
-        let m = Metrics::default();
-        m.render(&p, &s, &ProcessCounters::default());
-        assert!(
-            m.render(&p, &s, &ProcessCounters::default())
-                .contains("mirror_datagrams_total 50")
-        );
+        let mut other = crate::pipeline::VniStats {
+            datagrams: 1,
+            ..Default::default()
+        };
+        other.flow.opened = 3;
+        other.flow.closed_fin = 1;
+        p.vni.insert(crate::flow::OTHER_VNI, other);
+        let status = Arc::new(Fixed {
+            pipeline: std::sync::Mutex::new(p),
+            ..Default::default()
+        });
+        SinkStats::set(&status.sink.spool_bytes, 1234);
+        SinkStats::set(&status.sink.spool_torn_bytes, 7);
+        let m = Metrics::new(status.clone());
+        let mut text = String::new();
+        m.render(&mut text);
+        for line in [
+            "mirror_build_info{version=\"",
+            "mirror_received_datagrams_total 45\n",
+            "mirror_kernel_drops_total 2\n",
+            "mirror_records_too_large_total 5\n",
+            "mirror_datagrams_total 42\n",
+            "mirror_decode_drops_total{reason=\"not_tcp\"} 3\n",
+            "mirror_http_pairs_total 7\n",
+            "mirror_vni_pairs_total{vni=\"99\"} 7\n",
+            "mirror_vni_datagrams_total{vni=\"other\"} 1\n",
+            "mirror_vni_flows_active{vni=\"other\"} 2\n",
+            "mirror_vni_flows_closed_total{vni=\"other\",reason=\"fin\"} 1\n",
+            "mirror_spool_bytes 1234\n",
+            "mirror_spool_torn_bytes_total 7\n",
+            "mirror_spool_corrupt_frames_total 0\n",
+            "# TYPE mirror_datagrams counter\n",
+            "# TYPE mirror_flows_active gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Each family is described once, however many sessions it has series for.
+        assert_eq!(text.matches("# TYPE mirror_vni_pairs counter").count(), 1);
+        assert_eq!(text.matches("mirror_vni_pairs_total{").count(), 2);
+        // A second render reflects new values (counters are read, not added) and replaces the
+        // buffer's content.
+        status.pipeline.lock().unwrap().wire.datagrams = 50;
+        m.render(&mut text);
+        assert!(text.contains("mirror_datagrams_total 50\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 
     #[test]

@@ -177,3 +177,101 @@ fn datagrams_from_unlisted_sources_or_vnis_are_refused_and_counted() {
         assert_eq!(std::fs::read_to_string(&out).unwrap_or_default(), "");
     }
 }
+
+/// The Python that parses the exposition with the Prometheus project's own OpenMetrics parser
+/// (`prometheus_client`): `MIRROR_METRICS_PYTHON`, else the venv `.ci/run` creates. Without it
+/// the test skips, and fails instead when `MIRROR_INFRA_REQUIRE=1` (as CI sets).
+fn openmetrics_python() -> Option<String> {
+    const INSTALL: &str = "python3 -m venv /opt/mirror-receiver-ci-venv && \
+                           /opt/mirror-receiver-ci-venv/bin/pip install prometheus_client";
+    let python = std::env::var("MIRROR_METRICS_PYTHON")
+        .unwrap_or_else(|_| "/opt/mirror-receiver-ci-venv/bin/python".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!("{python} cannot import prometheus_client; install: {INSTALL}");
+    assert!(
+        !std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1"),
+        "MIRROR_INFRA_REQUIRE=1 but {why}"
+    );
+    eprintln!("SKIP: {why}");
+    None
+}
+
+/// Every sample of `/metrics`, as the reference parser reads it: (family type, value) by sample
+/// name with its labels rendered as in the exposition.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join('%s="%s"' % kv for kv in s.labels.items())
+        out[s.name + ("{%s}" % labels if labels else "")] = [fam.type, s.value]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn metrics_are_valid_openmetrics() {
+    let Some(python) = openmetrics_python() else {
+        return;
+    };
+    let d = start(&["--output", "/dev/null"]);
+    let payloads = vxlan_payloads(&sample());
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in &payloads {
+        sender.send_to(p, ("127.0.0.1", d.port)).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let mut text = String::new();
+    wait_for("metrics to show the pairs", Duration::from_secs(15), || {
+        text = get(&d.admin, "/metrics").1;
+        metric(&text, "mirror_http_pairs_total") == Some(5.0)
+    });
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the reference parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    // Every sample line, read by both, with the same value.
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        let theirs = parsed
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not parsed"));
+        assert_eq!(theirs[1].as_f64(), value.parse::<f64>().ok(), "{line}");
+        samples += 1;
+    }
+    assert_eq!(
+        samples,
+        parsed.len(),
+        "samples the parser saw that we did not"
+    );
+    let kind = |name: &str| parsed[name][0].as_str().unwrap().to_owned();
+    assert_eq!(kind("mirror_datagrams_total"), "counter");
+    assert_eq!(kind("mirror_flows_active"), "gauge");
+    assert_eq!(kind("mirror_vni_pairs_total{vni=\"1234\"}"), "counter");
+    assert!(
+        parsed
+            .keys()
+            .any(|k| k.starts_with("mirror_build_info{version=")),
+        "{parsed:?}"
+    );
+    assert_eq!(parsed["mirror_vni_pairs_total{vni=\"1234\"}"][1], 5.0);
+}
