@@ -620,7 +620,8 @@ impl Worker<'_> {
                         take(&mut pipeline, batch, now);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                // No datagrams for 200 ms: the spare record batches a burst needed are freed.
+                Err(RecvTimeoutError::Timeout) => out.pool.shrink(1),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if now >= next_expire {

@@ -136,6 +136,23 @@ impl BatchPool {
             .unwrap_or_else(|| Batch::with_capacity(self.fresh.0, self.fresh.1))
     }
 
+    /// Frees the spare batches beyond `keep`. Called when traffic pauses, so what a burst needed
+    /// goes back to the allocator (and with the once-a-second trim to the kernel) instead of
+    /// staying resident, in whichever state the burst left it, until the next burst.
+    pub fn shrink(&self, keep: usize) {
+        let extra = self.spare.lock().ok().map(|mut s| {
+            let keep = keep.min(s.len());
+            s.split_off(keep)
+        });
+        // Freed here, outside the lock.
+        drop(extra);
+    }
+
+    /// Spare batches held.
+    pub fn spare(&self) -> usize {
+        self.spare.lock().map_or(0, |s| s.len())
+    }
+
     /// Returns a processed batch for reuse. Batches that grew past a few typical batches are
     /// freed instead, so one burst of jumbo frames does not pin its memory.
     pub fn give(&self, mut batch: Batch) {
@@ -329,6 +346,9 @@ pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
             pending[shard].push(datagram);
         }
         if received == 0 {
+            // Nothing for a receive timeout (100 ms): keep a batch per shard for the next
+            // datagrams, free the rest.
+            to.pool.shrink(to.shards.len());
             continue;
         }
         to.counters
@@ -387,6 +407,14 @@ mod tests {
             100,
             "an oversized batch is not kept"
         );
+        for _ in 0..3 {
+            pool.give(Batch::with_capacity(4, 100));
+        }
+        assert_eq!(pool.spare(), 2, "at most `capacity` spare batches");
+        pool.shrink(1);
+        assert_eq!(pool.spare(), 1);
+        pool.shrink(5);
+        assert_eq!(pool.spare(), 1);
     }
 
     #[test]
