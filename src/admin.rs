@@ -7,12 +7,13 @@
 //! snapshots the workers publish about once a second and the sink's atomic counters.
 
 use crate::http::ParseError;
-use crate::pipeline::PipelineStats;
+use crate::pipeline::{PipelineStats, VniStats};
 use crate::sink::{SinkStats, epoch_secs};
 use crate::wire::DecodeError;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    MetricEncoder,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -118,19 +119,53 @@ impl Collector for Exposition {
 /// Writes metric families: a counter's samples get the `_total` suffix from the encoder.
 struct Families<'a>(DescriptorEncoder<'a>);
 
-impl Families<'_> {
-    fn counter(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
-        let m = self
-            .0
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(v).encode(m)
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn metric_type(self) -> MetricType {
+        match self {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        }
     }
 
-    fn gauge(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
-        let m = self
+    fn sample(self, v: u64, m: MetricEncoder<'_>) -> fmt::Result {
+        match self {
+            Kind::Counter => ConstCounter::new(v).encode(m),
+            Kind::Gauge => ConstGauge::new(v).encode(m),
+        }
+    }
+}
+
+impl Families<'_> {
+    /// A family of one sample without labels.
+    fn one(&mut self, kind: Kind, name: &str, help: &str, v: u64) -> fmt::Result {
+        kind.sample(
+            v,
+            self.0
+                .encode_descriptor(name, help, None, kind.metric_type())?,
+        )
+    }
+
+    /// A family of one sample per label set.
+    fn labelled<L: EncodeLabelSet>(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self
             .0
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(v).encode(m)
+            .encode_descriptor(name, help, None, kind.metric_type())?;
+        for (labels, v) in series {
+            kind.sample(v, m.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 
     fn counters<L: EncodeLabelSet>(
@@ -139,28 +174,7 @@ impl Families<'_> {
         help: &str,
         series: impl IntoIterator<Item = (L, u64)>,
     ) -> fmt::Result {
-        let mut m = self
-            .0
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, v) in series {
-            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
-    fn gauges<L: EncodeLabelSet>(
-        &mut self,
-        name: &str,
-        help: &str,
-        series: impl IntoIterator<Item = (L, u64)>,
-    ) -> fmt::Result {
-        let mut m = self
-            .0
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, v) in series {
-            ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
+        self.labelled(Kind::Counter, name, help, series)
     }
 }
 
@@ -198,140 +212,88 @@ fn encode(
         MetricType::Info,
     )?;
     Info::new(label("version", env!("CARGO_PKG_VERSION"))).encode(m)?;
-    out.counter(
-        "mirror_received_datagrams",
-        "Datagrams taken off the receive sockets.",
-        c.received,
-    )?;
-    out.counter(
-        "mirror_kernel_drops",
-        "Datagrams the kernel dropped because a receive queue was full.",
-        c.kernel_drops,
-    )?;
-    out.counter("mirror_datagrams", "Datagrams processed.", p.wire.datagrams)?;
-    out.counter(
-        "mirror_datagram_bytes",
-        "Bytes of the datagrams processed.",
-        p.wire.bytes,
-    )?;
-    out.counter(
-        "mirror_segments",
-        "TCP segments decoded from the datagrams.",
-        p.wire.segments,
-    )?;
-    out.counter(
-        "mirror_truncated_segments",
-        "TCP segments cut short of their IP length (packet-length or MTU truncation).",
-        p.wire.truncated_segments,
-    )?;
+    let (w, f, r, h) = (&p.wire, &p.flow, &p.flow.reassembly, &p.http);
+    let g = SinkStats::get;
+    // (name, help, value) of the counters without labels.
+    #[rustfmt::skip]
+    let counters = [
+        ("mirror_received_datagrams", "Datagrams taken off the receive sockets.", c.received),
+        ("mirror_kernel_drops", "Datagrams the kernel dropped because a receive queue was full.", c.kernel_drops),
+        ("mirror_datagrams", "Datagrams processed.", w.datagrams),
+        ("mirror_datagram_bytes", "Bytes of the datagrams processed.", w.bytes),
+        ("mirror_segments", "TCP segments decoded from the datagrams.", w.segments),
+        ("mirror_truncated_segments", "TCP segments cut short of their IP length (packet-length or MTU truncation).", w.truncated_segments),
+        ("mirror_flows_opened", "TCP connections opened.", f.opened),
+        ("mirror_reassembly_gaps", "Holes in a stream given up on (bytes never seen).", r.gaps),
+        ("mirror_reassembly_gap_bytes", "Bytes missing in those holes.", r.gap_bytes),
+        ("mirror_reassembly_out_of_order_segments", "Segments that arrived ahead of a hole and waited for it.", r.ooo_segments),
+        ("mirror_reassembly_retransmitted_bytes", "Bytes seen again (retransmissions and overlaps).", r.retransmitted_bytes),
+        ("mirror_http_requests", "HTTP requests parsed.", h.requests),
+        ("mirror_http_responses", "HTTP responses parsed.", h.responses),
+        ("mirror_http_pairs", "Requests paired with their responses.", h.pairs),
+        ("mirror_http_unanswered_requests", "Requests whose connection ended without a response.", h.unanswered),
+        ("mirror_http_unmatched_responses", "Responses without a request to pair with.", h.unmatched_responses),
+        ("mirror_http_bodies_truncated", "Bodies cut at --max-body-bytes.", h.bodies_truncated),
+        ("mirror_http_decode_failures", "Bodies whose content-encoding did not decode (kept as sent).", h.decode_failures),
+        ("mirror_records_too_large", "Records larger than the sink takes, dropped.", c.records_too_large),
+        ("mirror_filter_passed", "Exchanges the filters kept.", p.filter.passed),
+        ("mirror_sink_records", "Records handed to the sink.", g(&s.records)),
+        ("mirror_sink_produced", "Records given to the destination.", g(&s.produced)),
+        ("mirror_sink_delivered", "Records the destination acknowledged.", g(&s.delivered)),
+        ("mirror_sink_spooled", "Records written to the disk spool.", g(&s.spooled)),
+        ("mirror_sink_replayed", "Records sent again from the spool.", g(&s.replayed)),
+        ("mirror_sink_queue_full", "Times the destination's queue was full.", g(&s.queue_full)),
+        ("mirror_spool_corrupt_frames", "Spool frames skipped because they failed their checksum.", g(&s.spool_corrupt_frames)),
+        ("mirror_spool_torn_bytes", "Bytes of a torn last spool write truncated.", g(&s.spool_torn_bytes)),
+    ];
+    for (name, help, v) in counters {
+        out.one(Kind::Counter, name, help, v)?;
+    }
+    #[rustfmt::skip]
+    let gauges = [
+        ("mirror_flows_active", "TCP connections being tracked.", p.flows_active),
+        ("mirror_memory_budget_used_bytes", "Stream bytes buffered across all connections (what --memory-budget bounds).", p.buffered_bytes),
+        ("mirror_spool_bytes", "Bytes in the disk spool.", g(&s.spool_bytes)),
+        ("mirror_spool_pending_records", "Records in the disk spool.", g(&s.spool_pending)),
+        ("mirror_sink_up", "1 while the destination takes records, 0 while the sink spools.", g(&s.destination_up)),
+    ];
+    for (name, help, v) in gauges {
+        out.one(Kind::Gauge, name, help, v)?;
+    }
     out.counters(
         "mirror_decode_drops",
         "Datagrams dropped because they did not decode to a TCP segment, by reason.",
-        DecodeError::ALL.map(|e| (label("reason", e.as_str()), p.wire.errors[e.index()])),
+        DecodeError::ALL.map(|e| (label("reason", e.as_str()), w.errors[e.index()])),
     )?;
-    per_vni(out, p)?;
-    let f = &p.flow;
-    out.gauge(
-        "mirror_flows_active",
-        "TCP connections being tracked.",
-        p.flows_active,
-    )?;
-    out.gauge(
-        "mirror_memory_budget_used_bytes",
-        "Stream bytes buffered across all connections (what --memory-budget bounds).",
-        p.buffered_bytes,
-    )?;
-    out.counter("mirror_flows_opened", "TCP connections opened.", f.opened)?;
     out.counters(
         "mirror_flows_closed",
         "TCP connections closed, by reason.",
         f.closed_by_reason()
             .map(|(r, n)| (label("reason", r.as_str()), n)),
     )?;
-    let r = &f.reassembly;
-    out.counter(
-        "mirror_reassembly_gaps",
-        "Holes in a stream given up on (bytes never seen).",
-        r.gaps,
-    )?;
-    out.counter(
-        "mirror_reassembly_gap_bytes",
-        "Bytes missing in those holes.",
-        r.gap_bytes,
-    )?;
-    out.counter(
-        "mirror_reassembly_out_of_order_segments",
-        "Segments that arrived ahead of a hole and waited for it.",
-        r.ooo_segments,
-    )?;
-    out.counter(
-        "mirror_reassembly_retransmitted_bytes",
-        "Bytes seen again (retransmissions and overlaps).",
-        r.retransmitted_bytes,
-    )?;
-    let h = &p.http;
-    out.counter("mirror_http_requests", "HTTP requests parsed.", h.requests)?;
-    out.counter(
-        "mirror_http_responses",
-        "HTTP responses parsed.",
-        h.responses,
-    )?;
-    out.counter(
-        "mirror_http_pairs",
-        "Requests paired with their responses.",
-        h.pairs,
-    )?;
-    out.counter(
-        "mirror_http_unanswered_requests",
-        "Requests whose connection ended without a response.",
-        h.unanswered,
-    )?;
-    out.counter(
-        "mirror_http_unmatched_responses",
-        "Responses without a request to pair with.",
-        h.unmatched_responses,
-    )?;
     out.counters(
         "mirror_http_messages_dropped",
         "HTTP messages dropped, by reason.",
         [
-            (label("reason", "gap"), h.dropped_gap),
-            (label("reason", "response_lost"), h.responses_lost),
-            (label("reason", "incomplete"), h.responses_incomplete),
-        ],
+            ("gap", h.dropped_gap),
+            ("response_lost", h.responses_lost),
+            ("incomplete", h.responses_incomplete),
+        ]
+        .map(|(r, n)| (label("reason", r), n)),
     )?;
     out.counters(
         "mirror_http_parse_errors",
         "Streams that did not parse as HTTP/1.x, by kind.",
         ParseError::ALL.map(|e| (label("kind", e.as_str()), h.parse_errors[e.index()])),
     )?;
-    out.counter(
-        "mirror_http_bodies_truncated",
-        "Bodies cut at --max-body-bytes.",
-        h.bodies_truncated,
-    )?;
-    out.counter(
-        "mirror_http_decode_failures",
-        "Bodies whose content-encoding did not decode (kept as sent).",
-        h.decode_failures,
-    )?;
-    out.counter(
-        "mirror_records_too_large",
-        "Records larger than the sink takes, dropped.",
-        c.records_too_large,
-    )?;
     out.counters(
         "mirror_ingest_refused",
         "Datagrams refused by --allow-source and --allow-vni.",
         [
-            (label("reason", "source_not_allowed"), c.refused.0),
-            (label("reason", "vni_not_allowed"), c.refused.1),
-        ],
-    )?;
-    out.counter(
-        "mirror_filter_passed",
-        "Exchanges the filters kept.",
-        p.filter.passed,
+            ("source_not_allowed", c.refused.0),
+            ("vni_not_allowed", c.refused.1),
+        ]
+        .map(|(r, n)| (label("reason", r), n)),
     )?;
     out.counters(
         "mirror_filter_dropped",
@@ -339,109 +301,51 @@ fn encode(
         crate::filter::DropReason::ALL
             .map(|r| (label("reason", r.as_str()), p.filter.dropped_by(r))),
     )?;
-    let g = SinkStats::get;
-    out.counter(
-        "mirror_sink_records",
-        "Records handed to the sink.",
-        g(&s.records),
-    )?;
-    out.counter(
-        "mirror_sink_produced",
-        "Records given to the destination.",
-        g(&s.produced),
-    )?;
-    out.counter(
-        "mirror_sink_delivered",
-        "Records the destination acknowledged.",
-        g(&s.delivered),
-    )?;
     out.counters(
         "mirror_sink_failed",
         "Records the destination refused for good, by kind.",
         [
-            (label("kind", "too_large"), g(&s.failed_too_large)),
-            (label("kind", "invalid"), g(&s.failed_invalid)),
-        ],
-    )?;
-    out.counter(
-        "mirror_sink_spooled",
-        "Records written to the disk spool.",
-        g(&s.spooled),
-    )?;
-    out.counter(
-        "mirror_sink_replayed",
-        "Records sent again from the spool.",
-        g(&s.replayed),
+            ("too_large", g(&s.failed_too_large)),
+            ("invalid", g(&s.failed_invalid)),
+        ]
+        .map(|(k, n)| (label("kind", k), n)),
     )?;
     out.counters(
         "mirror_sink_dropped",
         "Records dropped by the sink, by reason.",
         [(label("reason", "spool_full"), g(&s.dropped_spool_full))],
     )?;
-    out.counter(
-        "mirror_sink_queue_full",
-        "Times the destination's queue was full.",
-        g(&s.queue_full),
-    )?;
-    out.counter(
-        "mirror_spool_corrupt_frames",
-        "Spool frames skipped because they failed their checksum.",
-        g(&s.spool_corrupt_frames),
-    )?;
-    out.counter(
-        "mirror_spool_torn_bytes",
-        "Bytes of a torn last spool write truncated.",
-        g(&s.spool_torn_bytes),
-    )?;
-    out.gauge(
-        "mirror_spool_bytes",
-        "Bytes in the disk spool.",
-        g(&s.spool_bytes),
-    )?;
-    out.gauge(
-        "mirror_spool_pending_records",
-        "Records in the disk spool.",
-        g(&s.spool_pending),
-    )?;
-    out.gauge(
-        "mirror_sink_up",
-        "1 while the destination takes records, 0 while the sink spools.",
-        g(&s.destination_up),
-    )
+    per_vni(out, p)
 }
+
+/// A counter of each mirror session: (name, help, value).
+type VniCounter = (&'static str, &'static str, fn(&VniStats) -> u64);
+
+#[rustfmt::skip]
+const VNI_COUNTERS: [VniCounter; 13] = [
+    ("mirror_vni_datagrams", "Datagrams of each mirror session.", |v| v.datagrams),
+    ("mirror_vni_bytes", "Bytes of each mirror session's datagrams.", |v| v.bytes),
+    ("mirror_vni_drops", "Datagrams of each mirror session that did not decode to a TCP segment.", |v| v.dropped),
+    ("mirror_vni_pairs", "Request/response pairs of each mirror session.", |v| v.pairs),
+    ("mirror_vni_unanswered", "Requests of each mirror session emitted without a response.", |v| v.unanswered),
+    ("mirror_vni_flows_opened", "TCP connections of each mirror session opened.", |v| v.flow.opened),
+    ("mirror_vni_reassembly_gaps", "Holes given up on in each mirror session's streams.", |v| v.flow.reassembly.gaps),
+    ("mirror_vni_reassembly_gap_bytes", "Bytes missing in each mirror session's holes.", |v| v.flow.reassembly.gap_bytes),
+    ("mirror_vni_reassembly_out_of_order_segments", "Segments of each mirror session that waited for a hole.", |v| v.flow.reassembly.ooo_segments),
+    ("mirror_vni_reassembly_retransmitted_bytes", "Bytes of each mirror session seen again.", |v| v.flow.reassembly.retransmitted_bytes),
+    ("mirror_vni_http_requests", "HTTP requests of each mirror session.", |v| v.http.requests),
+    ("mirror_vni_http_responses", "HTTP responses of each mirror session.", |v| v.http.responses),
+    ("mirror_vni_http_unmatched_responses", "Responses of each mirror session without a request.", |v| v.http.unmatched_responses),
+];
 
 /// The counters of each mirror session (VNI).
 fn per_vni(out: &mut Families<'_>, p: &PipelineStats) -> fmt::Result {
     let vnis = || p.vni.iter().map(|(vni, v)| (label("vni", Vni(*vni)), v));
-    let vni_reason = |vni: u32, key: &'static str, reason: &'static str| {
-        (label("vni", Vni(vni)), label(key, reason))
-    };
-    out.counters(
-        "mirror_vni_datagrams",
-        "Datagrams of each mirror session.",
-        vnis().map(|(l, v)| (l, v.datagrams)),
-    )?;
-    out.counters(
-        "mirror_vni_bytes",
-        "Bytes of each mirror session's datagrams.",
-        vnis().map(|(l, v)| (l, v.bytes)),
-    )?;
-    out.counters(
-        "mirror_vni_drops",
-        "Datagrams of each mirror session that did not decode to a TCP segment.",
-        vnis().map(|(l, v)| (l, v.dropped)),
-    )?;
-    out.counters(
-        "mirror_vni_pairs",
-        "Request/response pairs of each mirror session.",
-        vnis().map(|(l, v)| (l, v.pairs)),
-    )?;
-    out.counters(
-        "mirror_vni_unanswered",
-        "Requests of each mirror session emitted without a response.",
-        vnis().map(|(l, v)| (l, v.unanswered)),
-    )?;
-    out.gauges(
+    for (name, help, get) in VNI_COUNTERS {
+        out.counters(name, help, vnis().map(|(l, v)| (l, get(v))))?;
+    }
+    out.labelled(
+        Kind::Gauge,
         "mirror_vni_flows_active",
         "TCP connections of each mirror session being tracked.",
         vnis().map(|(l, v)| {
@@ -449,11 +353,9 @@ fn per_vni(out: &mut Families<'_>, p: &PipelineStats) -> fmt::Result {
             (l, v.flow.opened.saturating_sub(closed))
         }),
     )?;
-    out.counters(
-        "mirror_vni_flows_opened",
-        "TCP connections of each mirror session opened.",
-        vnis().map(|(l, v)| (l, v.flow.opened)),
-    )?;
+    let vni_reason = |vni: u32, key: &'static str, reason: &'static str| {
+        (label("vni", Vni(vni)), label(key, reason))
+    };
     out.counters(
         "mirror_vni_flows_closed",
         "TCP connections of each mirror session closed, by reason.",
@@ -462,41 +364,6 @@ fn per_vni(out: &mut Families<'_>, p: &PipelineStats) -> fmt::Result {
                 .closed_by_reason()
                 .map(|(r, n)| (vni_reason(*vni, "reason", r.as_str()), n))
         }),
-    )?;
-    out.counters(
-        "mirror_vni_reassembly_gaps",
-        "Holes given up on in each mirror session's streams.",
-        vnis().map(|(l, v)| (l, v.flow.reassembly.gaps)),
-    )?;
-    out.counters(
-        "mirror_vni_reassembly_gap_bytes",
-        "Bytes missing in each mirror session's holes.",
-        vnis().map(|(l, v)| (l, v.flow.reassembly.gap_bytes)),
-    )?;
-    out.counters(
-        "mirror_vni_reassembly_out_of_order_segments",
-        "Segments of each mirror session that waited for a hole.",
-        vnis().map(|(l, v)| (l, v.flow.reassembly.ooo_segments)),
-    )?;
-    out.counters(
-        "mirror_vni_reassembly_retransmitted_bytes",
-        "Bytes of each mirror session seen again.",
-        vnis().map(|(l, v)| (l, v.flow.reassembly.retransmitted_bytes)),
-    )?;
-    out.counters(
-        "mirror_vni_http_requests",
-        "HTTP requests of each mirror session.",
-        vnis().map(|(l, v)| (l, v.http.requests)),
-    )?;
-    out.counters(
-        "mirror_vni_http_responses",
-        "HTTP responses of each mirror session.",
-        vnis().map(|(l, v)| (l, v.http.responses)),
-    )?;
-    out.counters(
-        "mirror_vni_http_unmatched_responses",
-        "Responses of each mirror session without a request.",
-        vnis().map(|(l, v)| (l, v.http.unmatched_responses)),
     )?;
     out.counters(
         "mirror_vni_http_messages_dropped",
