@@ -46,18 +46,6 @@ pub trait Status: Send + Sync + 'static {
     }
 }
 
-/// Counters kept by the process rather than by a pipeline shard.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessCounters {
-    pub records_too_large: u64,
-    /// Datagrams refused by source and by VNI.
-    pub refused: (u64, u64),
-    /// Datagrams taken off the receive sockets.
-    pub received: u64,
-    /// Datagrams the kernel dropped for the receive sockets (receive queue full).
-    pub kernel_drops: u64,
-}
-
 /// The `/metrics` exposition (OpenMetrics text, written by prometheus-client): every counter read
 /// from `status` when it is scraped, written into the caller's buffer with no allocation of its
 /// own. (An exporter that builds a map of owned names and label sets per scrape would leave
@@ -97,22 +85,7 @@ impl fmt::Debug for Exposition {
 
 impl Collector for Exposition {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        // Read before the pipeline snapshot: a datagram counted as received may not be
-        // processed yet, never the other way round.
-        let (received, kernel_drops) = self.status.ingest();
-        let counters = ProcessCounters {
-            records_too_large: self.status.records_too_large(),
-            refused: self.status.refused(),
-            received,
-            kernel_drops,
-        };
-        let pipeline = self.status.pipeline();
-        encode(
-            &mut Families(encoder),
-            &pipeline,
-            self.status.sink(),
-            &counters,
-        )
+        encode(&mut Families(encoder), &*self.status)
     }
 }
 
@@ -198,13 +171,14 @@ fn label<V>(key: &'static str, value: V) -> One<V> {
     [(key, value)]
 }
 
-/// Every metric, from the snapshots.
-fn encode(
-    out: &mut Families<'_>,
-    p: &PipelineStats,
-    s: &SinkStats,
-    c: &ProcessCounters,
-) -> fmt::Result {
+/// Every metric, read from `status`.
+fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
+    // Read before the pipeline snapshot: a datagram counted as received may not be processed
+    // yet, never the other way round.
+    let (received, kernel_drops) = status.ingest();
+    let (records_too_large, refused) = (status.records_too_large(), status.refused());
+    let p = &status.pipeline();
+    let s = status.sink();
     let m = out.0.encode_descriptor(
         "mirror_build",
         "The receiver's version.",
@@ -217,8 +191,8 @@ fn encode(
     // (name, help, value) of the counters without labels.
     #[rustfmt::skip]
     let counters = [
-        ("mirror_received_datagrams", "Datagrams taken off the receive sockets.", c.received),
-        ("mirror_kernel_drops", "Datagrams the kernel dropped because a receive queue was full.", c.kernel_drops),
+        ("mirror_received_datagrams", "Datagrams taken off the receive sockets.", received),
+        ("mirror_kernel_drops", "Datagrams the kernel dropped because a receive queue was full.", kernel_drops),
         ("mirror_datagrams", "Datagrams processed.", w.datagrams),
         ("mirror_datagram_bytes", "Bytes of the datagrams processed.", w.bytes),
         ("mirror_segments", "TCP segments decoded from the datagrams.", w.segments),
@@ -235,7 +209,7 @@ fn encode(
         ("mirror_http_unmatched_responses", "Responses without a request to pair with.", h.unmatched_responses),
         ("mirror_http_bodies_truncated", "Bodies cut at --max-body-bytes.", h.bodies_truncated),
         ("mirror_http_decode_failures", "Bodies whose content-encoding did not decode (kept as sent).", h.decode_failures),
-        ("mirror_records_too_large", "Records larger than the sink takes, dropped.", c.records_too_large),
+        ("mirror_records_too_large", "Records larger than the sink takes, dropped.", records_too_large),
         ("mirror_filter_passed", "Exchanges the filters kept.", p.filter.passed),
         ("mirror_sink_records", "Records handed to the sink.", g(&s.records)),
         ("mirror_sink_produced", "Records given to the destination.", g(&s.produced)),
@@ -290,8 +264,8 @@ fn encode(
         "mirror_ingest_refused",
         "Datagrams refused by --allow-source and --allow-vni.",
         [
-            ("source_not_allowed", c.refused.0),
-            ("vni_not_allowed", c.refused.1),
+            ("source_not_allowed", refused.0),
+            ("vni_not_allowed", refused.1),
         ]
         .map(|(r, n)| (label("reason", r), n)),
     )?;

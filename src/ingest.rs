@@ -86,9 +86,7 @@ impl Batch {
             (tag, item)
         })
     }
-}
 
-impl Batch {
     /// An empty batch with room for `items` items of `bytes` bytes in all.
     pub fn with_capacity(items: usize, bytes: usize) -> Batch {
         Batch {
