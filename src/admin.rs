@@ -6,7 +6,7 @@
 //! The server (tiny_http) runs on its own thread and never touches the packet path: it reads
 //! snapshots the workers publish about once a second and the sink's atomic counters.
 
-use crate::http::ParseError;
+use crate::http::{ParseError, Recovery};
 use crate::pipeline::{PipelineStats, VniStats};
 use crate::sink::{SinkStats, epoch_secs};
 use crate::wire::DecodeError;
@@ -197,6 +197,7 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
         ("mirror_datagram_bytes", "Bytes of the datagrams processed.", w.bytes),
         ("mirror_segments", "TCP segments decoded from the datagrams.", w.segments),
         ("mirror_truncated_segments", "TCP segments cut short of their IP length (packet-length or MTU truncation).", w.truncated_segments),
+        ("mirror_truncated_missing_bytes", "Payload bytes truncated segments announced but did not carry.", w.truncated_bytes),
         ("mirror_flows_opened", "TCP connections opened.", f.opened),
         ("mirror_reassembly_gaps", "Holes in a stream given up on (bytes never seen).", r.gaps),
         ("mirror_reassembly_gap_bytes", "Bytes missing in those holes.", r.gap_bytes),
@@ -207,6 +208,8 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
         ("mirror_http_pairs", "Requests paired with their responses.", h.pairs),
         ("mirror_http_unanswered_requests", "Requests whose connection ended without a response.", h.unanswered),
         ("mirror_http_unmatched_responses", "Responses without a request to pair with.", h.unmatched_responses),
+        ("mirror_http_request_heads_lost", "Responses whose request head was lost in a gap (no record can be made).", h.request_heads_lost),
+        ("mirror_http_responses_held", "Response heads that arrived before their request and waited for it.", h.responses_held),
         ("mirror_http_bodies_truncated", "Bodies cut at --max-body-bytes.", h.bodies_truncated),
         ("mirror_http_decode_failures", "Bodies whose content-encoding did not decode (kept as sent).", h.decode_failures),
         ("mirror_records_too_large", "Records larger than the sink takes, dropped.", records_too_large),
@@ -248,12 +251,24 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
     out.counters(
         "mirror_http_messages_dropped",
         "HTTP messages dropped, by reason.",
-        [
-            ("gap", h.dropped_gap),
-            ("response_lost", h.responses_lost),
-            ("incomplete", h.responses_incomplete),
-        ]
-        .map(|(r, n)| (label("reason", r), n)),
+        [("gap", h.dropped_gap), ("response_lost", h.responses_lost)]
+            .map(|(r, n)| (label("reason", r), n)),
+    )?;
+    out.counters(
+        "mirror_http_messages_damaged",
+        "HTTP messages reported with bytes missing (gap: never seen; ended: the connection ended first), by reason.",
+        [("gap", h.damaged_gap), ("ended", h.damaged_ended)].map(|(r, n)| (label("reason", r), n)),
+    )?;
+    out.counters(
+        "mirror_http_framing_recovered",
+        "HTTP messages whose end was found again after a gap destroyed their framing, by how.",
+        Recovery::ALL.map(|r| (label("by", r.as_str()), h.framing_recovered[r.index()])),
+    )?;
+    out.counters(
+        "mirror_http_held_responses_released",
+        "Held responses let go without their request, by reason.",
+        [("timeout", h.held_timeouts), ("bytes", h.held_over_cap)]
+            .map(|(r, n)| (label("reason", r), n)),
     )?;
     out.counters(
         "mirror_http_parse_errors",
@@ -296,10 +311,12 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
 type VniCounter = (&'static str, &'static str, fn(&VniStats) -> u64);
 
 #[rustfmt::skip]
-const VNI_COUNTERS: [VniCounter; 13] = [
+const VNI_COUNTERS: [VniCounter; 17] = [
     ("mirror_vni_datagrams", "Datagrams of each mirror session.", |v| v.datagrams),
     ("mirror_vni_bytes", "Bytes of each mirror session's datagrams.", |v| v.bytes),
     ("mirror_vni_drops", "Datagrams of each mirror session that did not decode to a TCP segment.", |v| v.dropped),
+    ("mirror_vni_truncated_segments", "Segments of each mirror session cut short of their IP length (packet length, MTU).", |v| v.truncated_segments),
+    ("mirror_vni_truncated_missing_bytes", "Payload bytes each mirror session's truncated segments did not carry.", |v| v.truncated_bytes),
     ("mirror_vni_pairs", "Request/response pairs of each mirror session.", |v| v.pairs),
     ("mirror_vni_unanswered", "Requests of each mirror session emitted without a response.", |v| v.unanswered),
     ("mirror_vni_flows_opened", "TCP connections of each mirror session opened.", |v| v.flow.opened),
@@ -310,6 +327,8 @@ const VNI_COUNTERS: [VniCounter; 13] = [
     ("mirror_vni_http_requests", "HTTP requests of each mirror session.", |v| v.http.requests),
     ("mirror_vni_http_responses", "HTTP responses of each mirror session.", |v| v.http.responses),
     ("mirror_vni_http_unmatched_responses", "Responses of each mirror session without a request.", |v| v.http.unmatched_responses),
+    ("mirror_vni_http_damaged_messages", "HTTP messages of each mirror session reported with bytes missing.", |v| v.http.damaged_gap + v.http.damaged_ended),
+    ("mirror_vni_http_request_heads_lost", "Responses of each mirror session whose request head was lost.", |v| v.http.request_heads_lost),
 ];
 
 /// The counters of each mirror session (VNI).
@@ -344,12 +363,8 @@ fn per_vni(out: &mut Families<'_>, p: &PipelineStats) -> fmt::Result {
         "HTTP messages of each mirror session dropped, by reason.",
         p.vni.iter().flat_map(|(vni, v)| {
             let h = &v.http;
-            [
-                ("gap", h.dropped_gap),
-                ("response_lost", h.responses_lost),
-                ("incomplete", h.responses_incomplete),
-            ]
-            .map(|(r, n)| (vni_reason(*vni, "reason", r), n))
+            [("gap", h.dropped_gap), ("response_lost", h.responses_lost)]
+                .map(|(r, n)| (vni_reason(*vni, "reason", r), n))
         }),
     )?;
     out.counters(

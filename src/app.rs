@@ -174,10 +174,16 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
         .filter(|e| s.http.parse_errors[e.index()] > 0)
         .map(|e| format!("{}={}", e.as_str(), s.http.parse_errors[e.index()]))
         .collect();
+    let recovered: Vec<String> = crate::http::Recovery::ALL
+        .iter()
+        .filter(|r| s.http.framing_recovered[r.index()] > 0)
+        .map(|r| format!("{}={}", r.as_str(), s.http.framing_recovered[r.index()]))
+        .collect();
     tracing::info!(
         datagrams = s.wire.datagrams,
         segments = s.wire.segments,
         truncated_segments = s.wire.truncated_segments,
+        truncated_bytes = s.wire.truncated_bytes,
         decode_drops = %errors.join(","),
         flows_opened = s.flow.opened,
         flows_evicted = s.flow.evicted,
@@ -189,7 +195,15 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
         pairs = s.http.pairs,
         unanswered = s.http.unanswered,
         unmatched_responses = s.http.unmatched_responses,
+        request_heads_lost = s.http.request_heads_lost,
+        responses_lost = s.http.responses_lost,
         dropped_gap = s.http.dropped_gap,
+        damaged_gap = s.http.damaged_gap,
+        damaged_ended = s.http.damaged_ended,
+        framing_recovered = %recovered.join(","),
+        responses_held = s.http.responses_held,
+        held_timeouts = s.http.held_timeouts,
+        held_over_cap = s.http.held_over_cap,
         parse_errors = %parse_errors.join(","),
         records = SinkStats::get(&sink.records),
         produced = SinkStats::get(&sink.produced),
@@ -476,6 +490,7 @@ pub fn add_stats(total: &mut PipelineStats, s: &PipelineStats) {
     total.wire.bytes += s.wire.bytes;
     total.wire.segments += s.wire.segments;
     total.wire.truncated_segments += s.wire.truncated_segments;
+    total.wire.truncated_bytes += s.wire.truncated_bytes;
     for (t, v) in total.wire.errors.iter_mut().zip(s.wire.errors) {
         *t += v;
     }

@@ -145,10 +145,12 @@ pub struct PipelineArgs {
     /// evicted (aliases TRAFFIC_BUFFER_THRESHOLD, AKTO_MEM_THRESH_RESTART, both in MB).
     #[arg(long, env = "MIRROR_MEMORY_BUDGET", default_value_t = 1 << 30)]
     pub memory_budget: usize,
-    /// Out-of-order bytes buffered per direction before a hole becomes a gap.
+    /// Out-of-order bytes buffered per direction before a hole becomes a gap; also the bytes a
+    /// response that arrived before its request may hold while it waits.
     #[arg(long, env = "MIRROR_MAX_REORDER_BYTES", default_value_t = 256 * 1024)]
     pub max_reorder_bytes: usize,
-    /// Seconds a hole may wait to be filled before it becomes a gap.
+    /// Seconds a hole may wait to be filled before it becomes a gap, and a response that arrived
+    /// before its request waits for it.
     #[arg(long, env = "MIRROR_REORDER_TIMEOUT", default_value_t = 2.0)]
     pub reorder_timeout: f64,
     /// Body bytes kept per message (each side), after de-chunking and decoding.
@@ -438,6 +440,7 @@ impl PipelineArgs {
                 "must be a decimal number",
             ));
         }
+        let reorder_timeout_us = seconds_to_us("--reorder-timeout", self.reorder_timeout)?;
         let pipeline = PipelineConfig {
             flow: FlowConfig {
                 idle_timeout_us: seconds_to_us("--flow-idle-timeout", self.flow_idle_timeout)?,
@@ -445,12 +448,16 @@ impl PipelineArgs {
                 memory_budget: self.memory_budget,
                 reassembly: ReassemblyConfig {
                     max_ooo_bytes: self.max_reorder_bytes,
-                    reorder_timeout_us: seconds_to_us("--reorder-timeout", self.reorder_timeout)?,
+                    reorder_timeout_us,
                     ..ReassemblyConfig::default()
                 },
             },
+            // A response that overtook its request waits as long, and holds as much, as
+            // segments that overtook a hole.
             http: HttpConfig {
                 max_body_bytes: self.max_body_bytes,
+                hold_timeout_us: reorder_timeout_us,
+                max_held_bytes: self.max_reorder_bytes,
                 ..HttpConfig::default()
             },
         };

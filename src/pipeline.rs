@@ -16,6 +16,8 @@ pub struct WireStats {
     pub segments: u64,
     /// Segments whose IP length exceeded the bytes present (truncated mirror packets).
     pub truncated_segments: u64,
+    /// Payload bytes those segments announced but did not carry.
+    pub truncated_bytes: u64,
     /// Frames dropped, by reason ([`DecodeError::index`]).
     pub errors: [u64; DecodeError::ALL.len()],
 }
@@ -54,6 +56,10 @@ pub struct VniStats {
     pub bytes: u64,
     /// Datagrams whose inner frame did not decode to a TCP segment.
     pub dropped: u64,
+    /// Segments cut short of their IP length (the session's packet length, an MTU).
+    pub truncated_segments: u64,
+    /// Payload bytes those segments announced but did not carry.
+    pub truncated_bytes: u64,
     /// Request/response pairs emitted.
     pub pairs: u64,
     /// Requests emitted without a response.
@@ -69,6 +75,8 @@ impl VniStats {
         self.datagrams += o.datagrams;
         self.bytes += o.bytes;
         self.dropped += o.dropped;
+        self.truncated_segments += o.truncated_segments;
+        self.truncated_bytes += o.truncated_bytes;
         self.pairs += o.pairs;
         self.unanswered += o.unanswered;
         self.flow.add(&o.flow);
@@ -154,7 +162,12 @@ impl Pipeline {
     pub fn segment(&mut self, vni: u32, seg: &TcpSegment<'_>, now: u64) {
         self.wire.segments += 1;
         if seg.missing > 0 {
+            let missing = u64::from(seg.missing);
             self.wire.truncated_segments += 1;
+            self.wire.truncated_bytes += missing;
+            let stats = self.vni_stats(vni);
+            stats.truncated_segments += 1;
+            stats.truncated_bytes += missing;
         }
         self.table.segment(vni, seg, now, &mut self.ctx);
     }

@@ -6,6 +6,12 @@
 //! values may contain commas and are joined by "\n". Bodies are text (invalid UTF-8 replaced).
 //! A record never exceeds `max_record_bytes`: payloads are cut to fit, and the record then carries
 //! `"truncated"` naming what was cut (also when a body hit the body cap).
+//!
+//! `truncated` also tells what capture damage did: a comma-separated list with one entry per
+//! incomplete payload, `requestPayload` then `responsePayload`, each optionally followed by
+//! `:missing=N` (N bytes of that message were never seen: lost segments, packets cut by the
+//! mirror's packet length; the payload is what came before the first of them) and `:ended` (the
+//! connection ended before the message did). A bare name: cut at a size cap only.
 
 use crate::http::{Exchange, Message, StartLine};
 use std::borrow::Cow;
@@ -115,23 +121,21 @@ impl Encoder {
             buf.push(b'}');
         };
 
+        let label = |req_cut: bool, resp_cut: bool| {
+            truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp))
+        };
         let mut req_cut = ex.request.body_truncated;
         let mut resp_cut = resp.is_some_and(|r| r.body_truncated);
         // An escaped payload is never shorter than its text: when the payloads alone pass the
         // limit, the whole record cannot fit and is not written in full only to be thrown away.
         if req_body.len() + resp_body.len() <= self.cfg.max_record_bytes {
-            finish(
-                buf,
-                &req_body,
-                &resp_body,
-                truncated_label(req_cut, resp_cut),
-            );
+            finish(buf, &req_body, &resp_body, &label(req_cut, resp_cut));
             if buf.len() <= self.cfg.max_record_bytes {
                 return Ok(());
             }
         }
         // Too large: find what the record costs without payloads, then share the rest.
-        finish(buf, "", "", "requestPayload,responsePayload");
+        finish(buf, "", "", &label(true, true));
         let room = self
             .cfg
             .max_record_bytes
@@ -142,19 +146,47 @@ impl Encoder {
         let resp_fit = cut_to_escaped(&resp_body, resp_room);
         req_cut |= req_fit.len() < req_body.len();
         resp_cut |= resp_fit.len() < resp_body.len();
-        finish(buf, req_fit, resp_fit, truncated_label(req_cut, resp_cut));
+        finish(buf, req_fit, resp_fit, &label(req_cut, resp_cut));
         debug_assert!(buf.len() <= self.cfg.max_record_bytes);
         Ok(())
     }
 }
 
-fn truncated_label(req: bool, resp: bool) -> &'static str {
-    match (req, resp) {
-        (true, true) => "requestPayload,responsePayload",
-        (true, false) => "requestPayload",
-        (false, true) => "responsePayload",
-        (false, false) => "",
+/// The `truncated` value for the two payloads, each given as (cut at a size cap, message): see
+/// the module doc. Allocates only for a damaged message.
+fn truncated_label(
+    req: (bool, Option<&Message>),
+    resp: (bool, Option<&Message>),
+) -> Cow<'static, str> {
+    let damaged = |m: Option<&Message>| m.is_some_and(|m| m.missing > 0 || !m.complete);
+    if !damaged(req.1) && !damaged(resp.1) {
+        return Cow::Borrowed(match (req.0, resp.0) {
+            (true, true) => "requestPayload,responsePayload",
+            (true, false) => "requestPayload",
+            (false, true) => "responsePayload",
+            (false, false) => "",
+        });
     }
+    let mut out = String::new();
+    for (name, (cut, msg)) in [("requestPayload", req), ("responsePayload", resp)] {
+        let missing = msg.map_or(0, |m| m.missing);
+        let ended = msg.is_some_and(|m| !m.complete);
+        if !cut && missing == 0 && !ended {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(name);
+        if missing > 0 {
+            out.push_str(":missing=");
+            out.push_str(itoa::Buffer::new().format(missing));
+        }
+        if ended {
+            out.push_str(":ended");
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Splits `room` between two lengths: each gets what it needs if both fit, otherwise the smaller

@@ -52,6 +52,9 @@ pub trait StreamHandler: Default {
     fn event(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, side: Side, ev: StreamEvent<'_>);
     /// The flow ends; no events follow.
     fn close(&mut self, ctx: &mut Self::Ctx, key: &FlowKey, reason: CloseReason, now: u64);
+    /// Time passes (about once a second, from [`FlowTable::expire`]): deadlines of the handler's
+    /// own (a held response's wait) are checked here when no segment comes.
+    fn tick(&mut self, _ctx: &mut Self::Ctx, _key: &FlowKey, _now: u64) {}
     /// The flow has been idle for [`RELEASE_AFTER_US`]: free spare capacity.
     fn release(&mut self) {}
     /// Bytes the handler holds for this flow (counted against the memory budget).
@@ -332,6 +335,7 @@ impl<H: StreamHandler> FlowTable<H> {
                 let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, key, side, ev);
                 dirs[side.index()].expire_holes(now, cfg, &mut rs, &mut emit);
             }
+            handler.tick(ctx, key, now);
             if rs != ReassemblyStats::default() {
                 changed.push((key.vni, rs));
             }

@@ -106,6 +106,11 @@ fn is_method_char(b: u8) -> bool {
 }
 
 /// Could `rest` (an unterminated line) still become a start line of the wanted kind?
+/// Could `rest`, a line not yet complete, become a start line of kind `want`?
+pub fn plausible_start(rest: &[u8], want: StartKind) -> bool {
+    plausible_prefix(rest, Some(want))
+}
+
 fn plausible_prefix(rest: &[u8], want: Option<StartKind>) -> bool {
     if rest.is_empty() {
         return true;

@@ -126,7 +126,8 @@ pub struct Message {
     pub body: Vec<u8>,
     /// The body was cut at the size cap, or its decoding stopped early.
     pub body_truncated: bool,
-    /// The message ended where its framing said (false when the flow closed mid-message).
+    /// The message ended where its framing said, or where it was found again after a gap (false
+    /// when the connection ended first, its remaining length unknown or unseen).
     pub complete: bool,
     /// Time (µs) of the segment holding the message's first byte.
     pub ts: u64,
@@ -139,6 +140,48 @@ pub struct Message {
     pub decoded: bool,
     /// A Content-Encoding was declared but the body could not be decoded; it is kept as sent.
     pub decode_failed: bool,
+    /// Bytes of the stream inside this message (after its head) that were never seen: lost
+    /// segments, or the tails of segments cut by the mirror's packet length. The body holds what
+    /// was seen up to the first of them.
+    pub missing: u64,
+    /// How the message's end was found again after a gap destroyed its framing.
+    pub recovered: Option<Recovery>,
+}
+
+/// How a message's end was found after a gap destroyed its (chunked) framing.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Recovery {
+    /// A later chunk-size line whose chunk ends where another chunk-size line starts (or the
+    /// last chunk): chunked framing picked up again.
+    ChunkSize,
+    /// The next message's start line of the same direction.
+    StartLine,
+    /// The other direction's next message acknowledged the bytes up to where this one ended.
+    Peer,
+    /// The stream ended (FIN) or the connection was closed (idle, shutdown).
+    End,
+}
+
+impl Recovery {
+    pub const ALL: [Recovery; 4] = [
+        Recovery::ChunkSize,
+        Recovery::StartLine,
+        Recovery::Peer,
+        Recovery::End,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::ChunkSize => "chunk_size",
+            Recovery::StartLine => "start_line",
+            Recovery::Peer => "peer",
+            Recovery::End => "end",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Message {
@@ -155,6 +198,8 @@ impl Message {
             ack: None,
             decoded: false,
             decode_failed: false,
+            missing: 0,
+            recovered: None,
         }
     }
 

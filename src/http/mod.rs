@@ -8,7 +8,7 @@ mod message;
 pub mod parser;
 mod session;
 
-pub use message::{Exchange, Headers, Message, StartLine};
+pub use message::{Exchange, Headers, Message, Recovery, StartLine};
 pub use parser::{ParseError, Parser, Role, Step};
 pub use session::Session;
 
@@ -24,6 +24,13 @@ pub struct HttpConfig {
     /// Requests waiting for responses per connection. Default 256: beyond it the oldest is
     /// reported unanswered.
     pub max_pending_requests: usize,
+    /// How long (µs) a response head that arrived before its request waits for it. Default 2 s,
+    /// the reorder timeout (`--reorder-timeout`): directions are reordered by as much as
+    /// segments are.
+    pub hold_timeout_us: u64,
+    /// Bytes of a held response buffered per connection while it waits. Default 256 KiB, the
+    /// out-of-order cap (`--max-reorder-bytes`).
+    pub max_held_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -32,6 +39,8 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             max_head_bytes: 64 * 1024,
             max_pending_requests: 256,
+            hold_timeout_us: 2_000_000,
+            max_held_bytes: 256 * 1024,
         }
     }
 }
@@ -51,12 +60,26 @@ pub struct HttpStats {
     pub unanswered: u64,
     /// Responses that answer no request seen (capture started mid-connection, request lost).
     pub unmatched_responses: u64,
-    /// Responses known lost in a gap (their requests are not reported).
+    /// Of those, responses after a gap in the client stream: their request's head was lost, so
+    /// no record can be made.
+    pub request_heads_lost: u64,
+    /// Responses known lost in a gap (their requests are reported unanswered).
     pub responses_lost: u64,
-    /// Responses cut short by the end of the connection.
-    pub responses_incomplete: u64,
-    /// Messages dropped because a gap fell inside them.
+    /// Heads in progress destroyed by a gap (nothing to report of them).
     pub dropped_gap: u64,
+    /// Messages reported although bytes inside them were never seen (a gap, a truncated packet).
+    pub damaged_gap: u64,
+    /// Messages reported although the connection ended before they did.
+    pub damaged_ended: u64,
+    /// Messages whose end was found again after a gap destroyed their framing, by how
+    /// ([`crate::http::Recovery::index`]).
+    pub framing_recovered: [u64; crate::http::Recovery::ALL.len()],
+    /// Response heads that arrived before their request and waited for it.
+    pub responses_held: u64,
+    /// Held responses let go after the reorder timeout without their request.
+    pub held_timeouts: u64,
+    /// Held responses let go because they held more bytes than the cap.
+    pub held_over_cap: u64,
     /// Messages given up for a parse error, by kind ([`ParseError::index`]).
     pub parse_errors: [u64; ParseError::ALL.len()],
     /// Bodies cut at the size cap or whose decoding stopped early.
@@ -84,9 +107,17 @@ impl HttpStats {
         self.pairs += o.pairs;
         self.unanswered += o.unanswered;
         self.unmatched_responses += o.unmatched_responses;
+        self.request_heads_lost += o.request_heads_lost;
         self.responses_lost += o.responses_lost;
-        self.responses_incomplete += o.responses_incomplete;
         self.dropped_gap += o.dropped_gap;
+        self.damaged_gap += o.damaged_gap;
+        self.damaged_ended += o.damaged_ended;
+        for (t, v) in self.framing_recovered.iter_mut().zip(o.framing_recovered) {
+            *t += v;
+        }
+        self.responses_held += o.responses_held;
+        self.held_timeouts += o.held_timeouts;
+        self.held_over_cap += o.held_over_cap;
         for (t, v) in self.parse_errors.iter_mut().zip(o.parse_errors) {
             *t += v;
         }

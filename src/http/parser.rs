@@ -4,13 +4,22 @@
 //! httparse, trailers kept) or the end of the connection. "Need more bytes" is the normal state.
 //! The parser starts in *seek* mode, where it looks for a line that starts a message, because a
 //! capture can begin anywhere in a connection; it returns there after a parse error or a gap that
-//! breaks framing. A gap inside a body whose length is known keeps framing (the length says where
-//! the next message starts) but the message itself is dropped.
+//! breaks framing between messages.
+//!
+//! A gap inside a message whose head was seen never costs the message (Zeek and Suricata log such
+//! transactions with their gaps, and for API discovery the head is what matters most):
+//! - framing that survives the gap (Content-Length, the data of a chunk, close-delimited) is
+//!   followed as if the bytes had been there; the body keeps what was seen up to the first gap and
+//!   the message counts the bytes it lacks ([`Message::missing`]);
+//! - a gap that destroys chunked framing (it swallows a chunk-size line) puts the parser in
+//!   *recover* mode, where it looks for the message's end: a later chunk-size line whose chunk
+//!   ends exactly where another chunk-size line starts, the last chunk, the next start line, the
+//!   position the peer's next message acknowledges ([`Parser::end_by`]), or the end of the stream.
 
 use super::HttpConfig;
 use super::decode::{self, Decoded};
 use super::detect::{self, Scan, StartKind};
-use super::message::{Headers, Message, StartLine};
+use super::message::{Headers, Message, Recovery, StartLine};
 use crate::flow::{DataMeta, Seq};
 
 /// Which kind of message a direction carries.
@@ -91,8 +100,6 @@ impl From<httparse::Error> for ParseError {
 pub enum DropReason {
     Gap,
     Parse(ParseError),
-    /// The connection ended before the message did.
-    Incomplete,
 }
 
 /// What the parser did with the bytes it has.
@@ -127,6 +134,8 @@ enum State {
     Length(u64),
     Chunked(Chunk),
     Close,
+    /// A gap destroyed the framing of the message in progress: looking for its end.
+    Recover,
     /// After a protocol switch: bytes are no longer HTTP/1.x.
     Tunnel,
 }
@@ -135,6 +144,10 @@ enum State {
 const MAX_HEADERS: usize = 128;
 /// Longest chunk-size line accepted (size plus extensions).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Largest chunk a recovering parser waits to see whole, to check that a candidate chunk-size line
+/// is followed by another where its size says. Larger candidates are passed over: the message's
+/// end is then found by a start line, the peer or the end of the stream.
+const RECOVER_WINDOW: u64 = 64 * 1024;
 
 /// One direction's framing state.
 #[derive(Debug)]
@@ -149,8 +162,8 @@ pub struct Parser {
     state: State,
     /// Boxed: an idle connection's parsers stay small.
     msg: Option<Box<Message>>,
-    /// A gap fell inside the current message.
-    damaged: bool,
+    /// While recovering: the message ends at the latest here (the peer acknowledged it).
+    end_hint: Option<Seq>,
     tunnel_after: bool,
     /// Bytes skipped while looking for a message start.
     pub skipped_bytes: u64,
@@ -166,7 +179,7 @@ impl Parser {
             meta: None,
             state: State::Seek,
             msg: None,
-            damaged: false,
+            end_hint: None,
             tunnel_after: false,
             skipped_bytes: 0,
         }
@@ -194,6 +207,31 @@ impl Parser {
     /// True once the direction switched protocols.
     pub fn in_tunnel(&self) -> bool {
         self.state == State::Tunnel
+    }
+
+    /// True while a gap's damage to framing is being recovered from.
+    pub fn recovering(&self) -> bool {
+        self.state == State::Recover
+    }
+
+    /// True while a head was reported and its body framing not yet chosen
+    /// ([`Parser::start_body`]).
+    pub fn awaiting_body(&self) -> bool {
+        self.state == State::AwaitBody
+    }
+
+    /// The other direction's next message acknowledged this direction up to `seq`: a message
+    /// being recovered ends there at the latest (a client sends its next request, and a server
+    /// its response, once the message before it arrived).
+    /// An acknowledgement from before the message began says nothing of its end.
+    pub fn end_by(&mut self, seq: Option<Seq>) {
+        let start = self.msg.as_ref().and_then(|m| m.seq);
+        if self.state == State::Recover
+            && let Some(seq) = seq
+            && start.is_none_or(|s| seq > s)
+        {
+            self.end_hint = Some(seq);
+        }
     }
 
     /// Sets the direction to tunnel mode (the other direction saw the protocol switch).
@@ -435,23 +473,125 @@ impl Parser {
                         return Step::NeedMore;
                     }
                 }
+                State::Recover => match self.recover() {
+                    Recovered::Wait => return Step::NeedMore,
+                    Recovered::Chunk => {}
+                    Recovered::End(by) => {
+                        if let Some(msg) = &mut self.msg {
+                            msg.recovered = Some(by);
+                        }
+                        let step = self.finish_message(cfg);
+                        if by == Recovery::Peer {
+                            // Where the next message starts is known only roughly.
+                            self.state = State::Seek;
+                        }
+                        return step;
+                    }
+                },
             }
         }
     }
 
-    /// `len` bytes of the stream were never seen. Returns the message it cost, if any, and
-    /// whether framing was lost (the parser now seeks the next message start).
-    pub fn gap(&mut self, len: u64) -> (Option<Step>, bool) {
+    /// One pass of recover mode over the buffered bytes: finds where the damaged message ends, or
+    /// where its chunked framing resumes. Candidates are line starts (the first buffered byte
+    /// too: where a gap ended is unknown); the earliest decided one wins, and an undecided one
+    /// (its line or chunk not all buffered yet) makes the parser wait, bounded by
+    /// [`RECOVER_WINDOW`].
+    fn recover(&mut self) -> Recovered {
+        let want = match self.role {
+            Role::Request => StartKind::Request,
+            Role::Response => StartKind::Response,
+        };
+        let avail = &self.buf[self.pos..];
+        // Bytes up to the peer's acknowledgement, when it is known, are this message's: the
+        // message ends there at the latest.
+        let hint = self.end_hint.zip(self.seq).map(|(h, s)| h.diff(s));
+        let reached_hint = hint.is_some_and(|h| h <= avail.len() as i64);
+        let limit = hint.map_or(avail.len(), |h| h.clamp(0, avail.len() as i64) as usize);
+        let mut at = 0;
+        let mut last_line_start = 0;
+        let found = loop {
+            if at >= limit {
+                break None;
+            }
+            last_line_start = at;
+            let rest = &avail[at..];
+            match recover_candidate(rest, want) {
+                Candidate::No => {}
+                found => break Some((at, found)),
+            }
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(eol) => at += eol + 1,
+                None => break None,
+            }
+        };
+        match found {
+            Some((at, Candidate::Start)) => {
+                self.consume(at);
+                Recovered::End(Recovery::StartLine)
+            }
+            Some((at, Candidate::Last(len))) => {
+                self.consume(at + len);
+                Recovered::End(Recovery::ChunkSize)
+            }
+            Some((at, Candidate::Chunk { line, size })) => {
+                self.consume(at + line);
+                self.state = State::Chunked(Chunk::Data(size));
+                if let Some(msg) = &mut self.msg {
+                    msg.recovered = Some(Recovery::ChunkSize);
+                }
+                Recovered::Chunk
+            }
+            Some((at, _)) => {
+                // Undecided: keep it and what follows.
+                self.consume(at);
+                Recovered::Wait
+            }
+            None if reached_hint => {
+                self.consume(limit);
+                self.end_hint = None;
+                Recovered::End(Recovery::Peer)
+            }
+            None => {
+                // Keep a last line that may still become a candidate, if it is not too long.
+                let keep_from =
+                    if avail.len() - last_line_start <= MAX_CHUNK_LINE && last_line_start < limit {
+                        last_line_start
+                    } else {
+                        avail.len()
+                    };
+                self.consume(keep_from);
+                Recovered::Wait
+            }
+        }
+    }
+
+    /// `len` bytes of the stream were never seen. Returns the message it completed or cost, if
+    /// any, and whether framing between messages was lost (the parser now seeks the next
+    /// message start, and messages may have been lost whole inside the gap). A message in
+    /// progress keeps going: see the module doc.
+    pub fn gap(&mut self, len: u64, cfg: &HttpConfig) -> (Option<Step>, bool) {
+        let has_msg = self.msg.is_some();
         match self.state {
             State::Tunnel => (None, false),
-            State::Length(rest) if len <= rest && self.buffered() == 0 => {
-                self.damaged = true;
-                self.state = State::Length(rest - len);
+            State::Length(rest) if has_msg && self.buffered() == 0 => {
+                self.add_missing(len.min(rest));
                 self.seq = self.seq.map(|s| s.wrapping_add(len));
-                (None, false)
+                if len < rest {
+                    self.state = State::Length(rest - len);
+                    return (None, false);
+                }
+                // The gap reaches the end of the message: it is complete, and if the gap goes on
+                // past it, the next message's start was lost in it.
+                self.state = State::Length(0);
+                let step = self.finish_message(cfg);
+                if len > rest {
+                    self.lose_framing();
+                }
+                (Some(step), len > rest)
             }
-            State::Chunked(Chunk::Data(rest)) if len <= rest && self.buffered() == 0 => {
-                self.damaged = true;
+            State::Chunked(Chunk::Data(rest)) if has_msg && self.buffered() == 0 && len <= rest => {
+                self.add_missing(len);
                 self.state = State::Chunked(if len == rest {
                     Chunk::DataEnd
                 } else {
@@ -460,21 +600,50 @@ impl Parser {
                 self.seq = self.seq.map(|s| s.wrapping_add(len));
                 (None, false)
             }
-            State::Close => {
-                self.damaged = true;
+            State::Close if has_msg => {
+                self.add_missing(len);
+                self.seq = self.seq.map(|s| s.wrapping_add(len));
+                (None, false)
+            }
+            State::Length(_) | State::Chunked(_) | State::Recover | State::AwaitBody if has_msg => {
+                // Chunked framing (or a head whose framing was not chosen yet) lost: look for
+                // the end of the message. The bytes buffered before the gap cannot be joined to
+                // those after it.
+                self.add_missing(len);
+                self.skip_gap(len);
+                self.state = State::Recover;
                 (None, false)
             }
             _ => {
-                let had_message =
-                    self.msg.is_some() || (self.state == State::Head && self.buffered() > 0);
-                let had_head = self.msg.is_some();
-                let dropped = self.abandon(DropReason::Gap, had_head);
-                self.buf.clear();
-                self.pos = 0;
-                self.seq = None;
+                // Between messages or inside a head: a head in progress is lost.
+                let had_message = has_msg || (self.state == State::Head && self.buffered() > 0);
+                let dropped = self.abandon(DropReason::Gap, has_msg);
+                self.lose_framing();
                 (had_message.then_some(dropped), true)
             }
         }
+    }
+
+    fn add_missing(&mut self, n: u64) {
+        if let Some(msg) = &mut self.msg {
+            msg.missing = msg.missing.saturating_add(n);
+        }
+    }
+
+    /// Drops the buffered bytes and steps over `len` unseen ones.
+    fn skip_gap(&mut self, len: u64) {
+        let n = self.buffered();
+        self.consume(n);
+        self.seq = self.seq.map(|s| s.wrapping_add(len));
+        self.buf.clear();
+        self.pos = 0;
+    }
+
+    fn lose_framing(&mut self) {
+        self.state = State::Seek;
+        self.buf.clear();
+        self.pos = 0;
+        self.seq = None;
     }
 
     /// The stream ended (FIN) or the connection closed: completes a message delimited by the
@@ -483,17 +652,16 @@ impl Parser {
     pub fn finish(&mut self, cfg: &HttpConfig) -> Option<Step> {
         match self.state {
             State::Close => Some(self.finish_message(cfg)),
+            State::Recover => {
+                // Nothing more comes: the message ends with the stream.
+                self.msg.as_mut()?.recovered = Some(Recovery::End);
+                let step = self.finish_message(cfg);
+                self.state = State::Seek;
+                Some(step)
+            }
             State::Length(_) | State::Chunked(_) | State::AwaitBody => {
                 let mut msg = *self.msg.take()?;
                 self.state = State::Seek;
-                if self.damaged {
-                    self.damaged = false;
-                    return Some(Step::Dropped {
-                        had_head: true,
-                        ack: msg.ack,
-                        reason: DropReason::Gap,
-                    });
-                }
                 msg.complete = false;
                 decode_body(&mut msg, cfg);
                 Some(Step::Complete(msg))
@@ -558,7 +726,7 @@ impl Parser {
         msg.ack = meta.and_then(|m| m.ack);
         msg.headers = headers;
         self.msg = Some(Box::new(msg));
-        self.damaged = false;
+        self.end_hint = None;
         self.tunnel_after = false;
         self.consume(n);
         Ok(Some(()))
@@ -578,9 +746,12 @@ impl Parser {
         n as u64
     }
 
-    /// Adds bytes to the body of the message in progress, up to the configured cap.
+    /// Adds bytes to the body of the message in progress, up to the configured cap. After a gap
+    /// the body keeps what came before it: bytes after a hole are not the body's continuation.
     fn append_body(&mut self, bytes: &[u8], cfg: &HttpConfig) {
-        if let Some(msg) = &mut self.msg {
+        if let Some(msg) = &mut self.msg
+            && msg.missing == 0
+        {
             let room = cfg.max_body_bytes.saturating_sub(msg.body.len());
             let keep = bytes.len().min(room);
             msg.body.extend_from_slice(&bytes[..keep]);
@@ -599,16 +770,10 @@ impl Parser {
         // Between messages a keep-alive connection holds nothing: give the buffer back now
         // rather than at the idle pass, so thousands of open connections stay small.
         self.release();
+        self.end_hint = None;
         let Some(mut msg) = self.msg.take().map(|m| *m) else {
             return Step::NeedMore;
         };
-        if std::mem::take(&mut self.damaged) {
-            return Step::Dropped {
-                had_head: true,
-                ack: msg.ack,
-                reason: DropReason::Gap,
-            };
-        }
         msg.complete = true;
         decode_body(&mut msg, cfg);
         Step::Complete(msg)
@@ -616,7 +781,7 @@ impl Parser {
 
     fn abandon(&mut self, reason: DropReason, had_head: bool) -> Step {
         let ack = self.msg.take().and_then(|m| m.ack);
-        self.damaged = false;
+        self.end_hint = None;
         self.state = State::Seek;
         Step::Dropped {
             had_head,
@@ -633,6 +798,82 @@ impl Parser {
     fn skip(&mut self, n: usize) {
         self.skipped_bytes += n as u64;
         self.consume(n);
+    }
+}
+
+/// What one pass of recover mode found.
+enum Recovered {
+    /// Nothing decided yet: more bytes are needed.
+    Wait,
+    /// Chunked framing resumed: a chunk's data follows.
+    Chunk,
+    /// The damaged message ends here.
+    End(Recovery),
+}
+
+/// What a line start in recover mode may be.
+#[derive(Debug, PartialEq, Eq)]
+enum Candidate {
+    No,
+    /// Not decidable until more bytes arrive.
+    Undecided,
+    /// The start line of the next message of this direction.
+    Start,
+    /// The last chunk and its trailers, `.0` bytes in all: the message ends after them.
+    Last(usize),
+    /// A chunk-size line of `line` bytes whose chunk of `size` bytes is followed by another
+    /// chunk-size line.
+    Chunk {
+        line: usize,
+        size: u64,
+    },
+}
+
+/// Judges the line starting at `rest[0]` in recover mode.
+fn recover_candidate(rest: &[u8], want: StartKind) -> Candidate {
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(eol) => {
+            let line = rest[..eol].strip_suffix(b"\r").unwrap_or(&rest[..eol]);
+            if detect::classify_line(line) == Some(want) {
+                return Candidate::Start;
+            }
+        }
+        None if rest.len() <= detect::MAX_START_LINE && detect::plausible_start(rest, want) => {
+            return Candidate::Undecided;
+        }
+        None => {}
+    }
+    let (line, size) = match httparse::parse_chunk_size(rest) {
+        Ok(httparse::Status::Complete(found)) => found,
+        Ok(httparse::Status::Partial) if rest.len() <= MAX_CHUNK_LINE => {
+            return Candidate::Undecided;
+        }
+        _ => return Candidate::No,
+    };
+    let after = &rest[line..];
+    if size == 0 {
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        return match httparse::parse_headers(after, &mut storage) {
+            Ok(httparse::Status::Complete((n, _))) => Candidate::Last(line + n),
+            Ok(httparse::Status::Partial) if after.len() <= MAX_CHUNK_LINE => Candidate::Undecided,
+            _ => Candidate::No,
+        };
+    }
+    if size > RECOVER_WINDOW {
+        return Candidate::No;
+    }
+    // The chunk must end in CRLF followed by another chunk-size line.
+    let end = size as usize;
+    match after.get(end..end + 2) {
+        None => Candidate::Undecided,
+        Some(b"\r\n") => match httparse::parse_chunk_size(&after[end + 2..]) {
+            Ok(httparse::Status::Complete(_)) => Candidate::Chunk { line, size },
+            Ok(httparse::Status::Partial) if after.len() - end - 2 <= MAX_CHUNK_LINE => {
+                Candidate::Undecided
+            }
+            _ => Candidate::No,
+        },
+        Some(_) => Candidate::No,
     }
 }
 

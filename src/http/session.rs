@@ -4,17 +4,23 @@
 //! Pairing is in order (HTTP/1.x answers in request order, pipelined or not), with one check from
 //! TCP itself: a response can only answer a request whose first byte its sender had acknowledged
 //! when the response began. That keeps a response whose request was never captured (capture
-//! started mid-connection, request lost in a gap) from being paired with the next request, and
-//! lets a response that arrives before its request (directions reordered by the NLB) wait for it.
+//! started mid-connection, request lost in a gap) from being paired with the next request.
+//!
+//! A response that arrives before its request (the two directions reordered: two receive
+//! sockets, an NLB) is recognised by the same numbers: it acknowledges client bytes that have not
+//! been delivered yet. Its head is then *held*, its body framing not chosen (a response to HEAD
+//! has none), and its bytes wait in the parser until the request arrives, bounded by the reorder
+//! timeout and the held-bytes cap ([`HttpConfig`]); only then can it be unmatched.
+//!
+//! A gap never costs an exchange whose heads were seen: the messages keep what was seen (see
+//! [`Parser`]), a request whose response was lost is reported unanswered, and a message whose
+//! chunked framing a gap destroyed ends where the peer's next message says it had arrived.
 
 use super::message::{Exchange, Message};
 use super::parser::{DropReason, Parser, Role, Step};
 use super::{HttpCtx, HttpStats};
 use crate::flow::{CloseReason, DataMeta, FlowKey, Seq, Side, StreamEvent, StreamHandler};
 use std::collections::VecDeque;
-
-/// Early responses held per connection while their request is not yet seen.
-const MAX_EARLY_RESPONSES: usize = 8;
 
 #[derive(Debug, PartialEq, Eq)]
 enum ReqState {
@@ -29,7 +35,8 @@ enum ReqState {
 enum RespSlot {
     Waiting,
     Some(Message),
-    /// The response was abandoned or lost in a gap: the pair is not reported.
+    /// The response was lost in a gap, or abandoned for a parse error: the request is reported
+    /// unanswered.
     Dropped,
 }
 
@@ -56,7 +63,16 @@ pub struct Session {
     requests: Parser,
     responses: Parser,
     pending: VecDeque<Pending>,
-    early: VecDeque<Message>,
+    /// Since when (µs) the response head in the parser waits for its request.
+    held_since: Option<u64>,
+    /// Sequence number just past the client bytes delivered so far (data or gap).
+    client_end: Option<Seq>,
+    /// The client stream had a gap since the last request head: a response without a request
+    /// then answers one whose head was lost.
+    client_gap: bool,
+    /// Acknowledgement numbers of the latest request head and response head: where the other
+    /// direction's message before them had arrived, for a message that loses its framing later.
+    last_acks: [Option<Seq>; 2],
     /// The response direction lost framing in a gap: the next response is paired by its ack.
     resynced: bool,
 }
@@ -69,7 +85,10 @@ impl Default for Session {
             requests: Parser::new(Role::Request),
             responses: Parser::new(Role::Response),
             pending: VecDeque::new(),
-            early: VecDeque::new(),
+            held_since: None,
+            client_end: None,
+            client_gap: false,
+            last_acks: [None; 2],
             resynced: false,
         }
     }
@@ -79,38 +98,61 @@ impl StreamHandler for Session {
     type Ctx = HttpCtx;
 
     fn event(&mut self, ctx: &mut HttpCtx, key: &FlowKey, side: Side, ev: StreamEvent<'_>) {
-        match ev {
-            StreamEvent::Data(bytes, meta) => match self.client {
-                Some(client) => {
-                    self.parser(client, side).feed(bytes, meta, &ctx.cfg);
-                    self.drive(ctx, key, client, side);
+        let Some(client) = self.client else {
+            match ev {
+                StreamEvent::Data(bytes, meta) => self.probe(ctx, key, side, bytes, meta),
+                StreamEvent::Gap { .. } => self.probes[side.index()] = Probe::default(),
+                StreamEvent::End { .. } => {}
+            }
+            return;
+        };
+        let now = match ev {
+            StreamEvent::Data(bytes, meta) => {
+                if side == client {
+                    self.client_end = Some(meta.seq.wrapping_add(bytes.len() as u64));
                 }
-                None => self.probe(ctx, key, side, bytes, meta),
-            },
-            StreamEvent::Gap { len, .. } => {
-                let Some(client) = self.client else {
-                    self.probes[side.index()] = Probe::default();
-                    return;
-                };
-                let (dropped, lost_framing) = self.parser(client, side).gap(len);
-                if side != client && lost_framing {
+                self.parser(client, side).feed(bytes, meta, &ctx.cfg);
+                self.drive(ctx, key, client, side);
+                meta.ts
+            }
+            StreamEvent::Gap { len, ts } => {
+                if side == client {
+                    self.client_end = self.client_end.map(|e| e.wrapping_add(len));
+                    self.client_gap = true;
+                } else {
+                    // The held head's body framing must be chosen before its bytes go on.
+                    self.resume_held(ctx, key, client, ts, true);
+                }
+                let peer_ack = self.last_acks[usize::from(side == client)];
+                let parser = self.parser(client, side);
+                let (step, lost_framing) = parser.gap(len, &ctx.cfg);
+                // The other direction's latest message may already say where this one ended.
+                parser.end_by(peer_ack);
+                if side != client && (lost_framing || self.responses.recovering()) {
                     self.resynced = true;
                 }
-                if let Some(step) = dropped {
+                if let Some(step) = step {
                     self.apply(ctx, key, client, side, step);
                 }
                 self.drive(ctx, key, client, side);
+                ts
             }
-            StreamEvent::End { .. } => {
-                let Some(client) = self.client else {
-                    return;
-                };
-                if side != client
-                    && let Some(step) = self.responses.finish(&ctx.cfg)
-                {
-                    self.apply(ctx, key, client, side, step);
+            StreamEvent::End { ts } => {
+                if side != client {
+                    self.resume_held(ctx, key, client, ts, true);
+                    if let Some(step) = self.responses.finish(&ctx.cfg) {
+                        self.apply(ctx, key, client, side, step);
+                    }
                 }
+                ts
             }
+        };
+        self.resume_held(ctx, key, client, now, false);
+    }
+
+    fn tick(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64) {
+        if let Some(client) = self.client {
+            self.resume_held(ctx, key, client, now, false);
         }
     }
 
@@ -119,9 +161,6 @@ impl StreamHandler for Session {
         self.responses.release();
         if self.pending.is_empty() {
             self.pending = VecDeque::new();
-        }
-        if self.early.is_empty() {
-            self.early = VecDeque::new();
         }
     }
 
@@ -146,22 +185,16 @@ impl StreamHandler for Session {
             + self.requests.held_bytes()
             + self.responses.held_bytes()
             + pending
-            + self.early.iter().map(body).sum::<usize>()
     }
 
-    fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, _now: u64) {
+    fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, now: u64) {
         let Some(client) = self.client else {
             return;
         };
+        self.resume_held(ctx, key, client, now, true);
+        // What the connection's end cut short is still reported, marked incomplete.
         if let Some(step) = self.responses.finish(&ctx.cfg) {
-            match step {
-                Step::Complete(msg) if !msg.complete => {
-                    // A response cut short by the end of the connection: not an answer to report.
-                    ctx.bump(key.vni, |s| s.responses_incomplete += 1);
-                    self.mark_response_dropped(msg.ack);
-                }
-                step => self.apply(ctx, key, client, client.other(), step),
-            }
+            self.apply(ctx, key, client, client.other(), step);
         }
         if let Some(step) = self.requests.finish(&ctx.cfg) {
             self.apply(ctx, key, client, client, step);
@@ -173,17 +206,13 @@ impl StreamHandler for Session {
                     ctx.bump(key.vni, |s| s.pairs += 1);
                     emit(ctx, key, client, req, Some(resp));
                 }
-                (ReqState::Complete(req), RespSlot::Waiting) => {
+                (ReqState::Complete(req), RespSlot::Waiting | RespSlot::Dropped) => {
                     ctx.bump(key.vni, |s| s.unanswered += 1);
                     emit(ctx, key, client, req, None);
                 }
                 _ => {}
             }
         }
-        ctx.bump(key.vni, |s| {
-            s.unmatched_responses += self.early.len() as u64
-        });
-        self.early.clear();
     }
 }
 
@@ -231,6 +260,9 @@ impl Session {
         for s in [client, client.other()] {
             let probe = std::mem::take(&mut self.probes[s.index()]);
             if let Some(meta) = probe.meta {
+                if s == client {
+                    self.client_end = Some(meta.seq.wrapping_add(probe.buf.len() as u64));
+                }
                 self.parser(client, s).push(&probe.buf, meta);
             }
         }
@@ -240,6 +272,9 @@ impl Session {
 
     fn drive(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, side: Side) {
         loop {
+            if side != client && self.held_since.is_some() {
+                return;
+            }
             let step = self.parser(client, side).step(&ctx.cfg);
             if step == Step::NeedMore {
                 return;
@@ -268,6 +303,9 @@ impl Session {
                     return;
                 };
                 ctx.bump(key.vni, |s| s.requests += 1);
+                let (seq, ack, ts) = (msg.seq, msg.ack, msg.ts);
+                self.client_gap = false;
+                self.last_acks[0] = ack;
                 if self.pending.len() >= ctx.cfg.max_pending_requests {
                     // A client that never gets answers: report the oldest as unanswered.
                     ctx.bump(key.vni, |s| s.pending_overflow += 1);
@@ -278,26 +316,29 @@ impl Session {
                         emit(ctx, key, client, req, None);
                     }
                 }
-                let seq = msg.seq;
                 if self.pending.capacity() == 0 {
                     // Most connections have one request outstanding at a time: room for one
                     // (VecDeque would start at four).
                     self.pending.reserve_exact(1);
                 }
+                let method = match self.requests.current().and_then(Message::method) {
+                    Some(m) => m.to_owned(),
+                    None => String::new(),
+                };
                 self.pending.push_back(Pending {
-                    method: msg.method().unwrap_or_default().to_owned(),
+                    method,
                     seq,
                     request: ReqState::InProgress,
                     response: RespSlot::Waiting,
                 });
-                // A response that arrived first may be this request's answer.
-                while let Some(resp) = self.early.pop_front() {
-                    if answers(seq, resp.ack) {
-                        self.attach(ctx, key, resp);
-                        break;
-                    }
-                    ctx.bump(key.vni, |s| s.unmatched_responses += 1);
+                // The client sends a request once the response before it has arrived: a response
+                // whose framing a gap destroyed ends where this request acknowledges.
+                if self.responses.recovering() {
+                    self.responses.end_by(ack);
+                    self.drive(ctx, key, client, client.other());
                 }
+                // A response that arrived first may be this request's answer.
+                self.resume_held(ctx, key, client, ts, false);
             }
             Step::Complete(msg) => {
                 if let Some(p) = self
@@ -333,10 +374,26 @@ impl Session {
         match step {
             Step::NeedMore => {}
             Step::Head => {
-                let ack = self.responses.current().and_then(|m| m.ack);
-                let method = self.target(ack).map(|i| self.pending[i].method.clone());
-                if let Err(e) = self.responses.start_body(method.as_deref()) {
-                    ctx.bump(key.vni, |s| s.count_parse_error(e));
+                let Some((ack, ts)) = self.responses.current().map(|m| (m.ack, m.ts)) else {
+                    return;
+                };
+                self.last_acks[1] = ack;
+                // A server answers once the request has arrived: a request whose framing a gap
+                // destroyed ends where this response acknowledges.
+                if self.requests.recovering() {
+                    self.requests.end_by(ack);
+                    self.drive(ctx, key, client, client);
+                }
+                match self.target(ack) {
+                    Some(i) => {
+                        let method = self.pending[i].method.clone();
+                        self.start_response_body(ctx, key, Some(&method));
+                    }
+                    None if self.request_may_follow(ack) => {
+                        ctx.bump(key.vni, |s| s.responses_held += 1);
+                        self.held_since = Some(ts);
+                    }
+                    None => self.start_response_body(ctx, key, None),
                 }
             }
             Step::Complete(msg) => {
@@ -347,14 +404,12 @@ impl Session {
                 }
                 ctx.bump(key.vni, |s| s.responses += 1);
                 count_body(ctx, key, &msg);
-                if self.pending.iter().any(|p| p.response == RespSlot::Waiting) {
-                    if !self.attach(ctx, key, msg) {
-                        ctx.bump(key.vni, |s| s.unmatched_responses += 1);
-                    }
-                } else if self.early.len() < MAX_EARLY_RESPONSES {
-                    self.early.push_back(msg);
-                } else {
-                    ctx.bump(key.vni, |s| s.unmatched_responses += 1);
+                if !self.attach(ctx, key, msg) {
+                    let lost = self.client_gap;
+                    ctx.bump(key.vni, |s| {
+                        s.unmatched_responses += 1;
+                        s.request_heads_lost += u64::from(lost);
+                    });
                 }
                 self.emit_ready(ctx, key, client);
             }
@@ -370,6 +425,59 @@ impl Session {
                 self.emit_ready(ctx, key, client);
             }
         }
+    }
+
+    fn start_response_body(&mut self, ctx: &mut HttpCtx, key: &FlowKey, method: Option<&str>) {
+        if let Err(e) = self.responses.start_body(method) {
+            ctx.bump(key.vni, |s| s.count_parse_error(e));
+        }
+    }
+
+    /// Could the request a response beginning with acknowledgement `ack` answers still arrive?
+    /// Yes while the server had received client bytes that were not delivered here yet.
+    fn request_may_follow(&self, ack: Option<Seq>) -> bool {
+        match (ack, self.client_end) {
+            (Some(ack), Some(end)) => ack > end,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Lets a held response head go on when its request has arrived, when the client stream has
+    /// passed the bytes it acknowledges (its request was lost or never captured), when it has
+    /// waited the reorder timeout or holds more than the held-bytes cap, or when `now_or_never`
+    /// (a gap in the response stream, its end, the connection's close).
+    fn resume_held(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        now: u64,
+        now_or_never: bool,
+    ) {
+        let Some(since) = self.held_since else {
+            return;
+        };
+        let ack = self.responses.current().and_then(|m| m.ack);
+        let method = match self.target(ack) {
+            Some(i) => Some(self.pending[i].method.clone()),
+            None if now_or_never || !self.request_may_follow(ack) => None,
+            None => {
+                let timed_out = now.saturating_sub(since) >= ctx.cfg.hold_timeout_us;
+                let over = self.responses.buffered() > ctx.cfg.max_held_bytes;
+                if !timed_out && !over {
+                    return;
+                }
+                ctx.bump(key.vni, |s| {
+                    s.held_timeouts += u64::from(timed_out);
+                    s.held_over_cap += u64::from(!timed_out);
+                });
+                None
+            }
+        };
+        self.held_since = None;
+        self.start_response_body(ctx, key, method.as_deref());
+        self.drive(ctx, key, client, client.other());
     }
 
     /// The pending request a response beginning with acknowledgement `ack` answers.
@@ -443,9 +551,17 @@ impl Session {
             let Some(p) = self.pending.pop_front() else {
                 return;
             };
-            if let (ReqState::Complete(req), RespSlot::Some(resp)) = (p.request, p.response) {
-                ctx.bump(key.vni, |s| s.pairs += 1);
-                emit(ctx, key, client, req, Some(resp));
+            match (p.request, p.response) {
+                (ReqState::Complete(req), RespSlot::Some(resp)) => {
+                    ctx.bump(key.vni, |s| s.pairs += 1);
+                    emit(ctx, key, client, req, Some(resp));
+                }
+                (ReqState::Complete(req), _) => {
+                    // Its response was lost: the request alone is still worth reporting.
+                    ctx.bump(key.vni, |s| s.unanswered += 1);
+                    emit(ctx, key, client, req, None);
+                }
+                _ => {}
             }
         }
     }
@@ -461,12 +577,15 @@ fn answers(request_seq: Option<Seq>, response_ack: Option<Seq>) -> bool {
 }
 
 fn count_body(ctx: &mut HttpCtx, key: &FlowKey, msg: &Message) {
-    if msg.body_truncated {
-        ctx.bump(key.vni, |s| s.bodies_truncated += 1);
-    }
-    if msg.decode_failed {
-        ctx.bump(key.vni, |s| s.decode_failures += 1);
-    }
+    ctx.bump(key.vni, |s| {
+        s.bodies_truncated += u64::from(msg.body_truncated && msg.missing == 0);
+        s.decode_failures += u64::from(msg.decode_failed);
+        s.damaged_gap += u64::from(msg.missing > 0);
+        s.damaged_ended += u64::from(!msg.complete);
+        if let Some(by) = msg.recovered {
+            s.framing_recovered[by.index()] += 1;
+        }
+    });
 }
 
 fn emit(
@@ -490,7 +609,6 @@ impl HttpStats {
     fn count_drop(&mut self, reason: DropReason) {
         match reason {
             DropReason::Gap => self.dropped_gap += 1,
-            DropReason::Incomplete => self.responses_incomplete += 1,
             DropReason::Parse(e) => self.count_parse_error(e),
         }
     }

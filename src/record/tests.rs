@@ -314,9 +314,11 @@ fn reference_encode(
         source: "MIRRORING",
         truncated: "",
     };
+    let label = |req_cut, resp_cut| truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp));
     let mut req_cut = ex.request.body_truncated;
     let mut resp_cut = resp.is_some_and(|r| r.body_truncated);
-    record.truncated = truncated_label(req_cut, resp_cut);
+    let whole = label(req_cut, resp_cut);
+    record.truncated = &whole;
     if req_body.len() + resp_body.len() <= cfg.max_record_bytes {
         write(&record, buf);
         if buf.len() <= cfg.max_record_bytes {
@@ -325,7 +327,8 @@ fn reference_encode(
     }
     record.request_payload = "";
     record.response_payload = "";
-    record.truncated = "requestPayload,responsePayload";
+    let both = label(true, true);
+    record.truncated = &both;
     write(&record, buf);
     let room = cfg
         .max_record_bytes
@@ -338,7 +341,8 @@ fn reference_encode(
     resp_cut |= resp_fit.len() < resp_body.len();
     record.request_payload = req_fit;
     record.response_payload = resp_fit;
-    record.truncated = truncated_label(req_cut, resp_cut);
+    let cut = label(req_cut, resp_cut);
+    record.truncated = &cut;
     write(&record, buf);
     Ok(())
 }

@@ -158,36 +158,184 @@ fn capture_starting_mid_body_seeks_the_next_message() {
 }
 
 #[test]
-fn gap_inside_a_sized_body_drops_the_message_but_keeps_framing() {
+fn gap_inside_a_sized_body_keeps_the_message_and_its_framing() {
     let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
     let steps = run(
         &mut p,
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123",
         Some("GET"),
     );
     assert!(complete(&steps).is_empty());
-    let (dropped, lost_framing) = p.gap(3);
-    assert!(dropped.is_none());
+    let (step, lost_framing) = p.gap(3, &cfg);
+    assert!(step.is_none());
     assert!(!lost_framing);
     let steps = run(&mut p, b"789HTTP/1.1 204 No Content\r\n\r\n", Some("GET"));
-    assert!(matches!(
-        steps[0],
-        Step::Dropped {
-            had_head: true,
-            reason: DropReason::Gap,
-            ..
-        }
-    ));
     let msgs = complete(&steps);
-    assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].status(), Some(204));
+    assert_eq!(msgs.len(), 2, "{steps:?}");
+    assert_eq!(msgs[0].status(), Some(200));
+    assert_eq!(msgs[0].body, b"0123", "what came before the gap");
+    assert_eq!(msgs[0].missing, 3);
+    assert!(msgs[0].complete);
+    assert_eq!(msgs[1].status(), Some(204));
+    assert_eq!(msgs[1].missing, 0);
+}
+
+#[test]
+fn gap_past_the_end_of_a_sized_body_completes_it_and_seeks_the_next() {
+    let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
+    run(
+        &mut p,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab",
+        Some("GET"),
+    );
+    let (step, lost_framing) = p.gap(30, &cfg);
+    let Some(Step::Complete(m)) = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!((m.body.as_slice(), m.missing), (&b"ab"[..], 4));
+    assert!(lost_framing, "the next message began inside the gap");
+    let steps = run(
+        &mut p,
+        b"tail of it\r\nHTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n",
+        Some("GET"),
+    );
+    assert_eq!(complete(&steps)[0].status(), Some(404));
+}
+
+/// A chunked body whose chunk-size lines fall in gaps: the parser recovers at a later chunk-size
+/// line that the next one confirms, and the message ends at its last chunk.
+#[test]
+fn chunked_framing_lost_in_a_gap_recovers_at_a_confirmed_chunk_size_line() {
+    let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
+    run(
+        &mut p,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        Some("GET"),
+    );
+    // Lost: "lo\r\n6\r\n world" and the start of the next chunk's data.
+    assert_eq!(p.gap(20, &cfg), (None, false));
+    assert!(p.recovering());
+    let steps = run(
+        &mut p,
+        b"xyz\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+        Some("GET"),
+    );
+    let msgs = complete(&steps);
+    assert_eq!(msgs.len(), 1, "{steps:?}");
+    assert_eq!(msgs[0].body, b"hel");
+    assert_eq!(msgs[0].missing, 20);
+    assert_eq!(msgs[0].recovered, Some(Recovery::ChunkSize));
+    assert!(!p.recovering());
+}
+
+#[test]
+fn chunked_framing_lost_in_a_gap_ends_at_the_next_status_line() {
+    let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
+    run(
+        &mut p,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        Some("GET"),
+    );
+    p.gap(100, &cfg);
+    // The rest of the body, its last chunk lost too, then the next response.
+    let steps = run(
+        &mut p,
+        b"more data\nno chunk line\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        Some("GET"),
+    );
+    let msgs = complete(&steps);
+    assert_eq!(msgs.len(), 2, "{steps:?}");
+    assert_eq!(
+        (msgs[0].status(), msgs[0].body.as_slice()),
+        (Some(200), &b"hello"[..])
+    );
+    assert_eq!(msgs[0].recovered, Some(Recovery::StartLine));
+    assert_eq!(
+        (msgs[1].status(), msgs[1].body.as_slice()),
+        (Some(201), &b"ok"[..])
+    );
+    assert_eq!(msgs[1].missing, 0);
+}
+
+#[test]
+fn a_candidate_chunk_line_not_confirmed_by_the_next_is_passed_over() {
+    let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
+    run(
+        &mut p,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        Some("GET"),
+    );
+    p.gap(10, &cfg);
+    // "2\r\n" looks like a chunk-size line, but 2 bytes on there is no CRLF.
+    let steps = run(&mut p, b"\n2\r\nabcdef\r\n", Some("GET"));
+    assert!(complete(&steps).is_empty());
+    assert!(p.recovering());
+    let Some(Step::Complete(m)) = p.finish(&cfg) else {
+        panic!("the stream's end ends the message")
+    };
+    assert_eq!(m.recovered, Some(Recovery::End));
+    assert_eq!(m.body, b"hel");
+}
+
+#[test]
+fn recovering_message_ends_where_the_peer_acknowledged() {
+    let mut p = Parser::new(Role::Response);
+    let cfg = HttpConfig::default();
+    // Stream positions: the head starts at 1 (see `meta`).
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
+    run(&mut p, head, Some("GET"));
+    p.gap(10, &cfg);
+    let after_gap = 1 + head.len() as u32 + 10;
+    p.push(b"body bytes", meta(after_gap));
+    assert!(complete(&drain(&mut p, Some("GET"), &cfg)).is_empty());
+    // The client's next request acknowledged everything up to here.
+    p.end_by(Some(Seq(after_gap + 10)));
+    let steps = drain(&mut p, Some("GET"), &cfg);
+    let msgs = complete(&steps);
+    assert_eq!(msgs.len(), 1, "{steps:?}");
+    assert_eq!(msgs[0].recovered, Some(Recovery::Peer));
+    p.push(b"HTTP/1.1 304 Not Modified\r\n\r\n", meta(after_gap + 10));
+    let steps = drain(&mut p, Some("GET"), &cfg);
+    assert_eq!(complete(&steps)[0].status(), Some(304));
+}
+
+#[test]
+fn gzip_body_cut_by_a_gap_decodes_what_came_before() {
+    use std::io::Write;
+    let text: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(text.as_bytes()).unwrap();
+    let gz = e.finish().unwrap();
+    let cfg = HttpConfig::default();
+    let mut p = Parser::new(Role::Response);
+    let mut wire = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    let half = gz.len() / 2;
+    wire.extend_from_slice(&gz[..half]);
+    run(&mut p, &wire, Some("GET"));
+    let (step, lost_framing) = p.gap((gz.len() - half) as u64, &cfg);
+    assert!(!lost_framing, "the gap ends where the body does");
+    let Some(Step::Complete(m)) = step else {
+        panic!("{step:?}")
+    };
+    assert!(m.decoded && !m.body.is_empty());
+    assert!(text.as_bytes().starts_with(&m.body), "a prefix of the text");
+    assert_eq!(m.missing, (gz.len() - half) as u64);
 }
 
 #[test]
 fn gap_inside_a_head_resyncs_at_the_next_message() {
     let mut p = Parser::new(Role::Request);
     run(&mut p, b"GET /lost HTTP/1.1\r\nHo", None);
-    let (dropped, lost_framing) = p.gap(40);
+    let (dropped, lost_framing) = p.gap(40, &HttpConfig::default());
     assert!(lost_framing);
     assert!(matches!(
         dropped,

@@ -259,7 +259,7 @@ fn early_final_response_pairs_with_an_upload_cut_short() {
 }
 
 #[test]
-fn gap_in_a_response_drops_that_pair_and_later_pairs_survive() {
+fn gap_in_a_response_keeps_that_pair_and_later_pairs_survive() {
     let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
     c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
     c.send(false, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab");
@@ -269,8 +269,18 @@ fn gap_in_a_response_drops_that_pair_and_later_pairs_survive() {
     c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
     c.send(false, OK);
     let ex = c.close();
-    assert_eq!(summary(&ex), [("GET".into(), "/2".into(), Some(200))]);
-    assert_eq!(c.ctx.stats.dropped_gap, 1);
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), Some(200)),
+            ("GET".into(), "/2".into(), Some(200))
+        ]
+    );
+    let damaged = ex[0].response.as_ref().unwrap();
+    assert_eq!((damaged.body.as_slice(), damaged.missing), (&b"ab"[..], 2));
+    assert_eq!(ex[1].response.as_ref().unwrap().missing, 0);
+    assert_eq!(c.ctx.stats.damaged_gap, 1);
+    assert_eq!(c.ctx.stats.dropped_gap, 0);
 }
 
 #[test]
@@ -286,6 +296,162 @@ fn framing_lost_in_a_gap_resyncs_and_pairs_by_acknowledgement() {
     c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
     c.send(false, OK);
     let ex = c.close();
-    assert_eq!(summary(&ex), [("GET".into(), "/2".into(), Some(200))]);
+    // The request whose response was lost is still reported, unanswered.
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), None),
+            ("GET".into(), "/2".into(), Some(200))
+        ]
+    );
     assert_eq!(c.ctx.stats.responses_lost, 1);
+}
+
+/// On a keep-alive connection whose two directions are reordered (two receive sockets), many
+/// responses overtake their requests at once; each waits for its own request, so none is
+/// unmatched and each pairs with the request it answers.
+#[test]
+fn many_responses_overtaking_their_requests_all_pair() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    let mut reqs = Vec::new();
+    let mut resps = Vec::new();
+    for i in 0..20 {
+        reqs.push(c.seg(true, format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes()));
+        let body = format!("{i:02}");
+        resps.push(c.seg(
+            false,
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{body}").as_bytes(),
+        ));
+    }
+    for s in resps.iter().chain(&reqs) {
+        c.deliver(s);
+    }
+    let ex = c.close();
+    assert_eq!(ex.len(), 20);
+    for (i, e) in ex.iter().enumerate() {
+        assert_eq!(summary(std::slice::from_ref(e))[0].1, format!("/{i}"));
+        assert_eq!(
+            e.response.as_ref().unwrap().body,
+            format!("{i:02}").as_bytes()
+        );
+    }
+    assert_eq!(c.ctx.stats.unmatched_responses, 0);
+    assert_eq!(
+        c.ctx.stats.responses_held, 20,
+        "each head waited for its request"
+    );
+}
+
+/// A response to HEAD has no body whatever its Content-Length says: held until its request
+/// arrives, it is framed by that request's method, and the next response is not swallowed.
+#[test]
+fn held_response_to_head_is_framed_by_its_request() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    let r1 = c.seg(true, b"HEAD /h HTTP/1.1\r\n\r\n");
+    let p1 = c.seg(false, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    let r2 = c.seg(true, b"GET /g HTTP/1.1\r\n\r\n");
+    let p2 = c.seg(false, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    for s in [&p1, &p2, &r1, &r2] {
+        c.deliver(s);
+    }
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("HEAD".into(), "/h".into(), Some(200)),
+            ("GET".into(), "/g".into(), Some(200))
+        ]
+    );
+    assert_eq!(ex[1].response.as_ref().unwrap().body, b"hello");
+}
+
+/// A held response whose request never comes is let go after the reorder timeout (counted),
+/// and only then is it unmatched.
+#[test]
+fn held_response_without_its_request_is_released_after_the_timeout() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    let _lost = c.seg(true, b"GET /lost HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    assert_eq!(c.ctx.stats.responses_held, 1);
+    assert_eq!(c.ctx.stats.unmatched_responses, 0, "still waiting");
+    c.now += 3_000_000;
+    c.table.expire(c.now, &mut c.ctx);
+    assert_eq!(c.ctx.stats.held_timeouts, 1);
+    assert_eq!(c.ctx.stats.unmatched_responses, 1);
+    assert!(c.close().is_empty(), "nothing invented");
+}
+
+/// When the client stream passes the bytes a held response acknowledges (here: a gap where its
+/// request was), the request is known lost: the response is unmatched at once, counted as a
+/// request whose head was lost, and the next exchange pairs.
+#[test]
+fn response_whose_request_head_was_lost_is_counted() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    let _lost = c.seg(true, b"GET /2 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    c.send(true, b"GET /3 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    c.now += 3_000_000;
+    c.table.expire(c.now, &mut c.ctx);
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), Some(200)),
+            ("GET".into(), "/3".into(), Some(200))
+        ]
+    );
+    assert_eq!(c.ctx.stats.request_heads_lost, 1);
+    assert_eq!(c.ctx.stats.unmatched_responses, 1);
+}
+
+/// A chunked response whose last chunk was lost ends where the client's next request says it
+/// had arrived: the pair is emitted then, not at the connection's end, and flagged.
+#[test]
+fn chunked_response_with_its_end_lost_ends_at_the_next_request() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    );
+    let _lost = c.seg(false, b"4\r\nefgh\r\n0\r\n\r\n");
+    c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
+    // Held behind the hole until the reorder timeout declares it a gap.
+    c.send(false, OK);
+    assert!(c.ctx.out.is_empty());
+    c.now += 3_000_000;
+    c.table.expire(c.now, &mut c.ctx);
+    assert_eq!(c.ctx.out.len(), 2, "both pairs out before the close");
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), Some(200)),
+            ("GET".into(), "/2".into(), Some(200))
+        ]
+    );
+    let first = ex[0].response.as_ref().unwrap();
+    assert_eq!((first.body.as_slice(), first.missing), (&b"abcd"[..], 14));
+    assert_eq!(first.recovered, Some(crate::http::Recovery::Peer));
+    assert_eq!(ex[1].response.as_ref().unwrap().body, b"ok");
+}
+
+/// A response cut short by the connection's end is reported with its request, marked.
+#[test]
+fn response_cut_short_by_the_close_is_reported_incomplete() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /big HTTP/1.1\r\n\r\n");
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
+    );
+    let ex = c.close();
+    assert_eq!(summary(&ex), [("GET".into(), "/big".into(), Some(200))]);
+    let resp = ex[0].response.as_ref().unwrap();
+    assert!(!resp.complete);
+    assert_eq!(resp.body, b"partial");
+    assert_eq!(c.ctx.stats.damaged_ended, 1);
 }
