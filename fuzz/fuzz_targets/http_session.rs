@@ -3,7 +3,10 @@
 //! retransmissions (possibly disagreeing), segments ahead of a hole, SYN/FIN/RST, time steps and
 //! expiry. Segments go through `Pipeline::segment` (flow table -> reassembly -> `http::Session`),
 //! then `finish()`. Every exchange is encoded with `record::Encoder` (max_record_bytes 2048) and
-//! the record checked: JSON, all values strings, within the size limit.
+//! the record checked: JSON, all values strings, within the size limit, `truncated` naming exactly
+//! the damage of each message. Losses and truncation inside bodies drive the parser's damaged
+//! paths (bodies kept up to the gap, chunked framing recovered); server bytes sent before the
+//! client's drive held responses (released by their request, the timeout, the cap or a gap).
 //!
 //! Input layout (so seeds can be real request/response streams):
 //! `flags: u8, client_len: u16 BE, server_len: u16 BE, client bytes, server bytes, script...`
@@ -164,6 +167,8 @@ fuzz_target!(|data: &[u8]| {
             max_body_bytes: 256,
             max_head_bytes: 512,
             max_pending_requests: 3,
+            hold_timeout_us: 200_000,
+            max_held_bytes: 1024,
             ..HttpConfig::default()
         }
     } else {
@@ -171,6 +176,8 @@ fuzz_target!(|data: &[u8]| {
             max_body_bytes: 64 * 1024,
             max_head_bytes: 16 * 1024,
             max_pending_requests: 64,
+            hold_timeout_us: 200_000,
+            max_held_bytes: 16 * 1024,
             ..HttpConfig::default()
         }
     };

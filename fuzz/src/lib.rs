@@ -116,14 +116,34 @@ pub fn check_exchange(enc: &Encoder, ex: &Exchange, max_body_bytes: usize, buf: 
     }
     let pending = obj["is_pending"].as_str() == Some("true");
     assert_eq!(pending, ex.response.is_none());
-    if let Some(t) = obj.get("truncated") {
-        let t = t.as_str().unwrap_or_default();
-        assert!(
-            matches!(
-                t,
-                "requestPayload" | "responsePayload" | "requestPayload,responsePayload"
-            ),
-            "truncated = {t:?}"
-        );
+    let truncated = obj.get("truncated").and_then(|t| t.as_str()).unwrap_or("");
+    check_truncated(truncated, ex);
+}
+
+/// `truncated`: entries `requestPayload` then `responsePayload`, each with `:missing=N` exactly
+/// when that message lacks N bytes and `:ended` exactly when the connection ended first.
+fn check_truncated(t: &str, ex: &Exchange) {
+    let entries: Vec<&str> = if t.is_empty() { Vec::new() } else { t.split(',').collect() };
+    assert!(entries.len() <= 2, "truncated = {t:?}");
+    let messages = [("requestPayload", Some(&ex.request)), ("responsePayload", ex.response.as_ref())];
+    let mut rest = entries.iter().peekable();
+    for (name, msg) in messages {
+        let Some(msg) = msg else { continue };
+        let damaged = msg.missing > 0 || !msg.complete;
+        let entry = rest.next_if(|e| e.split(':').next() == Some(name));
+        match entry {
+            Some(entry) => {
+                let mut want = name.to_owned();
+                if msg.missing > 0 {
+                    want.push_str(&format!(":missing={}", msg.missing));
+                }
+                if !msg.complete {
+                    want.push_str(":ended");
+                }
+                assert_eq!(*entry, want, "truncated = {t:?}");
+            }
+            None => assert!(!damaged, "{name} damaged but not named: truncated = {t:?}"),
+        }
     }
+    assert!(rest.next().is_none(), "truncated = {t:?}");
 }

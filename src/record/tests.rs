@@ -161,6 +161,28 @@ fn body_cut_at_the_body_cap_is_flagged() {
 }
 
 #[test]
+fn capture_damage_is_named_with_the_bytes_never_seen() {
+    let mut ex = exchange(true, b"abc", b"def");
+    ex.response.as_mut().unwrap().missing = 51_200;
+    let (r, _) = encode(&ex, 1_000_000);
+    assert_eq!(r["truncated"], "responsePayload:missing=51200");
+    assert_eq!(r["responsePayload"], "def", "what came before the gap");
+    ex.request.complete = false;
+    ex.request.body_truncated = true;
+    let (r, _) = encode(&ex, 1_000_000);
+    assert_eq!(
+        r["truncated"],
+        "requestPayload:ended,responsePayload:missing=51200"
+    );
+    // Cut to fit as well: the damage is still named.
+    let mut ex = exchange(true, &[b'q'; 3000], &[b'r'; 3000]);
+    ex.response.as_mut().unwrap().missing = 7;
+    let (r, len) = encode(&ex, 4000);
+    assert!(len <= 4000);
+    assert_eq!(r["truncated"], "requestPayload,responsePayload:missing=7");
+}
+
+#[test]
 fn heads_too_large_for_any_record_are_an_error() {
     let mut ex = exchange(true, b"", b"");
     ex.request.headers.push("x-big", &"z".repeat(5000));
