@@ -16,7 +16,7 @@
 //! [`Parser`]), a request whose response was lost is reported unanswered, and a message whose
 //! chunked framing a gap destroyed ends where the peer's next message says it had arrived.
 
-use super::message::{Exchange, Message};
+use super::message::{Exchange, Message, Recovery};
 use super::parser::{DropReason, Parser, Role, Step};
 use super::{HttpCtx, HttpStats};
 use crate::flow::{CloseReason, DataMeta, FlowKey, Seq, Side, StreamEvent, StreamHandler};
@@ -128,11 +128,13 @@ impl StreamHandler for Session {
                 let (step, lost_framing) = parser.gap(len, &ctx.cfg);
                 // The other direction's latest message may already say where this one ended.
                 parser.end_by(peer_ack);
-                if side != client && (lost_framing || self.responses.recovering()) {
-                    self.resynced = true;
-                }
+                let recovering = parser.recovering();
                 if let Some(step) = step {
                     self.apply(ctx, key, client, side, step);
+                }
+                // Responses may have been lost whole: the next one is paired by its ack.
+                if side != client && (lost_framing || recovering) {
+                    self.resynced = true;
                 }
                 self.drive(ctx, key, client, side);
                 ts
@@ -404,6 +406,9 @@ impl Session {
                 }
                 ctx.bump(key.vni, |s| s.responses += 1);
                 count_body(ctx, key, &msg);
+                // Found again by a start line or the peer, responses may have been lost whole
+                // before the next one.
+                let resync = matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer));
                 if !self.attach(ctx, key, msg) {
                     let lost = self.client_gap;
                     ctx.bump(key.vni, |s| {
@@ -411,6 +416,7 @@ impl Session {
                         s.request_heads_lost += u64::from(lost);
                     });
                 }
+                self.resynced |= resync;
                 self.emit_ready(ctx, key, client);
             }
             Step::Dropped {
@@ -577,6 +583,15 @@ fn answers(request_seq: Option<Seq>, response_ack: Option<Seq>) -> bool {
 }
 
 fn count_body(ctx: &mut HttpCtx, key: &FlowKey, msg: &Message) {
+    let clean = !msg.body_truncated
+        && !msg.decode_failed
+        && msg.missing == 0
+        && msg.complete
+        && msg.recovered.is_none();
+    if clean {
+        // The common case costs no lookup of the session's counters.
+        return;
+    }
     ctx.bump(key.vni, |s| {
         s.bodies_truncated += u64::from(msg.body_truncated && msg.missing == 0);
         s.decode_failures += u64::from(msg.decode_failed);

@@ -455,3 +455,38 @@ fn response_cut_short_by_the_close_is_reported_incomplete() {
     assert_eq!(resp.body, b"partial");
     assert_eq!(c.ctx.stats.damaged_ended, 1);
 }
+
+/// A gap swallows the end of a chunked response and the whole next response: the damaged one
+/// ends where the client's latest request acknowledged, the next response found pairs with its
+/// own request by its acknowledgement number, and the request whose answer was lost is reported
+/// unanswered.
+#[test]
+fn response_lost_whole_inside_a_chunked_gap_does_not_shift_the_pairs() {
+    let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+    c.send(true, b"GET /1 HTTP/1.1\r\n\r\n");
+    c.send(
+        false,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    );
+    let _lost = c.seg(false, b"4\r\nefgh\r\n0\r\n\r\n");
+    c.send(true, b"GET /2 HTTP/1.1\r\n\r\n");
+    let _lost = c.seg(
+        false,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    c.send(true, b"GET /3 HTTP/1.1\r\n\r\n");
+    c.send(false, OK);
+    c.now += 3_000_000;
+    c.table.expire(c.now, &mut c.ctx);
+    let ex = c.close();
+    assert_eq!(
+        summary(&ex),
+        [
+            ("GET".into(), "/1".into(), Some(200)),
+            ("GET".into(), "/2".into(), None),
+            ("GET".into(), "/3".into(), Some(200))
+        ]
+    );
+    assert_eq!(ex[2].response.as_ref().unwrap().body, b"ok");
+    assert_eq!(c.ctx.stats.responses_lost, 1);
+}
