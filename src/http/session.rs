@@ -452,7 +452,8 @@ impl Session {
     /// Lets a held response head go on when its request has arrived, when the client stream has
     /// passed the bytes it acknowledges (its request was lost or never captured), when it has
     /// waited the reorder timeout or holds more than the held-bytes cap, or when `now_or_never`
-    /// (a gap in the response stream, its end, the connection's close).
+    /// (a gap in the response stream, its end, the connection's close): then every head in the
+    /// buffer goes on, for the bytes that follow must find their framing chosen.
     fn resume_held(
         &mut self,
         ctx: &mut HttpCtx,
@@ -461,29 +462,34 @@ impl Session {
         now: u64,
         now_or_never: bool,
     ) {
-        let Some(since) = self.held_since else {
-            return;
-        };
-        let ack = self.responses.current().and_then(|m| m.ack);
-        let method = match self.target(ack) {
-            Some(i) => Some(self.pending[i].method.clone()),
-            None if now_or_never || !self.request_may_follow(ack) => None,
-            None => {
-                let timed_out = now.saturating_sub(since) >= ctx.cfg.hold_timeout_us;
-                let over = self.responses.buffered() > ctx.cfg.max_held_bytes;
-                if !timed_out && !over {
-                    return;
+        while let Some(since) = self.held_since {
+            let ack = self.responses.current().and_then(|m| m.ack);
+            let method = match self.target(ack) {
+                Some(i) => Some(self.pending[i].method.clone()),
+                None if now_or_never || !self.request_may_follow(ack) => None,
+                None => {
+                    let timed_out = now.saturating_sub(since) >= ctx.cfg.hold_timeout_us;
+                    let over = self.responses.buffered() > ctx.cfg.max_held_bytes;
+                    if !timed_out && !over {
+                        return;
+                    }
+                    ctx.bump(key.vni, |s| {
+                        s.held_timeouts += u64::from(timed_out);
+                        s.held_over_cap += u64::from(!timed_out);
+                    });
+                    None
                 }
-                ctx.bump(key.vni, |s| {
-                    s.held_timeouts += u64::from(timed_out);
-                    s.held_over_cap += u64::from(!timed_out);
-                });
-                None
+            };
+            self.held_since = None;
+            if self.responses.awaiting_body() {
+                self.start_response_body(ctx, key, method.as_deref());
             }
-        };
-        self.held_since = None;
-        self.start_response_body(ctx, key, method.as_deref());
-        self.drive(ctx, key, client, client.other());
+            self.drive(ctx, key, client, client.other());
+            if !now_or_never {
+                // A head the drive held again waits for its own request.
+                return;
+            }
+        }
     }
 
     /// The pending request a response beginning with acknowledgement `ack` answers.
