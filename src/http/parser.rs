@@ -164,6 +164,10 @@ pub struct Parser {
     msg: Option<Box<Message>>,
     /// While recovering: the message ends at the latest here (the peer acknowledged it).
     end_hint: Option<Seq>,
+    /// Where in `buf` the newest segment's bytes begin. A message starts a segment far more
+    /// often than not, so after framing was lost that position is a candidate start even when
+    /// it is not a line start (a body ending without a newline before the next head).
+    seg_start: usize,
     tunnel_after: bool,
     /// Bytes skipped while looking for a message start.
     pub skipped_bytes: u64,
@@ -180,6 +184,7 @@ impl Parser {
             state: State::Seek,
             msg: None,
             end_hint: None,
+            seg_start: 0,
             tunnel_after: false,
             skipped_bytes: 0,
         }
@@ -207,6 +212,12 @@ impl Parser {
     /// True once the direction switched protocols.
     pub fn in_tunnel(&self) -> bool {
         self.state == State::Tunnel
+    }
+
+    /// Sequence number of the next byte not yet consumed, when known (just past the message
+    /// that completed last, right after it completes).
+    pub fn position(&self) -> Option<Seq> {
+        self.seq
     }
 
     /// True while a gap's damage to framing is being recovered from.
@@ -293,8 +304,29 @@ impl Parser {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+        self.seg_start = self.buf.len();
         self.buf.extend_from_slice(data);
         self.meta = Some(meta);
+    }
+
+    /// The newest segment's start in the unconsumed bytes, when a start line of kind `want`
+    /// begins there and it is not a line start already.
+    fn start_at_segment(&self, want: StartKind) -> Option<usize> {
+        let avail = &self.buf[self.pos..];
+        let mark = self.seg_start.checked_sub(self.pos)?;
+        if mark == 0 || mark >= avail.len() || avail[mark - 1] == b'\n' {
+            return None;
+        }
+        matches!(detect::scan(&avail[mark..], Some(want)), Scan::Found(0, _)).then_some(mark)
+    }
+
+    /// True when the buffered bytes begin with a complete status line.
+    fn next_is_status_line(&self) -> bool {
+        let avail = &self.buf[self.pos..];
+        avail.iter().position(|&b| b == b'\n').is_some_and(|eol| {
+            let line = avail[..eol].strip_suffix(b"\r").unwrap_or(&avail[..eol]);
+            detect::classify_line(line) == Some(StartKind::Response)
+        })
     }
 
     /// Chooses the body framing of the message whose head was just reported. For a response,
@@ -327,6 +359,12 @@ impl Parser {
                     || method == "HEAD"
                 {
                     State::Length(0)
+                } else if request_method.is_none() && self.next_is_status_line() {
+                    // Its request is unknown (lost, or before the capture) and the next response
+                    // follows the head at once: a response to HEAD, whose Content-Length
+                    // describes a body it does not carry. Taking the length would swallow the
+                    // next response.
+                    State::Length(0)
                 } else if chunked {
                     State::Chunked(Chunk::Size)
                 } else if let Some(n) = length {
@@ -352,7 +390,20 @@ impl Parser {
                         Role::Request => StartKind::Request,
                         Role::Response => StartKind::Response,
                     };
-                    match detect::scan(&self.buf[self.pos..], Some(want)) {
+                    let mut scan = detect::scan(&self.buf[self.pos..], Some(want));
+                    let line_start = match scan {
+                        Scan::Found(off, _) | Scan::Partial(off) => Some(off),
+                        Scan::None => None,
+                    };
+                    // The newest segment starts a message inside the line found (or after every
+                    // line start): it wins.
+                    if let Some(mark) = self.start_at_segment(want) {
+                        let avail = &self.buf[self.pos..];
+                        if line_start.is_none_or(|o| o < mark && !avail[o..mark].contains(&b'\n')) {
+                            scan = Scan::Found(mark, want);
+                        }
+                    }
+                    match scan {
                         Scan::Found(off, _) => {
                             self.skip(off);
                             self.state = State::Head;
@@ -394,7 +445,12 @@ impl Parser {
                     }
                 }
                 State::AwaitBody => {
-                    // The caller did not choose the framing: frame it as a request would.
+                    // The caller did not choose the framing (a response whose request is
+                    // unknown): decide once the bytes after the head show whether a body
+                    // follows (see `start_body`).
+                    if self.role == Role::Response && self.buffered() == 0 {
+                        return Step::NeedMore;
+                    }
                     if let Err(e) = self.start_body(None) {
                         return self.abandon(DropReason::Parse(e), true);
                     }
@@ -508,6 +564,7 @@ impl Parser {
         let hint = self.end_hint.zip(self.seq).map(|(h, s)| h.diff(s));
         let reached_hint = hint.is_some_and(|h| h <= avail.len() as i64);
         let limit = hint.map_or(avail.len(), |h| h.clamp(0, avail.len() as i64) as usize);
+        let seg = self.start_at_segment(want).filter(|&m| m < limit);
         let mut at = 0;
         let mut last_line_start = 0;
         let found = loop {
@@ -520,7 +577,15 @@ impl Parser {
                 Candidate::No => {}
                 found => break Some((at, found)),
             }
-            match rest.iter().position(|&b| b == b'\n') {
+            let eol = rest.iter().position(|&b| b == b'\n');
+            // The newest segment starts a message inside this line.
+            if let Some(mark) = seg
+                && mark > at
+                && eol.is_none_or(|e| mark <= at + e)
+            {
+                break Some((mark, Candidate::Start));
+            }
+            match eol {
                 Some(eol) => at += eol + 1,
                 None => break None,
             }

@@ -44,6 +44,10 @@ enum RespSlot {
 struct Pending {
     method: String,
     seq: Option<Seq>,
+    /// Sequence number just past the request, once it is complete.
+    end: Option<Seq>,
+    /// Client bytes were lost after it, before the next request seen.
+    gap_after: bool,
     request: ReqState,
     response: RespSlot,
 }
@@ -65,11 +69,21 @@ pub struct Session {
     pending: VecDeque<Pending>,
     /// Since when (µs) the response head in the parser waits for its request.
     held_since: Option<u64>,
+    /// Complete responses waiting for their request (a gap in the response stream made their
+    /// framing go on without it), with the time they began waiting.
+    early: VecDeque<(Message, u64)>,
+    /// The latest time (µs) an event or tick brought.
+    now: u64,
     /// Sequence number just past the client bytes delivered so far (data or gap).
     client_end: Option<Seq>,
     /// The client stream had a gap since the last request head: a response without a request
     /// then answers one whose head was lost.
     client_gap: bool,
+    /// A held response was let go without its request (timeout, cap, request known lost): it is
+    /// unmatched when it completes, not queued to wait again.
+    gave_up: bool,
+    /// The response in progress had its head held (it is counted as held once).
+    head_held: bool,
     /// Acknowledgement numbers of the latest request head and response head: where the other
     /// direction's message before them had arrived, for a message that loses its framing later.
     last_acks: [Option<Seq>; 2],
@@ -86,8 +100,12 @@ impl Default for Session {
             responses: Parser::new(Role::Response),
             pending: VecDeque::new(),
             held_since: None,
+            early: VecDeque::new(),
+            now: 0,
             client_end: None,
             client_gap: false,
+            gave_up: false,
+            head_held: false,
             last_acks: [None; 2],
             resynced: false,
         }
@@ -106,6 +124,10 @@ impl StreamHandler for Session {
             }
             return;
         };
+        self.now = self.now.max(match ev {
+            StreamEvent::Data(_, meta) => meta.ts,
+            StreamEvent::Gap { ts, .. } | StreamEvent::End { ts } => ts,
+        });
         let now = match ev {
             StreamEvent::Data(bytes, meta) => {
                 if side == client {
@@ -119,6 +141,12 @@ impl StreamHandler for Session {
                 if side == client {
                     self.client_end = self.client_end.map(|e| e.wrapping_add(len));
                     self.client_gap = true;
+                    // A gap after the latest complete request may have held the next one.
+                    if let Some(p) = self.pending.back_mut()
+                        && p.end.is_some()
+                    {
+                        p.gap_after = true;
+                    }
                 } else {
                     // The held head's body framing must be chosen before its bytes go on.
                     self.resume_held(ctx, key, client, ts, true);
@@ -153,6 +181,7 @@ impl StreamHandler for Session {
     }
 
     fn tick(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64) {
+        self.now = self.now.max(now);
         if let Some(client) = self.client {
             self.resume_held(ctx, key, client, now, false);
         }
@@ -187,12 +216,14 @@ impl StreamHandler for Session {
             + self.requests.held_bytes()
             + self.responses.held_bytes()
             + pending
+            + self.early.iter().map(|(m, _)| body(m)).sum::<usize>()
     }
 
     fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, now: u64) {
         let Some(client) = self.client else {
             return;
         };
+        self.now = self.now.max(now);
         self.resume_held(ctx, key, client, now, true);
         // What the connection's end cut short is still reported, marked incomplete.
         if let Some(step) = self.responses.finish(&ctx.cfg) {
@@ -201,6 +232,7 @@ impl StreamHandler for Session {
         if let Some(step) = self.requests.finish(&ctx.cfg) {
             self.apply(ctx, key, client, client, step);
         }
+        self.expire_early(ctx, key, now, true);
         self.emit_ready(ctx, key, client);
         for p in std::mem::take(&mut self.pending) {
             match (p.request, p.response) {
@@ -305,7 +337,7 @@ impl Session {
                     return;
                 };
                 ctx.bump(key.vni, |s| s.requests += 1);
-                let (seq, ack, ts) = (msg.seq, msg.ack, msg.ts);
+                let (seq, ack) = (msg.seq, msg.ack);
                 self.client_gap = false;
                 self.last_acks[0] = ack;
                 if self.pending.len() >= ctx.cfg.max_pending_requests {
@@ -330,6 +362,8 @@ impl Session {
                 self.pending.push_back(Pending {
                     method,
                     seq,
+                    end: None,
+                    gap_after: false,
                     request: ReqState::InProgress,
                     response: RespSlot::Waiting,
                 });
@@ -339,10 +373,12 @@ impl Session {
                     self.responses.end_by(ack);
                     self.drive(ctx, key, client, client.other());
                 }
-                // A response that arrived first may be this request's answer.
-                self.resume_held(ctx, key, client, ts, false);
+                // A held response that may answer it is looked at once the event is through
+                // (`event`): by then a request without a body is complete, and where it ends
+                // tells whether the response acknowledges more than it.
             }
             Step::Complete(msg) => {
+                let end = self.requests.position();
                 if let Some(p) = self
                     .pending
                     .iter_mut()
@@ -350,6 +386,7 @@ impl Session {
                     .find(|p| p.request == ReqState::InProgress)
                 {
                     count_body(ctx, key, &msg);
+                    p.end = end;
                     p.request = ReqState::Complete(msg);
                 }
                 self.emit_ready(ctx, key, client);
@@ -394,8 +431,10 @@ impl Session {
                     None if self.request_may_follow(ack) => {
                         ctx.bump(key.vni, |s| s.responses_held += 1);
                         self.held_since = Some(ts);
+                        self.head_held = true;
                     }
-                    None => self.start_response_body(ctx, key, None),
+                    // Its request is unknown: the parser frames it from the bytes after it.
+                    None => {}
                 }
             }
             Step::Complete(msg) => {
@@ -409,12 +448,26 @@ impl Session {
                 // Found again by a start line or the peer, responses may have been lost whole
                 // before the next one.
                 let resync = matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer));
-                if !self.attach(ctx, key, msg) {
-                    let lost = self.client_gap;
-                    ctx.bump(key.vni, |s| {
-                        s.unmatched_responses += 1;
-                        s.request_heads_lost += u64::from(lost);
-                    });
+                let gave_up = std::mem::take(&mut self.gave_up);
+                let head_held = std::mem::take(&mut self.head_held);
+                // Responses waiting before it go first: paired, or let go if they cannot wait
+                // behind one that cannot.
+                self.expire_early(ctx, key, self.now, false);
+                let may_wait = !gave_up && self.request_may_follow(msg.ack);
+                if !self.early.is_empty() && !may_wait {
+                    self.expire_early(ctx, key, self.now, true);
+                }
+                if self.early.is_empty() && self.target(msg.ack).is_some() {
+                    self.attach(ctx, key, msg);
+                } else if may_wait {
+                    // Its request may still come: it waits, after any that wait already.
+                    if !head_held {
+                        ctx.bump(key.vni, |s| s.responses_held += 1);
+                    }
+                    let since = msg.ts;
+                    self.early.push_back((msg, since));
+                } else {
+                    self.count_unmatched(ctx, key);
                 }
                 self.resynced |= resync;
                 self.emit_ready(ctx, key, client);
@@ -430,6 +483,43 @@ impl Session {
                 }
                 self.emit_ready(ctx, key, client);
             }
+        }
+    }
+
+    fn count_unmatched(&mut self, ctx: &mut HttpCtx, key: &FlowKey) {
+        let lost = self.client_gap;
+        ctx.bump(key.vni, |s| {
+            s.unmatched_responses += 1;
+            s.request_heads_lost += u64::from(lost);
+        });
+    }
+
+    /// Pairs waiting complete responses whose request has arrived, in order; lets go (as
+    /// unmatched) those whose request can no longer come, that waited the reorder timeout,
+    /// beyond the held-bytes cap, or all of them with `all`.
+    fn expire_early(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64, all: bool) {
+        while let Some((front, since)) = self.early.front() {
+            let ack = front.ack;
+            if !all && self.target(ack).is_some() {
+                if let Some((msg, _)) = self.early.pop_front() {
+                    self.attach(ctx, key, msg);
+                }
+                continue;
+            }
+            let timed_out = now.saturating_sub(*since) >= ctx.cfg.hold_timeout_us;
+            let bytes: usize = self.early.iter().map(|(m, _)| m.body.len()).sum();
+            let over = bytes > ctx.cfg.max_held_bytes;
+            if !all && self.request_may_follow(ack) && !timed_out && !over {
+                return;
+            }
+            if !all && self.request_may_follow(ack) {
+                ctx.bump(key.vni, |s| {
+                    s.held_timeouts += u64::from(timed_out);
+                    s.held_over_cap += u64::from(!timed_out);
+                });
+            }
+            self.early.pop_front();
+            self.count_unmatched(ctx, key);
         }
     }
 
@@ -462,7 +552,15 @@ impl Session {
         now: u64,
         now_or_never: bool,
     ) {
+        self.expire_early(ctx, key, now, false);
+        self.emit_ready(ctx, key, client);
         while let Some(since) = self.held_since {
+            if !self.early.is_empty() {
+                // Responses before it wait still: it waits behind them.
+                if !now_or_never {
+                    return;
+                }
+            }
             let ack = self.responses.current().and_then(|m| m.ack);
             let method = match self.target(ack) {
                 Some(i) => Some(self.pending[i].method.clone()),
@@ -477,12 +575,18 @@ impl Session {
                         s.held_timeouts += u64::from(timed_out);
                         s.held_over_cap += u64::from(!timed_out);
                     });
+                    self.gave_up = true;
                     None
                 }
             };
+            if method.is_none() && !now_or_never {
+                self.gave_up = true;
+            }
             self.held_since = None;
-            if self.responses.awaiting_body() {
-                self.start_response_body(ctx, key, method.as_deref());
+            if let Some(method) = &method
+                && self.responses.awaiting_body()
+            {
+                self.start_response_body(ctx, key, Some(method));
             }
             self.drive(ctx, key, client, client.other());
             if !now_or_never {
@@ -494,11 +598,22 @@ impl Session {
 
     /// The pending request a response beginning with acknowledgement `ack` answers.
     fn target(&self, ack: Option<Seq>) -> Option<usize> {
+        // Client bytes lost between a request's end and what the response acknowledges may
+        // have held the request it answers (keep-alive: a server answers before it receives the
+        // next request): such a request is not the answer's.
+        // So are client bytes after it that the server had and that were not delivered here:
+        // the answer may be to a request among them.
+        let lost_after = |p: &Pending| match (p.end, ack) {
+            (Some(end), Some(ack)) if ack > end => {
+                p.gap_after || self.client_end.is_some_and(|e| ack > e)
+            }
+            _ => false,
+        };
         let mut waiting = self
             .pending
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.response == RespSlot::Waiting);
+            .filter(|(_, p)| p.response == RespSlot::Waiting && !lost_after(p));
         if self.resynced {
             // Responses were lost with framing: the answer is to the latest request the server
             // had received.

@@ -466,3 +466,28 @@ fn header_values_keep_valid_text_and_replace_invalid_utf8() {
     assert_eq!(msgs[2].header("x-trailer"), Some("\u{fffd} ok"));
     assert_eq!(msgs[2].header("x-other"), Some("fin\u{e9}"));
 }
+
+/// After framing was lost, the tail of a body that does not end in a newline does not hide the
+/// head that starts the next segment (nor glue itself onto its method).
+#[test]
+fn head_at_a_segment_start_is_found_after_a_body_tail_without_newline() {
+    for role in [Role::Request, Role::Response] {
+        let mut p = Parser::new(role);
+        let cfg = HttpConfig::default();
+        p.gap(10, &cfg);
+        p.push(b"{\"tail\":1}", meta(100));
+        assert!(drain(&mut p, Some("GET"), &cfg).is_empty());
+        let head: &[u8] = match role {
+            Role::Request => b"GET /next HTTP/1.1\r\n\r\n",
+            Role::Response => b"HTTP/1.1 204 No Content\r\n\r\n",
+        };
+        p.push(head, meta(110));
+        let steps = drain(&mut p, Some("GET"), &cfg);
+        let msgs = complete(&steps);
+        assert_eq!(msgs.len(), 1, "{role:?}: {steps:?}");
+        match role {
+            Role::Request => assert_eq!(msgs[0].method(), Some("GET")),
+            Role::Response => assert_eq!(msgs[0].status(), Some(204)),
+        }
+    }
+}
