@@ -159,6 +159,10 @@ pub struct Parser {
     seq: Option<Seq>,
     /// Metadata of the bytes most recently pushed.
     meta: Option<DataMeta>,
+    /// While a head waits for its body framing (a held response), the segments pushed behind
+    /// it: where each begins in `buf` and its metadata, so each later head gets its own
+    /// segment's time and acknowledgement. Empty otherwise (no allocation on the common path).
+    metas: std::collections::VecDeque<(usize, DataMeta)>,
     state: State,
     /// Boxed: an idle connection's parsers stay small.
     msg: Option<Box<Message>>,
@@ -181,6 +185,7 @@ impl Parser {
             pos: 0,
             seq: None,
             meta: None,
+            metas: std::collections::VecDeque::new(),
             state: State::Seek,
             msg: None,
             end_hint: None,
@@ -206,6 +211,9 @@ impl Parser {
         if self.pos == self.buf.len() && self.buf.capacity() > 0 {
             self.buf = Vec::new();
             self.pos = 0;
+        }
+        if self.metas.is_empty() && self.metas.capacity() > 0 {
+            self.metas = std::collections::VecDeque::new();
         }
     }
 
@@ -249,6 +257,7 @@ impl Parser {
     pub fn enter_tunnel(&mut self) {
         self.state = State::Tunnel;
         self.buf.clear();
+        self.metas.clear();
         self.pos = 0;
         self.msg = None;
     }
@@ -300,11 +309,24 @@ impl Parser {
             self.buf.clear();
             self.pos = 0;
             self.seq = Some(meta.seq);
+            self.metas.clear();
         } else if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
+            for m in &mut self.metas {
+                m.0 = m.0.saturating_sub(self.pos);
+            }
             self.pos = 0;
         }
         self.seg_start = self.buf.len();
+        if self.state == State::AwaitBody || !self.metas.is_empty() {
+            if self.metas.is_empty()
+                && let Some(prev) = self.meta
+            {
+                // The bytes already buffered came with the previous segment.
+                self.metas.push_back((self.pos, prev));
+            }
+            self.metas.push_back((self.buf.len(), meta));
+        }
         self.buf.extend_from_slice(data);
         self.meta = Some(meta);
     }
@@ -637,6 +659,17 @@ impl Parser {
     /// progress keeps going: see the module doc.
     pub fn gap(&mut self, len: u64, cfg: &HttpConfig) -> (Option<Step>, bool) {
         let has_msg = self.msg.is_some();
+        if has_msg && self.state == State::AwaitBody && self.buffered() == 0 {
+            // A head whose framing waited for the bytes after it: they are lost, so decide
+            // now. One without a body (204, 304, Content-Length 0) is complete, and the gap
+            // falls between messages.
+            if self.start_body(None).is_ok() && self.state == State::Length(0) {
+                let step = self.finish_message(cfg);
+                self.lose_framing();
+                return (Some(step), true);
+            }
+            self.state = State::AwaitBody;
+        }
         match self.state {
             State::Tunnel => (None, false),
             State::Length(rest) if has_msg && self.buffered() == 0 => {
@@ -701,12 +734,14 @@ impl Parser {
         self.consume(n);
         self.seq = self.seq.map(|s| s.wrapping_add(len));
         self.buf.clear();
+        self.metas.clear();
         self.pos = 0;
     }
 
     fn lose_framing(&mut self) {
         self.state = State::Seek;
         self.buf.clear();
+        self.metas.clear();
         self.pos = 0;
         self.seq = None;
     }
@@ -786,7 +821,7 @@ impl Parser {
                 Ok(None)
             };
         };
-        let meta = self.meta;
+        let meta = self.meta_at_pos();
         let mut msg = Message::new(start, version, meta.map_or(0, |m| m.ts), self.seq);
         msg.ack = meta.and_then(|m| m.ack);
         msg.headers = headers;
@@ -795,6 +830,18 @@ impl Parser {
         self.tunnel_after = false;
         self.consume(n);
         Ok(Some(()))
+    }
+
+    /// Metadata of the segment holding `buf[pos]`: recorded ones while they last, else the
+    /// latest pushed.
+    fn meta_at_pos(&mut self) -> Option<DataMeta> {
+        while self.metas.len() > 1 && self.metas[1].0 <= self.pos {
+            self.metas.pop_front();
+        }
+        match self.metas.front() {
+            Some(&(_, m)) => Some(m),
+            None => self.meta,
+        }
     }
 
     /// Moves up to `limit` buffered bytes into the body (keeping at most the configured cap).

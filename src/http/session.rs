@@ -84,6 +84,11 @@ pub struct Session {
     gave_up: bool,
     /// The response in progress had its head held (it is counted as held once).
     head_held: bool,
+    /// A side had a gap before the client side was known.
+    probe_gaps: [bool; 2],
+    /// Nothing more will arrive for a response that waits (the connection closes, or it
+    /// waited its time): pair it by sequence numbers alone (see `target`).
+    settling: bool,
     /// Acknowledgement numbers of the latest request head and response head: where the other
     /// direction's message before them had arrived, for a message that loses its framing later.
     last_acks: [Option<Seq>; 2],
@@ -106,6 +111,8 @@ impl Default for Session {
             client_gap: false,
             gave_up: false,
             head_held: false,
+            settling: false,
+            probe_gaps: [false; 2],
             last_acks: [None; 2],
             resynced: false,
         }
@@ -119,7 +126,10 @@ impl StreamHandler for Session {
         let Some(client) = self.client else {
             match ev {
                 StreamEvent::Data(bytes, meta) => self.probe(ctx, key, side, bytes, meta),
-                StreamEvent::Gap { .. } => self.probes[side.index()] = Probe::default(),
+                StreamEvent::Gap { .. } => {
+                    self.probes[side.index()] = Probe::default();
+                    self.probe_gaps[side.index()] = true;
+                }
                 StreamEvent::End { .. } => {}
             }
             return;
@@ -224,6 +234,7 @@ impl StreamHandler for Session {
             return;
         };
         self.now = self.now.max(now);
+        self.settling = true;
         self.resume_held(ctx, key, client, now, true);
         // What the connection's end cut short is still reported, marked incomplete.
         if let Some(step) = self.responses.finish(&ctx.cfg) {
@@ -291,6 +302,10 @@ impl Session {
             }
         };
         self.client = Some(client);
+        // Messages may have been lost whole in a gap before this: responses pair by their
+        // acknowledgement numbers.
+        self.resynced |= self.probe_gaps[client.other().index()];
+        self.client_gap |= self.probe_gaps[client.index()];
         for s in [client, client.other()] {
             let probe = std::mem::take(&mut self.probes[s.index()]);
             if let Some(meta) = probe.meta {
@@ -447,7 +462,6 @@ impl Session {
                 count_body(ctx, key, &msg);
                 // Found again by a start line or the peer, responses may have been lost whole
                 // before the next one.
-                let resync = matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer));
                 let gave_up = std::mem::take(&mut self.gave_up);
                 let head_held = std::mem::take(&mut self.head_held);
                 // Responses waiting before it go first: paired, or let go if they cannot wait
@@ -469,7 +483,6 @@ impl Session {
                 } else {
                     self.count_unmatched(ctx, key);
                 }
-                self.resynced |= resync;
                 self.emit_ready(ctx, key, client);
             }
             Step::Dropped {
@@ -500,15 +513,22 @@ impl Session {
     fn expire_early(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64, all: bool) {
         while let Some((front, since)) = self.early.front() {
             let ack = front.ack;
-            if !all && self.target(ack).is_some() {
-                if let Some((msg, _)) = self.early.pop_front() {
-                    self.attach(ctx, key, msg);
-                }
-                continue;
-            }
             let timed_out = now.saturating_sub(*since) >= ctx.cfg.hold_timeout_us;
             let bytes: usize = self.early.iter().map(|(m, _)| m.body.len()).sum();
             let over = bytes > ctx.cfg.max_held_bytes;
+            // Waited its time, or nothing more comes: paired by sequence numbers alone.
+            let settle = all || timed_out || over;
+            let target = if settle {
+                self.settle(|s| s.target(ack))
+            } else {
+                self.target(ack)
+            };
+            if target.is_some() {
+                if let Some((msg, _)) = self.early.pop_front() {
+                    self.settle_if(settle, |s| s.attach(ctx, key, msg));
+                }
+                continue;
+            }
             if !all && self.request_may_follow(ack) && !timed_out && !over {
                 return;
             }
@@ -571,12 +591,16 @@ impl Session {
                     if !timed_out && !over {
                         return;
                     }
-                    ctx.bump(key.vni, |s| {
-                        s.held_timeouts += u64::from(timed_out);
-                        s.held_over_cap += u64::from(!timed_out);
-                    });
-                    self.gave_up = true;
-                    None
+                    // Its time is up: paired by sequence numbers alone, if it can be.
+                    let loose = self.settle(|s| s.target(ack));
+                    if loose.is_none() {
+                        ctx.bump(key.vni, |s| {
+                            s.held_timeouts += u64::from(timed_out);
+                            s.held_over_cap += u64::from(!timed_out);
+                        });
+                        self.gave_up = true;
+                    }
+                    loose.map(|i| self.pending[i].method.clone())
                 }
             };
             if method.is_none() && !now_or_never {
@@ -596,24 +620,47 @@ impl Session {
         }
     }
 
+    /// Runs `f` with `settling` set: targets chosen by sequence numbers alone.
+    fn settle<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.settle_if(true, f)
+    }
+
+    fn settle_if<T>(&mut self, on: bool, f: impl FnOnce(&mut Self) -> T) -> T {
+        let was = self.settling;
+        self.settling |= on;
+        let out = f(self);
+        self.settling = was;
+        out
+    }
+
     /// The pending request a response beginning with acknowledgement `ack` answers.
     fn target(&self, ack: Option<Seq>) -> Option<usize> {
         // Client bytes lost between a request's end and what the response acknowledges may
         // have held the request it answers (keep-alive: a server answers before it receives the
-        // next request): such a request is not the answer's.
-        // So are client bytes after it that the server had and that were not delivered here:
-        // the answer may be to a request among them.
-        let lost_after = |p: &Pending| match (p.end, ack) {
-            (Some(end), Some(ack)) if ack > end => {
-                p.gap_after || self.client_end.is_some_and(|e| ack > e)
-            }
-            _ => false,
+        // next request): such a request is not the answer's. So are client bytes after it that
+        // the server had and that never arrived here.
+        let lost_after = |i: usize| {
+            let (Some(end), Some(ack)) = (self.pending[i].end, ack) else {
+                return false;
+            };
+            ack > end
+                && (self.client_end.is_some_and(|e| ack > e)
+                    || self
+                        .pending
+                        .iter()
+                        .skip(i)
+                        .any(|q| q.gap_after && q.end.is_some_and(|e| e < ack)))
         };
+        // Nor is any answer's until the client bytes it acknowledges are here (delivered, or
+        // known lost): the request it answers may be among them. Until then it is held.
+        if !self.settling && self.request_may_follow(ack) {
+            return None;
+        }
         let mut waiting = self
             .pending
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.response == RespSlot::Waiting && !lost_after(p));
+            .filter(|&(i, p)| p.response == RespSlot::Waiting && !lost_after(i));
         if self.resynced {
             // Responses were lost with framing: the answer is to the latest request the server
             // had received.
@@ -641,8 +688,10 @@ impl Session {
                     ctx.bump(key.vni, |s| s.responses_lost += 1);
                 }
             }
-            self.resynced = false;
         }
+        // Found again by a start line or the peer, responses may have been lost whole before
+        // the next one.
+        self.resynced = matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer));
         if msg.status() == Some(101)
             || (self.pending[i].method == "CONNECT"
                 && msg.status().is_some_and(|s| (200..300).contains(&s)))

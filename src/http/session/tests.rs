@@ -487,3 +487,239 @@ fn response_lost_whole_inside_a_chunked_gap_does_not_shift_the_pairs() {
     assert_eq!(ex[2].response.as_ref().unwrap().body, b"ok");
     assert_eq!(c.ctx.stats.responses_lost, 1);
 }
+
+/// Keep-alive connections damaged at random as a mirror damages them: segments dropped, cut
+/// short (the rest announced but not carried, as a packet-length cut), responses overtaking
+/// their requests. Every exchange whose request and response heads arrived whole is reported
+/// with its method, path and status; a request whose head arrived whole is reported (answered or
+/// not); nothing is invented or reported twice; undamaged connections pair exactly, bodies too.
+mod lossy {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    struct Spec {
+        method: &'static str,
+        status: u16,
+        req_body: usize,
+        resp_body: usize,
+        chunked: bool,
+    }
+
+    /// What happens to a segment on its way to the receiver.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fate {
+        Deliver,
+        Drop,
+        /// Only this many bytes (modulo the length) arrive; the rest is announced as missing.
+        Cut(u16),
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD"]),
+            prop::sample::select(vec![200u16, 201, 204, 301, 404, 500]),
+            0usize..3000,
+            0usize..6000,
+            any::<bool>(),
+        )
+            .prop_map(|(method, status, req_body, resp_body, chunked)| Spec {
+                method,
+                status,
+                req_body,
+                resp_body,
+                chunked,
+            })
+    }
+
+    fn fate() -> impl Strategy<Value = Fate> {
+        prop_oneof![
+            8 => Just(Fate::Deliver),
+            1 => Just(Fate::Drop),
+            1 => any::<u16>().prop_map(Fate::Cut)
+        ]
+    }
+
+    fn body(len: usize, seed: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| b'a' + ((i * 7 + seed) % 26) as u8)
+            .collect()
+    }
+
+    fn has_body(s: &Spec) -> bool {
+        matches!(s.method, "POST" | "PUT")
+    }
+
+    /// The request's bytes and the length of its head.
+    fn request(i: usize, s: &Spec) -> (Vec<u8>, usize) {
+        let mut head = format!("{} /{i} HTTP/1.1\r\nHost: h\r\n", s.method);
+        if has_body(s) {
+            head.push_str(&format!("Content-Length: {}\r\n", s.req_body));
+        }
+        head.push_str("\r\n");
+        let n = head.len();
+        let mut out = head.into_bytes();
+        if has_body(s) {
+            out.extend(body(s.req_body, i));
+        }
+        (out, n)
+    }
+
+    /// The response's bytes, the length of its head and its content.
+    fn response(i: usize, s: &Spec) -> (Vec<u8>, usize, Vec<u8>) {
+        let mut head = format!("HTTP/1.1 {} X\r\n", s.status);
+        let bodiless = s.status == 204 || s.method == "HEAD";
+        let content = if bodiless {
+            Vec::new()
+        } else {
+            body(s.resp_body, i + 3)
+        };
+        let mut framed = Vec::new();
+        if s.status == 204 {
+        } else if s.chunked && !bodiless {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+            for chunk in content.chunks(1000) {
+                framed.extend(format!("{:x}\r\n", chunk.len()).bytes());
+                framed.extend(chunk);
+                framed.extend(b"\r\n");
+            }
+            framed.extend(b"0\r\n\r\n");
+        } else {
+            head.push_str(&format!("Content-Length: {}\r\n", s.resp_body));
+            framed.extend(&content);
+        }
+        head.push_str("\r\n");
+        let n = head.len();
+        let mut out = head.into_bytes();
+        out.extend(framed);
+        (out, n, content)
+    }
+
+    fn kept(f: Fate, len: usize) -> usize {
+        match f {
+            Fate::Deliver => len,
+            Fate::Drop => 0,
+            Fate::Cut(k) => usize::from(k) % len.max(1),
+        }
+    }
+
+    /// A message cut into segments of `mss` bytes, each with its fate, and whether every byte
+    /// of its first `head` bytes arrives.
+    fn segments(
+        c: &mut Conn,
+        from_client: bool,
+        bytes: &[u8],
+        head: usize,
+        mss: usize,
+        fates: &mut impl Iterator<Item = Fate>,
+    ) -> (Vec<(Seg, Fate)>, bool) {
+        let mut out = Vec::new();
+        let mut head_whole = true;
+        let mut at = 0;
+        for piece in bytes.chunks(mss) {
+            let f = fates.next().unwrap_or(Fate::Deliver);
+            if at < head && at + kept(f, piece.len()) < head.min(at + piece.len()) {
+                head_whole = false;
+            }
+            at += piece.len();
+            out.push((c.seg(from_client, piece), f));
+        }
+        (out, head_whole)
+    }
+
+    fn deliver(c: &mut Conn, s: &Seg, f: Fate) {
+        if f == Fate::Drop {
+            return;
+        }
+        let keep = kept(f, s.data.len());
+        let (src, dst) = if s.from_client {
+            (c.client, c.server)
+        } else {
+            (c.server, c.client)
+        };
+        let seg = TcpSegment {
+            src,
+            dst,
+            seq: s.seq,
+            ack: Some(s.ack),
+            flags: TcpFlags::default(),
+            payload: &s.data[..keep],
+            missing: (s.data.len() - keep) as u32,
+        };
+        c.now += 1000;
+        c.table.segment(9, &seg, c.now, &mut c.ctx);
+    }
+
+    fn path_of(e: &Exchange) -> usize {
+        match &e.request.start {
+            StartLine::Request { target, .. } => target[1..].parse().expect("a generated path"),
+            StartLine::Response { .. } => unreachable!(),
+        }
+    }
+
+    proptest! {
+        // Each case replays whole connections; 256 cases take about a second.
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn every_exchange_whose_heads_arrived_is_reported_and_none_invented(
+            specs in proptest::collection::vec(spec(), 1..8),
+            fates in proptest::collection::vec(fate(), 0..64),
+            swaps in proptest::collection::vec(any::<bool>(), 8),
+            mss in 200usize..3000,
+            damage in any::<bool>(),
+        ) {
+            let mut c = Conn::new("10.1.0.5:41000", "10.1.0.9:80");
+            let mut fates = fates.into_iter().map(|f| if damage { f } else { Fate::Deliver });
+            let mut want = Vec::new();
+            for (i, s) in specs.iter().enumerate() {
+                let (req, req_head) = request(i, s);
+                let (resp, resp_head, content) = response(i, s);
+                let (rq, rq_whole) = segments(&mut c, true, &req, req_head, mss, &mut fates);
+                let (rs, rs_whole) = segments(&mut c, false, &resp, resp_head, mss, &mut fates);
+                // The response's first segment overtakes its request across directions.
+                let order: Vec<&(Seg, Fate)> = if damage && swaps[i] {
+                    rs.iter().take(1).chain(&rq).chain(rs.iter().skip(1)).collect()
+                } else {
+                    rq.iter().chain(&rs).collect()
+                };
+                for (seg, f) in order {
+                    deliver(&mut c, seg, *f);
+                }
+                want.push((s.clone(), rq_whole, rs_whole, content));
+            }
+            c.now += 3_000_000;
+            c.table.expire(c.now, &mut c.ctx);
+            let ex = c.close();
+            let mut seen = std::collections::BTreeSet::new();
+            for e in &ex {
+                let i = path_of(e);
+                prop_assert!(seen.insert(i), "/{} reported twice", i);
+                let s = &want[i].0;
+                prop_assert_eq!(e.request.method(), Some(s.method));
+                if let Some(st) = e.response.as_ref().and_then(|r| r.status()) {
+                    prop_assert_eq!(st, s.status, "/{} paired with another's response", i);
+                }
+            }
+            for (i, (s, rq_whole, rs_whole, content)) in want.iter().enumerate() {
+                if !rq_whole {
+                    continue;
+                }
+                let got = ex.iter().find(|e| path_of(e) == i);
+                prop_assert!(got.is_some(), "/{} not reported (response head whole: {})", i, rs_whole);
+                let got = got.unwrap();
+                if *rs_whole {
+                    prop_assert_eq!(got.response.as_ref().and_then(|r| r.status()), Some(s.status), "/{}", i);
+                }
+                if !damage {
+                    prop_assert_eq!(&got.response.as_ref().unwrap().body, content);
+                    let len = if has_body(s) { s.req_body } else { 0 };
+                    prop_assert_eq!(got.request.body.len(), len);
+                }
+            }
+            if !damage {
+                prop_assert_eq!(ex.len(), specs.len());
+                prop_assert_eq!(c.ctx.stats.unmatched_responses, 0);
+            }
+        }
+    }
+}
