@@ -76,6 +76,8 @@ pub struct Session {
     now: u64,
     /// Sequence number just past the client bytes delivered so far (data or gap).
     client_end: Option<Seq>,
+    /// The same for the server's bytes.
+    server_end: Option<Seq>,
     /// The client stream had a gap since the last request head: a response without a request
     /// then answers one whose head was lost.
     client_gap: bool,
@@ -93,7 +95,7 @@ pub struct Session {
     /// direction's message before them had arrived, for a message that loses its framing later.
     last_acks: [Option<Seq>; 2],
     /// The response direction lost framing in a gap: the next response is paired by its ack.
-    resynced: bool,
+    resynced: Resync,
 }
 
 impl Default for Session {
@@ -108,13 +110,14 @@ impl Default for Session {
             early: VecDeque::new(),
             now: 0,
             client_end: None,
+            server_end: None,
             client_gap: false,
             gave_up: false,
             head_held: false,
             settling: false,
             probe_gaps: [false; 2],
             last_acks: [None; 2],
-            resynced: false,
+            resynced: Resync::No,
         }
     }
 }
@@ -140,8 +143,11 @@ impl StreamHandler for Session {
         });
         let now = match ev {
             StreamEvent::Data(bytes, meta) => {
+                let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
                 if side == client {
-                    self.client_end = Some(meta.seq.wrapping_add(bytes.len() as u64));
+                    self.client_end = end;
+                } else {
+                    self.server_end = end;
                 }
                 self.parser(client, side).feed(bytes, meta, &ctx.cfg);
                 self.drive(ctx, key, client, side);
@@ -158,6 +164,7 @@ impl StreamHandler for Session {
                         p.gap_after = true;
                     }
                 } else {
+                    self.server_end = self.server_end.map(|e| e.wrapping_add(len));
                     // The held head's body framing must be chosen before its bytes go on.
                     self.resume_held(ctx, key, client, ts, true);
                 }
@@ -172,7 +179,8 @@ impl StreamHandler for Session {
                 }
                 // Responses may have been lost whole: the next one is paired by its ack.
                 if side != client && (lost_framing || recovering) {
-                    self.resynced = true;
+                    let from = self.server_end.map_or(Resync::Any, Resync::From);
+                    self.resynced = self.resynced.or(from);
                 }
                 self.drive(ctx, key, client, side);
                 ts
@@ -304,7 +312,9 @@ impl Session {
         self.client = Some(client);
         // Messages may have been lost whole in a gap before this: responses pair by their
         // acknowledgement numbers.
-        self.resynced |= self.probe_gaps[client.other().index()];
+        if self.probe_gaps[client.other().index()] {
+            self.resynced = Resync::Any;
+        }
         self.client_gap |= self.probe_gaps[client.index()];
         for s in [client, client.other()] {
             let probe = std::mem::take(&mut self.probes[s.index()]);
@@ -428,7 +438,8 @@ impl Session {
         match step {
             Step::NeedMore => {}
             Step::Head => {
-                let Some((ack, ts)) = self.responses.current().map(|m| (m.ack, m.ts)) else {
+                let Some((ack, ts, seq)) = self.responses.current().map(|m| (m.ack, m.ts, m.seq))
+                else {
                     return;
                 };
                 self.last_acks[1] = ack;
@@ -438,8 +449,9 @@ impl Session {
                     self.requests.end_by(ack);
                     self.drive(ctx, key, client, client);
                 }
-                match self.target(ack) {
+                match self.target(ack, seq) {
                     Some(i) => {
+                        self.claim(ctx, key, i, seq);
                         let method = self.pending[i].method.clone();
                         self.start_response_body(ctx, key, Some(&method));
                     }
@@ -471,7 +483,7 @@ impl Session {
                 if !self.early.is_empty() && !may_wait {
                     self.expire_early(ctx, key, self.now, true);
                 }
-                if self.early.is_empty() && self.target(msg.ack).is_some() {
+                if self.early.is_empty() && self.target(msg.ack, msg.seq).is_some() {
                     self.attach(ctx, key, msg);
                 } else if may_wait {
                     // Its request may still come: it waits, after any that wait already.
@@ -512,16 +524,16 @@ impl Session {
     /// beyond the held-bytes cap, or all of them with `all`.
     fn expire_early(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64, all: bool) {
         while let Some((front, since)) = self.early.front() {
-            let ack = front.ack;
+            let (ack, seq) = (front.ack, front.seq);
             let timed_out = now.saturating_sub(*since) >= ctx.cfg.hold_timeout_us;
             let bytes: usize = self.early.iter().map(|(m, _)| m.body.len()).sum();
             let over = bytes > ctx.cfg.max_held_bytes;
             // Waited its time, or nothing more comes: paired by sequence numbers alone.
             let settle = all || timed_out || over;
             let target = if settle {
-                self.settle(|s| s.target(ack))
+                self.settle(|s| s.target(ack, seq))
             } else {
-                self.target(ack)
+                self.target(ack, seq)
             };
             if target.is_some() {
                 if let Some((msg, _)) = self.early.pop_front() {
@@ -581,9 +593,15 @@ impl Session {
                     return;
                 }
             }
-            let ack = self.responses.current().and_then(|m| m.ack);
-            let method = match self.target(ack) {
-                Some(i) => Some(self.pending[i].method.clone()),
+            let (ack, seq) = self
+                .responses
+                .current()
+                .map_or((None, None), |m| (m.ack, m.seq));
+            let method = match self.target(ack, seq) {
+                Some(i) => {
+                    self.claim(ctx, key, i, seq);
+                    Some(self.pending[i].method.clone())
+                }
                 None if now_or_never || !self.request_may_follow(ack) => None,
                 None => {
                     let timed_out = now.saturating_sub(since) >= ctx.cfg.hold_timeout_us;
@@ -592,7 +610,7 @@ impl Session {
                         return;
                     }
                     // Its time is up: paired by sequence numbers alone, if it can be.
-                    let loose = self.settle(|s| s.target(ack));
+                    let loose = self.settle(|s| s.target(ack, seq));
                     if loose.is_none() {
                         ctx.bump(key.vni, |s| {
                             s.held_timeouts += u64::from(timed_out);
@@ -600,7 +618,10 @@ impl Session {
                         });
                         self.gave_up = true;
                     }
-                    loose.map(|i| self.pending[i].method.clone())
+                    loose.map(|i| {
+                        self.claim(ctx, key, i, seq);
+                        self.pending[i].method.clone()
+                    })
                 }
             };
             if method.is_none() && !now_or_never {
@@ -634,7 +655,7 @@ impl Session {
     }
 
     /// The pending request a response beginning with acknowledgement `ack` answers.
-    fn target(&self, ack: Option<Seq>) -> Option<usize> {
+    fn target(&self, ack: Option<Seq>, seq: Option<Seq>) -> Option<usize> {
         // Client bytes lost between a request's end and what the response acknowledges may
         // have held the request it answers (keep-alive: a server answers before it receives the
         // next request): such a request is not the answer's. So are client bytes after it that
@@ -661,7 +682,7 @@ impl Session {
             .iter()
             .enumerate()
             .filter(|&(i, p)| p.response == RespSlot::Waiting && !lost_after(i));
-        if self.resynced {
+        if self.resynced.covers(seq) {
             // Responses were lost with framing: the answer is to the latest request the server
             // had received.
             waiting
@@ -678,20 +699,16 @@ impl Session {
 
     /// Attaches a final response to the request it answers. False when it answers none.
     fn attach(&mut self, ctx: &mut HttpCtx, key: &FlowKey, msg: Message) -> bool {
-        let Some(i) = self.target(msg.ack) else {
+        let Some(i) = self.target(msg.ack, msg.seq) else {
             return false;
         };
-        if self.resynced {
-            for p in self.pending.iter_mut().take(i) {
-                if p.response == RespSlot::Waiting {
-                    p.response = RespSlot::Dropped;
-                    ctx.bump(key.vni, |s| s.responses_lost += 1);
-                }
-            }
-        }
+        self.claim(ctx, key, i, msg.seq);
         // Found again by a start line or the peer, responses may have been lost whole before
         // the next one.
-        self.resynced = matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer));
+        if matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer)) {
+            let from = msg.seq.map_or(Resync::Any, |s| Resync::From(s.wrapping_add(1)));
+            self.resynced = self.resynced.or(from);
+        }
         if msg.status() == Some(101)
             || (self.pending[i].method == "CONNECT"
                 && msg.status().is_some_and(|s| (200..300).contains(&s)))
@@ -704,8 +721,23 @@ impl Session {
         true
     }
 
+    /// Request `i` is the answer's: after a resync, the requests before it still waiting lost
+    /// their responses. Done when the response's head is seen, so that later resyncs do not
+    /// move it.
+    fn claim(&mut self, ctx: &mut HttpCtx, key: &FlowKey, i: usize, seq: Option<Seq>) {
+        if self.resynced.covers(seq) {
+            for p in self.pending.iter_mut().take(i) {
+                if p.response == RespSlot::Waiting {
+                    p.response = RespSlot::Dropped;
+                    ctx.bump(key.vni, |s| s.responses_lost += 1);
+                }
+            }
+            self.resynced = Resync::No;
+        }
+    }
+
     fn mark_response_dropped(&mut self, ack: Option<Seq>) {
-        if let Some(i) = self.target(ack) {
+        if let Some(i) = self.target(ack, None) {
             self.pending[i].response = RespSlot::Dropped;
         }
     }
@@ -739,6 +771,36 @@ impl Session {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// Which responses pair by acknowledgement alone, to the latest request the server had: those
+/// after a gap that may have taken responses whole.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Resync {
+    No,
+    /// Responses starting at or after this sequence number.
+    From(Seq),
+    /// Every response (the gap came before the stream's first known position).
+    Any,
+}
+
+impl Resync {
+    /// Both: what either covers.
+    fn or(self, other: Resync) -> Resync {
+        match (self, other) {
+            (Resync::Any, _) | (_, Resync::Any) => Resync::Any,
+            (Resync::From(a), Resync::From(b)) => Resync::From(a.min(b)),
+            (Resync::No, r) | (r, Resync::No) => r,
+        }
+    }
+
+    fn covers(self, seq: Option<Seq>) -> bool {
+        match self {
+            Resync::No => false,
+            Resync::Any => true,
+            Resync::From(at) => seq.is_none_or(|s| s >= at),
         }
     }
 }

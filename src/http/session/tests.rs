@@ -690,12 +690,22 @@ mod lossy {
             c.now += 3_000_000;
             c.table.expire(c.now, &mut c.ctx);
             let ex = c.close();
+            // A response to HEAD whose request was lost announces a body it does not carry;
+            // no receiver can frame what follows it for sure, so the responses after it are
+            // not held to their statuses (their requests still are).
+            let ambiguous_from = want
+                .iter()
+                .position(|(s, rq_whole, ..)| s.method == "HEAD" && !rq_whole)
+                .unwrap_or(usize::MAX);
             let mut seen = std::collections::BTreeSet::new();
             for e in &ex {
                 let i = path_of(e);
                 prop_assert!(seen.insert(i), "/{} reported twice", i);
                 let s = &want[i].0;
                 prop_assert_eq!(e.request.method(), Some(s.method));
+                if i > ambiguous_from {
+                    continue;
+                }
                 if let Some(st) = e.response.as_ref().and_then(|r| r.status()) {
                     prop_assert_eq!(st, s.status, "/{} paired with another's response", i);
                 }
@@ -707,7 +717,7 @@ mod lossy {
                 let got = ex.iter().find(|e| path_of(e) == i);
                 prop_assert!(got.is_some(), "/{} not reported (response head whole: {})", i, rs_whole);
                 let got = got.unwrap();
-                if *rs_whole {
+                if *rs_whole && i <= ambiguous_from {
                     prop_assert_eq!(got.response.as_ref().and_then(|r| r.status()), Some(s.status), "/{}", i);
                 }
                 if !damage {
