@@ -126,6 +126,8 @@ pub struct Reassembler {
     next_off: u64,
     /// Sequence number just past the last byte, once a FIN was seen.
     fin: Option<Seq>,
+    /// When the FIN arrived.
+    fin_ts: u64,
     ended: bool,
     held: BTreeMap<u64, Held>,
     held_bytes: usize,
@@ -199,6 +201,7 @@ impl Reassembler {
         let len = seg.payload.len() as u64 + u64::from(seg.missing);
         if seg.fin {
             self.fin = Some(data_seq.wrapping_add(len));
+            self.fin_ts = seg.ts;
         }
         let rel = data_seq.diff(next);
         if rel + len as i64 <= 0 {
@@ -272,7 +275,28 @@ impl Reassembler {
             }
             self.skip_hole(stats, out);
         }
+        if self.held.is_empty() && self.fin_ts.saturating_add(cfg.reorder_timeout_us) <= now {
+            self.skip_to_fin(stats, out);
+        }
         self.check_end(now, out);
+    }
+
+    /// The bytes between the last delivered and a FIN that came ahead of them were never seen:
+    /// a gap, so the stream can end (a bare FIN after lost bytes).
+    fn skip_to_fin(&mut self, stats: &mut ReassemblyStats, out: &mut dyn FnMut(StreamEvent<'_>)) {
+        if let (Some(fin), Some(next)) = (self.fin, self.next)
+            && !self.ended
+            && fin > next
+        {
+            let hole = fin.diff(next) as u64;
+            stats.gaps += 1;
+            stats.gap_bytes += hole;
+            out(StreamEvent::Gap {
+                len: hole,
+                ts: self.fin_ts,
+            });
+            self.advance(hole);
+        }
     }
 
     /// Delivers everything held, turning every remaining hole into a gap (the flow is closing).
@@ -285,6 +309,7 @@ impl Reassembler {
         while !self.held.is_empty() {
             self.skip_hole(stats, out);
         }
+        self.skip_to_fin(stats, out);
         self.check_end(now, out);
     }
 

@@ -106,6 +106,57 @@ fn is_method_char(b: u8) -> bool {
 }
 
 /// Could `rest` (an unterminated line) still become a start line of the wanted kind?
+/// Methods of the IANA HTTP method registry (RFC 9110, WebDAV, DeltaV, CalDAV, PATCH, QUERY),
+/// and PRI of the HTTP/2 preface.
+const KNOWN_METHODS: [&[u8]; 39] = [
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"QUERY",
+    b"PRI",
+    b"ACL",
+    b"BASELINE-CONTROL",
+    b"BIND",
+    b"CHECKIN",
+    b"CHECKOUT",
+    b"COPY",
+    b"LABEL",
+    b"LINK",
+    b"LOCK",
+    b"MERGE",
+    b"MKACTIVITY",
+    b"MKCALENDAR",
+    b"MKCOL",
+    b"MKREDIRECTREF",
+    b"MKWORKSPACE",
+    b"MOVE",
+    b"ORDERPATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"REBIND",
+    b"REPORT",
+    b"SEARCH",
+    b"UNBIND",
+    b"UNCHECKOUT",
+    b"UNLINK",
+    b"UNLOCK",
+    b"UPDATE",
+    b"VERSION-CONTROL",
+];
+
+/// Does `line` begin with a registered method and a space? Used where a request line may be
+/// the tail of one whose start was lost; elsewhere any token is a method.
+pub fn known_method(line: &[u8]) -> bool {
+    let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    KNOWN_METHODS.contains(&&line[..end])
+}
+
 /// Could `rest`, a line not yet complete, become a start line of kind `want`?
 pub fn plausible_start(rest: &[u8], want: StartKind) -> bool {
     plausible_prefix(rest, Some(want))

@@ -172,6 +172,10 @@ pub struct Parser {
     /// often than not, so after framing was lost that position is a candidate start even when
     /// it is not a line start (a body ending without a newline before the next head).
     seg_start: usize,
+    /// Framing was lost in a gap and no head found since: only then is a segment start a
+    /// candidate inside a line (at a capture's start, a line split over two segments is one
+    /// line: "D" + "ELETE /x HTTP/1.1").
+    after_gap: bool,
     tunnel_after: bool,
     /// Bytes skipped while looking for a message start.
     pub skipped_bytes: u64,
@@ -190,6 +194,7 @@ impl Parser {
             msg: None,
             end_hint: None,
             seg_start: 0,
+            after_gap: false,
             tunnel_after: false,
             skipped_bytes: 0,
         }
@@ -226,6 +231,11 @@ impl Parser {
     /// that completed last, right after it completes).
     pub fn position(&self) -> Option<Seq> {
         self.seq
+    }
+
+    /// The stream had a gap before this parser saw it (while the client side was unknown).
+    pub fn mark_gap(&mut self) {
+        self.after_gap = true;
     }
 
     /// True while a gap's damage to framing is being recovered from.
@@ -334,6 +344,9 @@ impl Parser {
     /// The newest segment's start in the unconsumed bytes, when a start line of kind `want`
     /// begins there and it is not a line start already.
     fn start_at_segment(&self, want: StartKind) -> Option<usize> {
+        if !self.after_gap {
+            return None;
+        }
         let avail = &self.buf[self.pos..];
         let mark = self.seg_start.checked_sub(self.pos)?;
         if mark == 0 || mark >= avail.len() || avail[mark - 1] == b'\n' {
@@ -426,6 +439,15 @@ impl Parser {
                         }
                     }
                     match scan {
+                        // After a gap, the line found may be the tail of one whose start was
+                        // lost ("ET /x HTTP/1.1"): a request line must name a registered
+                        // method to count.
+                        Scan::Found(off, StartKind::Request)
+                            if self.after_gap
+                                && !detect::known_method(&self.buf[self.pos + off..]) =>
+                        {
+                            self.skip(off + 1);
+                        }
                         Scan::Found(off, _) => {
                             self.skip(off);
                             self.state = State::Head;
@@ -730,6 +752,7 @@ impl Parser {
 
     /// Drops the buffered bytes and steps over `len` unseen ones.
     fn skip_gap(&mut self, len: u64) {
+        self.after_gap = true;
         let n = self.buffered();
         self.consume(n);
         self.seq = self.seq.map(|s| s.wrapping_add(len));
@@ -739,6 +762,7 @@ impl Parser {
     }
 
     fn lose_framing(&mut self) {
+        self.after_gap = true;
         self.state = State::Seek;
         self.buf.clear();
         self.metas.clear();
@@ -826,6 +850,7 @@ impl Parser {
         msg.ack = meta.and_then(|m| m.ack);
         msg.headers = headers;
         self.msg = Some(Box::new(msg));
+        self.after_gap = false;
         self.end_hint = None;
         self.tunnel_after = false;
         self.consume(n);

@@ -186,8 +186,9 @@ impl StreamHandler for Session {
                 ts
             }
             StreamEvent::End { ts } => {
-                if side != client {
-                    self.resume_held(ctx, key, client, ts, true);
+                // A held response's request may still come after the server's FIN: the
+                // connection's close finishes it then.
+                if side != client && self.held_since.is_none() {
                     if let Some(step) = self.responses.finish(&ctx.cfg) {
                         self.apply(ctx, key, client, side, step);
                     }
@@ -292,22 +293,37 @@ impl Session {
             probe.meta = Some(meta);
         }
         probe.buf.extend_from_slice(bytes);
-        let client = match super::detect::scan(&probe.buf, None) {
-            super::detect::Scan::Found(_, super::detect::StartKind::Request) => side,
-            super::detect::Scan::Found(_, super::detect::StartKind::Response) => side.other(),
-            super::detect::Scan::Partial(off) => {
-                ctx.bump(key.vni, |s| s.skipped_bytes += off as u64);
-                probe.buf.drain(..off);
-                if let Some(m) = &mut probe.meta {
-                    m.seq = m.seq.wrapping_add(off as u64);
+        let after_gap = self.probe_gaps[side.index()];
+        let client = loop {
+            break match super::detect::scan(&probe.buf, None) {
+                // After a gap, a request line must name a registered method: it may be the tail
+                // of one whose start was lost.
+                super::detect::Scan::Found(off, super::detect::StartKind::Request)
+                    if after_gap && !super::detect::known_method(&probe.buf[off..]) =>
+                {
+                    ctx.bump(key.vni, |s| s.skipped_bytes += off as u64 + 1);
+                    probe.buf.drain(..=off);
+                    if let Some(m) = &mut probe.meta {
+                        m.seq = m.seq.wrapping_add(off as u64 + 1);
+                    }
+                    continue;
                 }
-                return;
-            }
-            super::detect::Scan::None => {
-                ctx.bump(key.vni, |s| s.skipped_bytes += probe.buf.len() as u64);
-                *probe = Probe::default();
-                return;
-            }
+                super::detect::Scan::Found(_, super::detect::StartKind::Request) => side,
+                super::detect::Scan::Found(_, super::detect::StartKind::Response) => side.other(),
+                super::detect::Scan::Partial(off) => {
+                    ctx.bump(key.vni, |s| s.skipped_bytes += off as u64);
+                    probe.buf.drain(..off);
+                    if let Some(m) = &mut probe.meta {
+                        m.seq = m.seq.wrapping_add(off as u64);
+                    }
+                    return;
+                }
+                super::detect::Scan::None => {
+                    ctx.bump(key.vni, |s| s.skipped_bytes += probe.buf.len() as u64);
+                    *probe = Probe::default();
+                    return;
+                }
+            };
         };
         self.client = Some(client);
         // Messages may have been lost whole in a gap before this: responses pair by their
@@ -317,6 +333,9 @@ impl Session {
         }
         self.client_gap |= self.probe_gaps[client.index()];
         for s in [client, client.other()] {
+            if self.probe_gaps[s.index()] {
+                self.parser(client, s).mark_gap();
+            }
             let probe = std::mem::take(&mut self.probes[s.index()]);
             if let Some(meta) = probe.meta {
                 if s == client {
@@ -706,7 +725,9 @@ impl Session {
         // Found again by a start line or the peer, responses may have been lost whole before
         // the next one.
         if matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer)) {
-            let from = msg.seq.map_or(Resync::Any, |s| Resync::From(s.wrapping_add(1)));
+            let from = msg
+                .seq
+                .map_or(Resync::Any, |s| Resync::From(s.wrapping_add(1)));
             self.resynced = self.resynced.or(from);
         }
         if msg.status() == Some(101)
