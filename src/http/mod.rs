@@ -4,6 +4,7 @@
 
 mod decode;
 pub mod detect;
+mod lazy;
 mod message;
 pub mod parser;
 mod session;

@@ -162,7 +162,7 @@ pub struct Parser {
     /// While a head waits for its body framing (a held response), the segments pushed behind
     /// it: where each begins in `buf` and its metadata, so each later head gets its own
     /// segment's time and acknowledgement. Empty otherwise (no allocation on the common path).
-    metas: std::collections::VecDeque<(usize, DataMeta)>,
+    metas: super::lazy::LazyDeque<(usize, DataMeta)>,
     state: State,
     /// Boxed: an idle connection's parsers stay small.
     msg: Option<Box<Message>>,
@@ -189,7 +189,7 @@ impl Parser {
             pos: 0,
             seq: None,
             meta: None,
-            metas: std::collections::VecDeque::new(),
+            metas: Default::default(),
             state: State::Seek,
             msg: None,
             end_hint: None,
@@ -217,9 +217,7 @@ impl Parser {
             self.buf = Vec::new();
             self.pos = 0;
         }
-        if self.metas.is_empty() && self.metas.capacity() > 0 {
-            self.metas = std::collections::VecDeque::new();
-        }
+        self.metas.release();
     }
 
     /// True once the direction switched protocols.
@@ -322,7 +320,7 @@ impl Parser {
             self.metas.clear();
         } else if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
-            for m in &mut self.metas {
+            for m in self.metas.iter_mut() {
                 m.0 = m.0.saturating_sub(self.pos);
             }
             self.pos = 0;
@@ -860,7 +858,7 @@ impl Parser {
     /// Metadata of the segment holding `buf[pos]`: recorded ones while they last, else the
     /// latest pushed.
     fn meta_at_pos(&mut self) -> Option<DataMeta> {
-        while self.metas.len() > 1 && self.metas[1].0 <= self.pos {
+        while self.metas.get(1).is_some_and(|m| m.0 <= self.pos) {
             self.metas.pop_front();
         }
         match self.metas.front() {

@@ -63,7 +63,8 @@ struct Probe {
 #[derive(Debug)]
 pub struct Session {
     client: Option<Side>,
-    probes: [Probe; 2],
+    /// Boxed, and freed once the client side is known: most of a connection's life.
+    probes: Option<Box<[Probe; 2]>>,
     requests: Parser,
     responses: Parser,
     pending: VecDeque<Pending>,
@@ -71,7 +72,7 @@ pub struct Session {
     held_since: Option<u64>,
     /// Complete responses waiting for their request (a gap in the response stream made their
     /// framing go on without it), with the time they began waiting.
-    early: VecDeque<(Message, u64)>,
+    early: super::lazy::LazyDeque<(Message, u64)>,
     /// The latest time (µs) an event or tick brought.
     now: u64,
     /// Sequence number just past the client bytes delivered so far (data or gap).
@@ -107,7 +108,7 @@ impl Default for Session {
             responses: Parser::new(Role::Response),
             pending: VecDeque::new(),
             held_since: None,
-            early: VecDeque::new(),
+            early: Default::default(),
             now: 0,
             client_end: None,
             server_end: None,
@@ -130,7 +131,9 @@ impl StreamHandler for Session {
             match ev {
                 StreamEvent::Data(bytes, meta) => self.probe(ctx, key, side, bytes, meta),
                 StreamEvent::Gap { .. } => {
-                    self.probes[side.index()] = Probe::default();
+                    if let Some(p) = &mut self.probes {
+                        p[side.index()] = Probe::default();
+                    }
                     self.probe_gaps[side.index()] = true;
                 }
                 StreamEvent::End { .. } => {}
@@ -231,7 +234,11 @@ impl StreamHandler for Session {
                 req + resp
             })
             .sum();
-        self.probes.iter().map(|p| p.buf.capacity()).sum::<usize>()
+        self.probes
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|p| p.buf.capacity())
+            .sum::<usize>()
             + self.requests.held_bytes()
             + self.responses.held_bytes()
             + pending
@@ -288,7 +295,7 @@ impl Session {
         bytes: &[u8],
         meta: DataMeta,
     ) {
-        let probe = &mut self.probes[side.index()];
+        let probe = &mut self.probes.get_or_insert_default()[side.index()];
         if probe.buf.is_empty() {
             probe.meta = Some(meta);
         }
@@ -336,7 +343,10 @@ impl Session {
             if self.probe_gaps[s.index()] {
                 self.parser(client, s).mark_gap();
             }
-            let probe = std::mem::take(&mut self.probes[s.index()]);
+            let probe = match &mut self.probes {
+                Some(p) => std::mem::take(&mut p[s.index()]),
+                None => Probe::default(),
+            };
             if let Some(meta) = probe.meta {
                 if s == client {
                     self.client_end = Some(meta.seq.wrapping_add(probe.buf.len() as u64));
@@ -344,6 +354,7 @@ impl Session {
                 self.parser(client, s).push(&probe.buf, meta);
             }
         }
+        self.probes = None;
         self.drive(ctx, key, client, client);
         self.drive(ctx, key, client, client.other());
     }
