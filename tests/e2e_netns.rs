@@ -2,20 +2,37 @@
 //! traffic.
 //!
 //! Three network namespaces: an app client and an app server joined by a veth pair (the app link),
-//! and a receiver joined to the server by a second veth pair (the underlay, MTU 9000). In the
-//! server namespace a kernel VXLAN device (VNI 4242) points at the receiver, and tc mirrors every
-//! frame of the app link, both directions, into it. nginx listens on the app link in front of a
-//! python JSON upstream on loopback (tests/e2e/upstream.py); curl and ab in the client namespace
-//! drive keep-alive, every method with JSON bodies, a chunked upload, `Expect: 100-continue`,
-//! gzip, HEAD, 204, 304, 404 and HTTP/1.0. The daemon runs in the receiver namespace; after
-//! SIGTERM its records must match nginx's access log one for one, with the right bodies.
+//! and a receiver joined to the server by a second veth pair (the underlay). In the server
+//! namespace a kernel VXLAN device (VNI 4242) points at the receiver, and tc mirrors every frame
+//! of the app link, both directions, into it. nginx listens on the app link in front of a python
+//! JSON upstream on loopback (tests/e2e/upstream.py); curl and ab in the client namespace are the
+//! clients. The daemon runs in the receiver namespace; after SIGTERM its records are compared
+//! with nginx's access log.
 //!
+//! - `mirrored_nginx_traffic_matches_access_log`: a 1500-byte app link; keep-alive, every method
+//!   with JSON bodies, a chunked upload, `Expect: 100-continue`, gzip, HEAD, 204, 304, 404 and
+//!   HTTP/1.0: the records match nginx's access log one for one, with the right bodies.
+//! - `jumbo_frames_cut_at_8500_still_pair`: EC2's jumbo frames (app link MTU 9001) with bodies of
+//!   10 KB to 1 MB (static files plain and gzip'ed, hence chunked; POSTs with Content-Length and
+//!   chunked). Run A: whole frames through the kernel VXLAN, every exchange reported once and
+//!   whole. Run B: the app link's capture wrapped with every frame cut to 8500 bytes (AWS's
+//!   largest mirror packet length) by `../shared/corpus/vxlanize.py` and replayed: every
+//!   exchange still reported once, each payload that lost bytes flagged `…:missing=N` with N
+//!   what the capture shows was cut, and holding what was seen before the first gap.
+//! - `load_through_kernel_vxlan_pairs_every_exchange`: ab at 20,000 exchanges/s or more for some
+//!   seconds against a daemon with two receive sockets (the kernel VXLAN's outer source ports
+//!   differ per direction, so a connection's two directions land on different sockets): every
+//!   exchange paired, no unmatched response, no kernel drop.
+//!
+//! The tests take turns (they share the machine's two cores and the load test measures a rate).
 //! Needs root, `ip`, `tc`, `ethtool`, nginx, curl, ab and python3 (Debian: iproute2 ethtool
-//! nginx-light curl apache2-utils python3); without them it says why and passes.
-//! MIRROR_E2E_REQUIRE=1 turns a missing prerequisite into a failure. tcpdump, when present,
-//! records the underlay, kept with the other artifacts when the test fails (or always, with
-//! MIRROR_E2E_KEEP=1).
+//! nginx-light curl apache2-utils python3), and for the jumbo test tcpdump; without them each
+//! says why and passes. MIRROR_E2E_REQUIRE=1 turns a missing prerequisite (also the corpus the
+//! jumbo test's run B needs) into a failure. tcpdump records the underlay, kept with the other
+//! artifacts when a test fails (or always, with MIRROR_E2E_KEEP=1).
 
+#[path = "e2e/capture.rs"]
+mod capture;
 mod common;
 
 use common::{Finished, run, run_ok, signal, wait_until};
@@ -36,10 +53,25 @@ const UNDERLAY_RECEIVER_MAC: &str = "02:e2:e2:00:02:02";
 const UNDERLAY_SERVER_MAC: &str = "02:e2:e2:00:02:01";
 const HTTP_PORT: u16 = 8080;
 const UPSTREAM: &str = "127.0.0.1:9000";
+/// The daemon's admin endpoint, on the receiver namespace's own loopback.
+const ADMIN: &str = "127.0.0.1:18080";
 const AB_REQUESTS: usize = 200;
+/// Bytes VXLAN adds to an inner frame: outer Ethernet, IPv4, UDP and the VXLAN header.
+const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
 
 const UPSTREAM_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/upstream.py");
 const NGINX_CONF: &str = include_str!("e2e/nginx.conf.in");
+
+/// The tests one at a time: they share two cores, and the load test measures a rate.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn required() -> bool {
+    std::env::var_os("MIRROR_E2E_REQUIRE").is_some_and(|v| v != "0")
+}
 
 /// Absolute paths of the programs the test runs.
 struct Tools {
@@ -65,8 +97,8 @@ fn which(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// The tools, or why the test cannot run here.
-fn prerequisites() -> Result<Tools, Vec<String>> {
+/// The tools, or why the test cannot run here; `need_tcpdump` makes tcpdump one of them.
+fn prerequisites(need_tcpdump: bool) -> Result<Tools, Vec<String>> {
     let mut why = Vec::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -81,7 +113,7 @@ fn prerequisites() -> Result<Tools, Vec<String>> {
             PathBuf::new()
         })
     };
-    let tools = Tools {
+    let mut tools = Tools {
         ip: find("ip", "iproute2"),
         tc: find("tc", "iproute2"),
         ethtool: find("ethtool", "ethtool"),
@@ -89,9 +121,30 @@ fn prerequisites() -> Result<Tools, Vec<String>> {
         curl: find("curl", "curl"),
         ab: find("ab", "apache2-utils"),
         python3: find("python3", "python3"),
-        tcpdump: which("tcpdump"),
+        tcpdump: None,
+    };
+    tools.tcpdump = if need_tcpdump {
+        Some(find("tcpdump", "tcpdump"))
+    } else {
+        which("tcpdump")
     };
     if why.is_empty() { Ok(tools) } else { Err(why) }
+}
+
+/// The tools, or None after saying why the test `name` passes without running (a failure under
+/// MIRROR_E2E_REQUIRE=1).
+fn tools_or_skip(name: &str, need_tcpdump: bool) -> Option<Tools> {
+    match prerequisites(need_tcpdump) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            let why = why.join("; ");
+            if required() {
+                panic!("{name}: cannot run and MIRROR_E2E_REQUIRE is set: {why}");
+            }
+            println!("{name}: SKIPPED (passes without running): {why}");
+            None
+        }
+    }
 }
 
 /// Runs `cmd`, which must succeed within 10 s; returns its stdout.
@@ -103,14 +156,24 @@ fn check(cmd: &mut Command) -> String {
 /// killed first, then the namespaces (and with them their interfaces) deleted.
 struct Lab {
     ip: PathBuf,
-    pid: u32,
+    /// `<pid><letter of the test>`: in the names of namespaces and interfaces (at most 15 bytes).
+    tag: String,
     namespaces: Vec<String>,
     children: Vec<(&'static str, Child)>,
 }
 
 impl Lab {
+    fn new(tools: &Tools, test_letter: char) -> Lab {
+        Lab {
+            ip: tools.ip.clone(),
+            tag: format!("{}{test_letter}", std::process::id()),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
     fn ns(&self, role: &str) -> String {
-        format!("mre2e-{role}-{}", self.pid)
+        format!("mre2e-{role}-{}", self.tag)
     }
 
     fn add_ns(&mut self, role: &str) -> String {
@@ -137,10 +200,12 @@ impl Lab {
         check(Command::new(&self.ip).args(line.split_whitespace()));
     }
 
+    /// The child last started under `name`.
     fn child(&mut self, name: &'static str) -> &mut Child {
         &mut self
             .children
             .iter_mut()
+            .rev()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("no child {name}"))
             .1
@@ -167,8 +232,8 @@ fn stop(child: &mut Child, sig: libc::c_int, timeout: Duration) -> Option<ExitSt
     wait_until(child, timeout)
 }
 
-/// Reads a child's stream line by line into `log` (and `file`), telling `ready` when a line
-/// contains `marker`.
+/// Reads a child's stream line by line into `log`, telling `ready` when a line contains
+/// `marker`.
 fn watch_lines(
     stream: impl Read + Send + 'static,
     marker: &'static str,
@@ -198,18 +263,60 @@ fn wait_ready(rx: &mpsc::Receiver<()>, what: &str, log: &Mutex<Vec<String>>) {
     }
 }
 
+/// MTUs of the lab's links.
+#[derive(Clone, Copy)]
+struct Mtus {
+    /// The app link (both veth ends).
+    app: u32,
+    /// The underlay (both veth ends).
+    underlay: u32,
+    /// The VXLAN device: at most the underlay's less VXLAN's 50 bytes, and at least the app
+    /// link's, or the kernel refuses to encapsulate the largest mirrored frames.
+    vxlan: u32,
+}
+
+/// A 1500-byte app link over a jumbo-frame underlay: encapsulated frames are never fragmented.
+const STANDARD_MTUS: Mtus = Mtus {
+    app: 1500,
+    underlay: 9000,
+    vxlan: 8950,
+};
+
+/// EC2's jumbo frames on the app link (9001, frames up to 9015 bytes with their Ethernet header),
+/// over an underlay that carries them whole once encapsulated (9015 + 50 bytes).
+const JUMBO_MTUS: Mtus = Mtus {
+    app: 9001,
+    underlay: 9200,
+    vxlan: 9150,
+};
+
+/// The lab's namespaces and the interfaces the tests capture on.
+struct Net {
+    client: String,
+    server: String,
+    recv: String,
+    /// The receiver's end of the underlay.
+    recv_dev: String,
+    /// The server's end of the app link (where tc mirrors).
+    server_dev: String,
+}
+
 /// Builds the network: client <-app link-> server <-underlay-> receiver, with the app link
-/// mirrored into VXLAN on the server side. Returns (client ns, server ns, receiver ns,
-/// receiver's underlay interface).
-fn build_network(lab: &mut Lab, tools: &Tools) -> (String, String, String, String) {
-    let pid = lab.pid;
+/// mirrored into VXLAN on the server side.
+fn build_network(lab: &mut Lab, tools: &Tools, mtus: &Mtus) -> Net {
+    let tag = lab.tag.clone();
     let (c, s, r) = (
         lab.add_ns("client"),
         lab.add_ns("server"),
         lab.add_ns("recv"),
     );
-    let (app_c, app_s) = (format!("appc{pid}"), format!("apps{pid}"));
-    let (und_s, und_r) = (format!("unds{pid}"), format!("undr{pid}"));
+    let (app_c, app_s) = (format!("appc{tag}"), format!("apps{tag}"));
+    let (und_s, und_r) = (format!("unds{tag}"), format!("undr{tag}"));
+    let Mtus {
+        app,
+        underlay,
+        vxlan,
+    } = *mtus;
     let ip = |line: String| lab.ip(&line);
     let tc = |line: String| {
         let ok = run(
@@ -226,7 +333,7 @@ fn build_network(lab: &mut Lab, tools: &Tools) -> (String, String, String, Strin
     }
     // The app link.
     ip(format!(
-        "-n {c} link add {app_c} type veth peer name {app_s} netns {s}"
+        "-n {c} link add {app_c} mtu {app} type veth peer name {app_s} mtu {app} netns {s}"
     ));
     ip(format!("-n {c} addr add {CLIENT_IP}/24 dev {app_c}"));
     ip(format!("-n {s} addr add {SERVER_IP}/24 dev {app_s}"));
@@ -237,8 +344,8 @@ fn build_network(lab: &mut Lab, tools: &Tools) -> (String, String, String, Strin
     ip(format!("-n {s} link set {app_s} up"));
     // The underlay, with jumbo frames so that encapsulated frames are never fragmented.
     ip(format!(
-        "-n {s} link add {und_s} mtu 9000 address {UNDERLAY_SERVER_MAC} type veth \
-         peer name {und_r} mtu 9000 address {UNDERLAY_RECEIVER_MAC} netns {r}"
+        "-n {s} link add {und_s} mtu {underlay} address {UNDERLAY_SERVER_MAC} type veth \
+         peer name {und_r} mtu {underlay} address {UNDERLAY_RECEIVER_MAC} netns {r}"
     ));
     ip(format!(
         "-n {s} addr add {UNDERLAY_SERVER_IP}/24 dev {und_s}"
@@ -256,13 +363,12 @@ fn build_network(lab: &mut Lab, tools: &Tools) -> (String, String, String, Strin
         "-n {s} neigh replace {UNDERLAY_RECEIVER_IP} lladdr {UNDERLAY_RECEIVER_MAC} \
          dev {und_s} nud permanent"
     ));
-    // The mirror target, as AWS encapsulates: VXLAN to the receiver on UDP 4789. Its MTU is the
-    // largest the kernel allows over a 9000-byte underlay (less VXLAN's 50 bytes).
+    // The mirror target, as AWS encapsulates: VXLAN to the receiver on UDP 4789.
     ip(format!(
         "-n {s} link add vxm0 type vxlan id {VNI} remote {UNDERLAY_RECEIVER_IP} \
          local {UNDERLAY_SERVER_IP} dstport 4789 dev {und_s}"
     ));
-    ip(format!("-n {s} link set vxm0 mtu 8950 up"));
+    ip(format!("-n {s} link set vxm0 mtu {vxlan} up"));
     // Mirror the app link, both directions, from the server's side.
     assert!(
         tc(format!("-n {s} qdisc add dev {app_s} clsact")),
@@ -280,7 +386,368 @@ fn build_network(lab: &mut Lab, tools: &Tools) -> (String, String, String, Strin
             "tc: cannot add a mirroring filter on {dir} (needs cls_matchall or cls_u32, act_mirred)"
         );
     }
-    (c, s, r, und_r)
+    Net {
+        client: c,
+        server: s,
+        recv: r,
+        recv_dev: und_r,
+        server_dev: app_s,
+    }
+}
+
+/// Writes nginx's configuration for the test's directory `d` (content under `d/www`).
+fn write_nginx_conf(d: &Path) {
+    let conf = NGINX_CONF
+        .replace("@DIR@", &d.to_string_lossy())
+        .replace("@LISTEN@", &format!("{SERVER_IP}:{HTTP_PORT}"))
+        .replace("@UPSTREAM@", UPSTREAM);
+    std::fs::create_dir_all(d.join("tmp")).unwrap();
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+}
+
+/// Starts tcpdump in namespace `ns` on interface `dev` (`args` before `-w`, `filter` after),
+/// writing `path`, as child `name`; returns its stderr lines, or None (said why) when it did not
+/// start.
+fn start_tcpdump(
+    lab: &mut Lab,
+    tools: &Tools,
+    name: &'static str,
+    (ns, dev): (&str, &str),
+    args: &[&str],
+    path: &Path,
+    filter: &[&str],
+) -> Option<Arc<Mutex<Vec<String>>>> {
+    let tcpdump = tools.tcpdump.as_ref()?;
+    let mut cmd = lab.exec(ns, tcpdump);
+    cmd.args(["-i", dev, "-n", "-U", "-Z", "root"])
+        .args(args)
+        .arg("-w")
+        .arg(path)
+        .args(filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting tcpdump");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ready = watch_lines(child.stderr.take().unwrap(), "listening on", log.clone());
+    lab.children.push((name, child));
+    if ready.recv_timeout(Duration::from_secs(5)).is_err() {
+        println!(
+            "e2e_netns: {name} did not start, no capture: {}",
+            log.lock().unwrap().join(" | ")
+        );
+        return None;
+    }
+    Some(log)
+}
+
+/// Stops a tcpdump started by [`start_tcpdump`] and returns the packets its kernel side dropped
+/// (None when it said nothing about it).
+fn stop_tcpdump(lab: &mut Lab, name: &'static str, log: &Mutex<Vec<String>>) -> Option<u64> {
+    if lab.child(name).try_wait().unwrap().is_none() {
+        stop(lab.child(name), libc::SIGTERM, Duration::from_secs(5));
+    }
+    // Its statistics are its last lines; the reader thread takes them after the exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let dropped = log.lock().unwrap().iter().find_map(|l| {
+            l.strip_suffix(" packets dropped by kernel")
+                .and_then(|n| n.trim().parse().ok())
+        });
+        if dropped.is_some() || Instant::now() > deadline {
+            return dropped;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `mirror-receiver run` in `ns` (UDP 4789, admin on [`ADMIN`], records to `records`,
+/// `extra` flags) and waits until it receives; returns its stderr lines.
+fn start_daemon(
+    lab: &mut Lab,
+    ns: &str,
+    records: &Path,
+    extra: &[&str],
+) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut cmd = lab.exec(ns, Path::new(env!("CARGO_BIN_EXE_mirror-receiver")));
+    cmd.args([
+        "--log-level",
+        "info",
+        "run",
+        "--listen",
+        "0.0.0.0:4789",
+        "--admin-listen",
+        ADMIN,
+    ])
+    .args(extra)
+    .arg("--output")
+    .arg(records)
+    .env("NO_COLOR", "1")
+    .env_remove("RUST_LOG")
+    .env_remove("MIRROR_KAFKA_BROKERS")
+    .env_remove("AKTO_KAFKA_BROKER_MAL")
+    .env_remove("AKTO_KAFKA_BROKER_URL")
+    .env_remove("MIRROR_ADMIN_LISTEN")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting mirror-receiver");
+    let ready = watch_lines(child.stderr.take().unwrap(), "receiving VXLAN", log.clone());
+    lab.children.push(("daemon", child));
+    wait_ready(&ready, "mirror-receiver", &log);
+    log
+}
+
+/// SIGTERM to the daemon; its exit (None: not within 10 s) and its stderr, also written to
+/// `log_file`.
+fn stop_daemon(
+    lab: &mut Lab,
+    log: &Mutex<Vec<String>>,
+    log_file: &Path,
+) -> (Option<ExitStatus>, String) {
+    let status = stop(lab.child("daemon"), libc::SIGTERM, Duration::from_secs(10));
+    // The reader thread takes the last lines after the exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !log.lock().unwrap().iter().any(|l| l.contains("stopped")) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = log.lock().unwrap().join("\n");
+    std::fs::write(log_file, &text).unwrap();
+    (status, text)
+}
+
+/// What the daemon's exit says about how it stopped, as a failure.
+fn daemon_exit_failure(status: Option<ExitStatus>) -> Option<String> {
+    match status {
+        Some(s) if s.success() => None,
+        Some(s) => Some(format!("the daemon exited with {s} after SIGTERM")),
+        None => Some("the daemon did not exit within 10 s of SIGTERM".into()),
+    }
+}
+
+/// GET `path` from the daemon's admin endpoint, from inside the receiver namespace.
+fn admin_get(lab: &Lab, tools: &Tools, ns: &str, path: &str) -> String {
+    let r = run(
+        lab.exec(ns, &tools.curl)
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{ADMIN}{path}")),
+        Duration::from_secs(15),
+    );
+    assert!(r.status.success(), "GET {path}: {}", r.stderr);
+    r.stdout
+}
+
+/// The `key=value` fields of the first line of `log` containing `marker` (a summary line).
+fn summary_fields(log: &str, marker: &str) -> Option<BTreeMap<String, String>> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+fn summary_u64(fields: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    fields.get(key).and_then(|v| v.parse().ok())
+}
+
+/// Starts the app server in `server_ns`: the python upstream on loopback and nginx on the app
+/// link (configuration in `d`), and waits until nginx answers.
+fn start_peers(lab: &mut Lab, tools: &Tools, server_ns: &str, d: &Path) {
+    {
+        let mut cmd = lab.exec(server_ns, &tools.python3);
+        cmd.arg(UPSTREAM_PY)
+            .arg(UPSTREAM)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(d.join("upstream.log")).unwrap());
+        let mut child = cmd.spawn().expect("starting the python upstream");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
+        lab.children.push(("upstream", child));
+        wait_ready(&ready, "the python upstream", &log);
+    }
+    let mut cmd = lab.exec(server_ns, &tools.nginx);
+    cmd.arg("-p")
+        .arg(d)
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.join("nginx.out")).unwrap())
+        .stderr(std::fs::File::create(d.join("nginx.err")).unwrap());
+    let child = cmd.spawn().expect("starting nginx");
+    lab.children.push(("nginx", child));
+    // Probe from the server's own namespace: over loopback, so never mirrored, and logged with
+    // the server's address, which the comparisons leave out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = run(
+            lab.exec(server_ns, &tools.curl).args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                &url("/nocontent?probe"),
+            ]),
+            Duration::from_secs(5),
+        );
+        if probe.stdout == "204" {
+            return;
+        }
+        if let Some(s) = lab.child("nginx").try_wait().unwrap() {
+            panic!(
+                "nginx exited ({s}): {}{}",
+                std::fs::read_to_string(d.join("nginx.err")).unwrap_or_default(),
+                std::fs::read_to_string(d.join("nginx-error.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not answer within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// curl in the client namespace (`-sS`, 60 s at most), which must succeed.
+fn curl_in(lab: &Lab, tools: &Tools, ns: &str, args: &[&str]) -> Finished {
+    let r = run(
+        lab.exec(ns, &tools.curl)
+            .args(["-sS", "--max-time", "60"])
+            .args(args),
+        Duration::from_secs(70),
+    );
+    assert!(
+        r.status.success(),
+        "curl {args:?} failed ({}): {}",
+        r.status,
+        r.stderr
+    );
+    r
+}
+
+/// One line of nginx's access log (tests/e2e/nginx.conf.in's `e2e` format).
+struct LogLine {
+    client: String,
+    method: String,
+    uri: String,
+    status: String,
+    /// `$msec`: when nginx finished the request, epoch seconds.
+    msec: f64,
+}
+
+/// nginx's access log in `d`.
+fn access_log(d: &Path) -> Vec<LogLine> {
+    let text = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert!(f.len() >= 9, "access log line {line:?}");
+            LogLine {
+                client: f[0].to_owned(),
+                method: f[1].to_owned(),
+                uri: f[2].to_owned(),
+                status: f[3].to_owned(),
+                msec: f[8].parse().unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
+/// (method, request target, status) of every client request in nginx's log, counted.
+fn logged_exchanges(log: &[LogLine]) -> BTreeMap<(String, String, String), usize> {
+    let mut logged = BTreeMap::new();
+    for l in log.iter().filter(|l| l.client == CLIENT_IP) {
+        *logged
+            .entry((l.method.clone(), l.uri.clone(), l.status.clone()))
+            .or_default() += 1;
+    }
+    logged
+}
+
+/// The JSON records of a JSON-lines file; a line that is not JSON is a failure.
+fn read_records(path: &Path, failures: &mut Vec<String>) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => records.push(v),
+            Err(e) => failures.push(format!(
+                "{}: line {}: not JSON ({e}): {line:.200}",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    records
+}
+
+/// Every logged exchange recorded exactly as often as nginx logged it, and nothing else.
+fn compare_with_log(
+    what: &str,
+    logged: &BTreeMap<(String, String, String), usize>,
+    records: &[Value],
+    failures: &mut Vec<String>,
+) {
+    let mut recorded: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for r in records {
+        *recorded
+            .entry((
+                field(r, "method").to_owned(),
+                field(r, "path").to_owned(),
+                field(r, "statusCode").to_owned(),
+            ))
+            .or_default() += 1;
+    }
+    for (key, &n) in logged {
+        let got = recorded.get(key).copied().unwrap_or(0);
+        if got != n {
+            failures.push(format!(
+                "{what}: {key:?}: nginx logged {n}, the receiver recorded {got}"
+            ));
+        }
+    }
+    for (key, &n) in &recorded {
+        if !logged.contains_key(key) {
+            failures.push(format!(
+                "{what}: {key:?}: recorded {n} times, never in nginx's log"
+            ));
+        }
+    }
+}
+
+/// Ends a test: passes when there are no failures (keeping the artifacts with MIRROR_E2E_KEEP),
+/// else keeps them and panics with the failures and `log`.
+fn finish(name: &str, failures: &[String], lab: Lab, dir: tempfile::TempDir, log: &str) {
+    if failures.is_empty() && std::env::var_os("MIRROR_E2E_KEEP").is_none() {
+        return;
+    }
+    drop(lab);
+    let kept = dir.keep();
+    if failures.is_empty() {
+        println!("{name}: artifacts kept in {}", kept.display());
+        return;
+    }
+    const SHOWN: usize = 60;
+    let mut shown: Vec<String> = failures.iter().take(SHOWN).cloned().collect();
+    if failures.len() > SHOWN {
+        shown.push(format!("... and {} more", failures.len() - SHOWN));
+    }
+    // The log's summary lines are long; its tail is what tells.
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    panic!(
+        "{name}: {} problem(s):\n  {}\nartifacts kept in {}\nlog (last lines):\n{}",
+        failures.len(),
+        shown.join("\n  "),
+        kept.display(),
+        tail.join("\n")
+    );
 }
 
 /// Deterministic text of `len` bytes, not very compressible.
@@ -347,16 +814,9 @@ fn now_secs() -> u64 {
 
 #[test]
 fn mirrored_nginx_traffic_matches_access_log() {
-    let tools = match prerequisites() {
-        Ok(t) => t,
-        Err(why) => {
-            let why = why.join("; ");
-            if std::env::var_os("MIRROR_E2E_REQUIRE").is_some_and(|v| v != "0") {
-                panic!("e2e_netns: cannot run and MIRROR_E2E_REQUIRE is set: {why}");
-            }
-            println!("e2e_netns: SKIPPED (passes without running): {why}");
-            return;
-        }
+    let _serial = serial();
+    let Some(tools) = tools_or_skip("mirrored_nginx_traffic_matches_access_log", false) else {
+        return;
     };
     let started = Instant::now();
     let start_secs = now_secs();
@@ -365,13 +825,10 @@ fn mirrored_nginx_traffic_matches_access_log() {
         .tempdir()
         .expect("temporary directory");
     let d = dir.path().to_path_buf();
-    let mut lab = Lab {
-        ip: tools.ip.clone(),
-        pid: std::process::id(),
-        namespaces: Vec::new(),
-        children: Vec::new(),
-    };
-    let (client_ns, server_ns, recv_ns, recv_dev) = build_network(&mut lab, &tools);
+    let mut lab = Lab::new(&tools, 'a');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    let (client_ns, server_ns, recv_ns) =
+        (net.client.clone(), net.server.clone(), net.recv.clone());
     println!(
         "e2e_netns: network ready in {:?} ({client_ns}, {server_ns}, {recv_ns}); artifacts in {}",
         started.elapsed(),
@@ -381,7 +838,6 @@ fn mirrored_nginx_traffic_matches_access_log() {
     // Content nginx serves.
     let www = d.join("www/static");
     std::fs::create_dir_all(&www).unwrap();
-    std::fs::create_dir_all(d.join("tmp")).unwrap();
     let index_html = "<!doctype html>\n<html><head><title>e2e</title></head>\n<body><p>mirrored</p></body></html>\n";
     let data_json = serde_json::to_string_pretty(&json_doc("static", 40)).unwrap();
     let big_txt = text(150_000, 7);
@@ -394,144 +850,26 @@ fn mirrored_nginx_traffic_matches_access_log() {
     ] {
         std::fs::write(www.join(name), content).unwrap();
     }
-    let conf = NGINX_CONF
-        .replace("@DIR@", &d.to_string_lossy())
-        .replace("@LISTEN@", &format!("{SERVER_IP}:{HTTP_PORT}"))
-        .replace("@UPSTREAM@", UPSTREAM);
-    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    write_nginx_conf(&d);
 
-    // The receiver, and optionally a capture of what it is sent.
+    // The receiver, and optionally a capture of what it is sent (only a diagnostic: the test
+    // goes on without it).
     let records_path = d.join("records.jsonl");
-    let pcap_path = d.join("underlay.pcap");
-    if let Some(tcpdump) = &tools.tcpdump {
-        let mut cmd = lab.exec(&recv_ns, tcpdump);
-        cmd.args(["-i", &recv_dev, "-n", "-U", "-Z", "root", "-s", "0", "-w"])
-            .arg(&pcap_path)
-            .args(["udp", "port", "4789"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("starting tcpdump");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let ready = watch_lines(child.stderr.take().unwrap(), "listening on", log.clone());
-        lab.children.push(("tcpdump", child));
-        // Only a diagnostic: the test goes on without it.
-        if ready.recv_timeout(Duration::from_secs(5)).is_err() {
-            println!(
-                "e2e_netns: tcpdump did not start, no capture: {}",
-                log.lock().unwrap().join(" | ")
-            );
-        }
-    }
-    let daemon_log = Arc::new(Mutex::new(Vec::new()));
-    {
-        let mut cmd = lab.exec(&recv_ns, Path::new(env!("CARGO_BIN_EXE_mirror-receiver")));
-        cmd.args([
-            "--log-level",
-            "info",
-            "run",
-            "--listen",
-            "0.0.0.0:4789",
-            "--workers",
-            "1",
-            "--output",
-        ])
-        .arg(&records_path)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("MIRROR_KAFKA_BROKERS")
-        .env_remove("AKTO_KAFKA_BROKER_MAL")
-        .env_remove("AKTO_KAFKA_BROKER_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("starting mirror-receiver");
-        let ready = watch_lines(
-            child.stderr.take().unwrap(),
-            "receiving VXLAN",
-            daemon_log.clone(),
-        );
-        lab.children.push(("daemon", child));
-        wait_ready(&ready, "mirror-receiver", &daemon_log);
-    }
-
-    // The app server: the python upstream on loopback, nginx on the app link.
-    {
-        let mut cmd = lab.exec(&server_ns, &tools.python3);
-        cmd.arg(UPSTREAM_PY)
-            .arg(UPSTREAM)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join("upstream.log")).unwrap());
-        let mut child = cmd.spawn().expect("starting the python upstream");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
-        lab.children.push(("upstream", child));
-        wait_ready(&ready, "the python upstream", &log);
-    }
-    {
-        let mut cmd = lab.exec(&server_ns, &tools.nginx);
-        cmd.arg("-p")
-            .arg(&d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(d.join("nginx.out")).unwrap())
-            .stderr(std::fs::File::create(d.join("nginx.err")).unwrap());
-        let child = cmd.spawn().expect("starting nginx");
-        lab.children.push(("nginx", child));
-        // Probe from the server's own namespace: over loopback, so never mirrored, and logged
-        // with the server's address, which the comparison leaves out.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = run(
-                lab.exec(&server_ns, &tools.curl).args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "2",
-                    &url("/nocontent?probe"),
-                ]),
-                Duration::from_secs(5),
-            );
-            if probe.stdout == "204" {
-                break;
-            }
-            if let Some(s) = lab.child("nginx").try_wait().unwrap() {
-                panic!(
-                    "nginx exited ({s}): {}{}",
-                    std::fs::read_to_string(d.join("nginx.err")).unwrap_or_default(),
-                    std::fs::read_to_string(d.join("nginx-error.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not answer within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let underlay_dump = start_tcpdump(
+        &mut lab,
+        &tools,
+        "tcpdump",
+        (&recv_ns, &net.recv_dev),
+        &["-s", "0"],
+        &d.join("underlay.pcap"),
+        &["udp", "port", "4789"],
+    );
+    let daemon_log = start_daemon(&mut lab, &recv_ns, &records_path, &["--workers", "1"]);
+    start_peers(&mut lab, &tools, &server_ns, &d);
     println!("e2e_netns: peers ready after {:?}", started.elapsed());
 
     // ---- Client traffic ----
-    let curl = |args: &[&str]| -> Finished {
-        let r = run(
-            lab.exec(&client_ns, &tools.curl)
-                .args(["-sS", "--max-time", "15"])
-                .args(args),
-            Duration::from_secs(20),
-        );
-        assert!(
-            r.status.success(),
-            "curl {args:?} failed ({}): {}",
-            r.status,
-            r.stderr
-        );
-        r
-    };
+    let curl = |args: &[&str]| curl_in(&lab, &tools, &client_ns, args);
     let w = "%{http_code} %{num_connects}\n";
     let mut json_cases = Vec::new();
     let mut expected_client_requests = 0usize;
@@ -792,11 +1130,9 @@ fn mirrored_nginx_traffic_matches_access_log() {
     std::thread::sleep(Duration::from_millis(1000));
 
     // ---- Stop the receiver ----
-    let status = stop(lab.child("daemon"), libc::SIGTERM, Duration::from_secs(10));
-    let daemon_stderr = daemon_log.lock().unwrap().join("\n");
-    std::fs::write(d.join("daemon.log"), &daemon_stderr).unwrap();
-    if tools.tcpdump.is_some() {
-        stop(lab.child("tcpdump"), libc::SIGTERM, Duration::from_secs(5));
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    if let Some(log) = &underlay_dump {
+        stop_tcpdump(&mut lab, "tcpdump", log);
     }
     let end_secs = now_secs();
     if let Some(line) = daemon_stderr.lines().find(|l| l.contains("stopped")) {
@@ -804,66 +1140,17 @@ fn mirrored_nginx_traffic_matches_access_log() {
     }
 
     // ---- Compare ----
-    let mut failures: Vec<String> = Vec::new();
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => failures.push(format!("the daemon exited with {s} after SIGTERM")),
-        None => failures.push("the daemon did not exit within 10 s of SIGTERM".into()),
-    }
-
-    let access = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
-    let mut logged: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-    let mut logged_client = 0usize;
-    for line in access.lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        assert!(f.len() >= 4, "access log line {line:?}");
-        if f[0] != CLIENT_IP {
-            continue;
-        }
-        logged_client += 1;
-        *logged
-            .entry((f[1].to_owned(), f[2].to_owned(), f[3].to_owned()))
-            .or_default() += 1;
-    }
+    let mut failures: Vec<String> = daemon_exit_failure(status).into_iter().collect();
+    let log = access_log(&d);
+    let logged_client = log.iter().filter(|l| l.client == CLIENT_IP).count();
     assert_eq!(
-        logged_client, expected_client_requests,
-        "nginx logged a different number of client requests than the test made:\n{access}"
+        logged_client,
+        expected_client_requests,
+        "nginx logged a different number of client requests than the test made:\n{}",
+        std::fs::read_to_string(d.join("access.log")).unwrap_or_default()
     );
-
-    let records_text = std::fs::read_to_string(&records_path).unwrap_or_default();
-    let mut records: Vec<Value> = Vec::new();
-    for (i, line) in records_text.lines().enumerate() {
-        match serde_json::from_str::<Value>(line) {
-            Ok(v) => records.push(v),
-            Err(e) => failures.push(format!(
-                "record line {}: not JSON ({e}): {line:.200}",
-                i + 1
-            )),
-        }
-    }
-    let mut recorded: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-    for r in &records {
-        *recorded
-            .entry((
-                field(r, "method").to_owned(),
-                field(r, "path").to_owned(),
-                field(r, "statusCode").to_owned(),
-            ))
-            .or_default() += 1;
-    }
-    for (key, &n) in &logged {
-        let got = recorded.get(key).copied().unwrap_or(0);
-        if got != n {
-            failures.push(format!(
-                "{key:?}: nginx logged {n}, the receiver recorded {got}"
-            ));
-        }
-    }
-    for (key, &n) in &recorded {
-        if !logged.contains_key(key) {
-            failures.push(format!("{key:?}: recorded {n} times, never in nginx's log"));
-        }
-    }
+    let records = read_records(&records_path, &mut failures);
+    compare_with_log("records", &logged_exchanges(&log), &records, &mut failures);
 
     // Every record.
     for r in &records {
@@ -1078,25 +1365,1085 @@ fn mirrored_nginx_traffic_matches_access_log() {
         logged_client,
         started.elapsed()
     );
-    if failures.is_empty() && std::env::var_os("MIRROR_E2E_KEEP").is_none() {
-        return;
-    }
-    drop(lab);
-    let kept = dir.keep();
-    if failures.is_empty() {
-        println!("e2e_netns: artifacts kept in {}", kept.display());
-    } else {
-        const SHOWN: usize = 40;
-        let mut shown: Vec<String> = failures.iter().take(SHOWN).cloned().collect();
-        if failures.len() > SHOWN {
-            shown.push(format!("... and {} more", failures.len() - SHOWN));
+    finish(
+        "mirrored_nginx_traffic_matches_access_log",
+        &failures,
+        lab,
+        dir,
+        &daemon_stderr,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jumbo frames, whole and cut at AWS's 8500-byte packet length
+
+/// AWS's largest mirror packet length: every mirrored frame past it arrives cut to it.
+const JUMBO_CUT: usize = 8500;
+/// A record payload this large may be cut at the size caps (`--max-record-bytes` 1,000,000 by
+/// default shares its room between the two payloads); smaller ones never are.
+const CAP_HINT: usize = 400_000;
+/// Body sizes of the jumbo test, 10 KB to 1 MB.
+const JUMBO_SIZES: [(&str, usize); 4] = [
+    ("10k", 10_240),
+    ("64k", 65_536),
+    ("200k", 204_800),
+    ("1m", 1_000_000),
+];
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// `len` bytes of random base64-alphabet text (6 bits of entropy a byte: gzip saves little),
+/// with a newline every 76 characters when `lines`.
+fn noise(len: usize, seed: u64, lines: bool) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut s = Vec::with_capacity(len);
+    while s.len() < len {
+        if lines && s.len() % 77 == 76 {
+            s.push(b'\n');
+        } else {
+            s.push(ALPHABET[(xorshift(&mut x) >> 58) as usize]);
         }
-        panic!(
-            "{} problem(s):\n  {}\nartifacts (records.jsonl, access.log, daemon.log, underlay.pcap) kept in {}\ndaemon log:\n{}",
-            failures.len(),
-            shown.join("\n  "),
-            kept.display(),
-            daemon_stderr
-        );
     }
+    String::from_utf8(s).unwrap()
+}
+
+/// `len` bytes of very compressible text: numbered lines of a few repeating phrases.
+fn prose(len: usize, seed: u64) -> String {
+    const PHRASES: [&str; 4] = [
+        "the mirrored packet crosses the load balancer and reaches the receiver",
+        "every request is paired with its response in the order the client sent them",
+        "jumbo frames carry nine thousand bytes and the session cuts them at its length",
+        "a record names what was lost so that nothing disappears without a word",
+    ];
+    let mut s = String::with_capacity(len + 100);
+    let mut i = seed as usize;
+    while s.len() < len {
+        s.push_str(&format!("{:07} {}\n", i, PHRASES[i % 4]));
+        i += 1;
+    }
+    s.truncate(len);
+    s
+}
+
+/// A JSON document of exactly `len` bytes naming `case` (the upstream echoes only JSON).
+fn json_of_len(case: &str, len: usize, seed: u64) -> String {
+    let head = format!("{{\"case\":\"{case}\",\"fill\":\"");
+    let tail = "\"}";
+    let fill = len - head.len() - tail.len();
+    format!("{head}{}{tail}", noise(fill, seed, false))
+}
+
+fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("gunzip: {e}"))?;
+    Ok(out)
+}
+
+/// One entry of a record's `truncated` field: `:missing=N`, `:ended`, or neither (a size cap).
+#[derive(Debug)]
+struct CutEntry {
+    missing: Option<u64>,
+    ended: bool,
+}
+
+/// A record's `truncated` field by payload name (empty without the field).
+fn truncated_entries(rec: &Value) -> Result<BTreeMap<String, CutEntry>, String> {
+    let Some(t) = rec.get("truncated") else {
+        return Ok(BTreeMap::new());
+    };
+    let t = t.as_str().ok_or("truncated is not a string")?;
+    let mut out = BTreeMap::new();
+    for e in t.split(',') {
+        let mut parts = e.split(':');
+        let name = parts.next().unwrap_or("");
+        if name != "requestPayload" && name != "responsePayload" {
+            return Err(format!("unknown entry {e:?} in truncated {t:?}"));
+        }
+        let mut entry = CutEntry {
+            missing: None,
+            ended: false,
+        };
+        for p in parts {
+            if p == "ended" {
+                entry.ended = true;
+            } else if let Some(n) = p.strip_prefix("missing=") {
+                entry.missing = Some(n.parse().map_err(|e| format!("{e:?} in {t:?}: {e}"))?);
+            } else {
+                return Err(format!("unknown qualifier {p:?} in truncated {t:?}"));
+            }
+        }
+        if out.insert(name.to_owned(), entry).is_some() {
+            return Err(format!("{name} twice in truncated {t:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// What one run's records showed against the capture.
+#[derive(Default)]
+struct RunTally {
+    reported: usize,
+    /// Messages the cut took bytes from, and how many of them the records flagged with
+    /// `:missing=N`.
+    damaged: usize,
+    flagged: usize,
+}
+
+/// Checks the records of one run against the exchanges of the capture, `conns` telling which
+/// bytes the run's receiver saw: each exchange reported once with its status; each payload whole
+/// (or cut at a size cap, then saying so) when nothing of it was lost, else flagged
+/// `…:missing=N` and holding what came before the first gap.
+fn check_run(
+    run: &str,
+    exchanges: &[capture::Exchange],
+    conns: &[capture::Connection],
+    records: &[Value],
+    failures: &mut Vec<String>,
+) -> RunTally {
+    let mut tally = RunTally::default();
+    let mut by_key: BTreeMap<(&str, &str), Vec<&Value>> = BTreeMap::new();
+    for r in records {
+        by_key
+            .entry((field(r, "method"), field(r, "path")))
+            .or_default()
+            .push(r);
+    }
+    for ex in exchanges {
+        let id = format!("{run}: {} {}", ex.method, ex.target);
+        let found = by_key
+            .get(&(ex.method.as_str(), ex.target.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let [rec] = found else {
+            failures.push(format!("{id}: {} records, expected 1", found.len()));
+            continue;
+        };
+        tally.reported += 1;
+        for (name, want) in [
+            ("statusCode", ex.status.as_str()),
+            ("is_pending", "false"),
+            ("akto_vxlan_id", "4242"),
+            ("ip", CLIENT_IP),
+            ("destIp", SERVER_IP),
+        ] {
+            if field(rec, name) != want {
+                failures.push(format!(
+                    "{id}: {name} is {:?}, not {want:?}",
+                    field(rec, name)
+                ));
+            }
+        }
+        let entries = match truncated_entries(rec) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("{id}: {e}"));
+                continue;
+            }
+        };
+        let conn = &conns[ex.conn];
+        let sides = [
+            ("requestPayload", Some(&ex.request), &conn.requests),
+            ("responsePayload", ex.response.as_ref(), &conn.responses),
+        ];
+        for (side, msg, stream) in sides {
+            let Some(msg) = msg else {
+                failures.push(format!("{id}: the capture holds no response"));
+                continue;
+            };
+            let id = format!("{id}: {side}");
+            let payload = field(rec, side).as_bytes();
+            let gz = msg.encoding() == Some("gzip");
+            let full = if gz {
+                match gunzip(&msg.body(stream)) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failures.push(format!("{id}: the captured body: {e}"));
+                        continue;
+                    }
+                }
+            } else {
+                msg.body(stream)
+            };
+            // Content-Length and no content coding: the bytes lost are the body's bytes lost,
+            // and the payload is exactly the body up to the first of them.
+            let exact = !gz && !msg.chunked();
+            let missing = msg.missing(stream);
+            let entry = entries.get(side);
+            if missing == 0 {
+                match entry {
+                    Some(e) if e.missing.is_some() || e.ended => failures.push(format!(
+                        "{id}: flagged {e:?} (truncated {:?}) though no byte of it was lost",
+                        field(rec, "truncated")
+                    )),
+                    Some(_) if full.len() < CAP_HINT => failures.push(format!(
+                        "{id}: flagged as cut at a size cap (truncated {:?}) with {} bytes",
+                        field(rec, "truncated"),
+                        full.len()
+                    )),
+                    Some(_) if payload.is_empty() || !full.starts_with(payload) => {
+                        failures.push(format!(
+                            "{id}: cut at a size cap, {} bytes that are not a prefix of the {}-byte body",
+                            payload.len(),
+                            full.len()
+                        ))
+                    }
+                    Some(_) => {}
+                    None if payload != full.as_slice() => failures.push(format!(
+                        "{id}: {} bytes, not the {}-byte body sent ({:.80})",
+                        payload.len(),
+                        full.len(),
+                        field(rec, side)
+                    )),
+                    None => {}
+                }
+                continue;
+            }
+            tally.damaged += 1;
+            let head_lost = stream.missing(msg.start..msg.body);
+            if head_lost > 0 {
+                failures.push(format!(
+                    "{id}: the cut took {head_lost} bytes of its head (the test's traffic should not do that)"
+                ));
+            }
+            match entry {
+                None => failures.push(format!(
+                    "{id}: {missing} bytes of it were cut off, but the record does not say so (truncated {:?})",
+                    field(rec, "truncated")
+                )),
+                Some(CutEntry { missing: None, .. }) => failures.push(format!(
+                    "{id}: {missing} bytes of it were cut off, but truncated is {:?} (no missing=N)",
+                    field(rec, "truncated")
+                )),
+                Some(CutEntry {
+                    missing: Some(n),
+                    ended,
+                }) => {
+                    tally.flagged += 1;
+                    if *n == 0 {
+                        failures.push(format!("{id}: missing=0 ({missing} bytes were cut off)"));
+                    }
+                    if exact && *n != missing as u64 {
+                        failures.push(format!(
+                            "{id}: missing={n}, but the capture shows {missing} bytes of it cut off"
+                        ));
+                    }
+                    if *ended {
+                        failures.push(format!(
+                            "{id}: also flagged :ended, though its connection carried all of it"
+                        ));
+                    }
+                }
+            }
+            let seen = msg.body_seen(stream);
+            if payload.is_empty() {
+                failures.push(format!(
+                    "{id}: empty, though {} bytes of its body came before the first gap",
+                    seen.len()
+                ));
+            } else if !full.starts_with(payload) {
+                failures.push(format!(
+                    "{id}: {} bytes that are not a prefix of the {}-byte body{} ({:.80})",
+                    payload.len(),
+                    full.len(),
+                    if gz { " (decoded)" } else { "" },
+                    field(rec, side)
+                ));
+            } else if exact
+                && payload != seen.as_slice()
+                // Also cut at the record's size cap (the entry can say only one of the two).
+                && !(seen.len() >= CAP_HINT && seen.starts_with(payload))
+            {
+                failures.push(format!(
+                    "{id}: {} bytes, not the {} bytes before the first gap",
+                    payload.len(),
+                    seen.len()
+                ));
+            }
+        }
+    }
+    tally
+}
+
+#[test]
+fn jumbo_frames_cut_at_8500_still_pair() {
+    const NAME: &str = "jumbo_frames_cut_at_8500_still_pair";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, true) else {
+        return;
+    };
+    // Run B needs the corpus's vxlanize.py; without it, run A still runs.
+    let corpus = common::corpus_dir(&["vxlanize.py", "pcapio.py"]);
+    if let Err(why) = &corpus
+        && required()
+    {
+        panic!("{NAME}: run B cannot run and MIRROR_E2E_REQUIRE is set: {why}");
+    }
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-jumbo-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    let mut lab = Lab::new(&tools, 'j');
+    let net = build_network(&mut lab, &tools, &JUMBO_MTUS);
+
+    // Content: plain files of every size, random (gzip gains little) and prose (gzip gains
+    // much); JSON bodies to POST, which the upstream echoes.
+    let www = d.join("www/static");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut files = Vec::new();
+    for (i, (label, size)) in JUMBO_SIZES.into_iter().enumerate() {
+        let seed = i as u64 + 1;
+        for (kind, content) in [
+            ("noise", noise(size, seed, true)),
+            ("prose", prose(size, seed * 1000)),
+        ] {
+            let name = format!("{kind}-{label}.txt");
+            std::fs::write(www.join(&name), content).unwrap();
+            files.push(name);
+        }
+    }
+    let mut bodies = BTreeMap::new();
+    for (i, (label, size)) in JUMBO_SIZES.into_iter().enumerate() {
+        for kind in ["post", "chunked"] {
+            let case = format!("{kind}-{label}");
+            let path = d.join(format!("{case}.json"));
+            std::fs::write(&path, json_of_len(&case, size, 100 + i as u64)).unwrap();
+            bodies.insert(case, path);
+        }
+    }
+    write_nginx_conf(&d);
+
+    // Captures: the app link on the server's side, whole frames (tcpdump's default snap length
+    // would do too; 9100 says what is needed), for run B; the underlay's heads, to show that
+    // mirred and VXLAN carried whole jumbo frames.
+    let app_pcap = d.join("app.pcap");
+    let underlay_pcap = d.join("underlay.pcap");
+    let app_dump = start_tcpdump(
+        &mut lab,
+        &tools,
+        "tcpdump-app",
+        (&net.server, &net.server_dev),
+        &["-s", "9100"],
+        &app_pcap,
+        &["tcp", "port", &HTTP_PORT.to_string()],
+    )
+    .expect("tcpdump on the app link (run B replays its capture)");
+    let underlay_dump = start_tcpdump(
+        &mut lab,
+        &tools,
+        "tcpdump-underlay",
+        (&net.recv, &net.recv_dev),
+        &["-s", "128"],
+        &underlay_pcap,
+        &["udp", "port", "4789"],
+    )
+    .expect("tcpdump on the underlay");
+    // One receive socket keeps the mirror's order, so run A pins what jumbo frames and cut
+    // frames do; two directions arriving on different sockets is the load test's subject.
+    let records_a = d.join("records-a.jsonl");
+    let daemon_log = start_daemon(&mut lab, &net.recv, &records_a, &["--workers", "1"]);
+    start_peers(&mut lab, &tools, &net.server, &d);
+    println!(
+        "{NAME}: network and peers ready after {:?}; artifacts in {}",
+        started.elapsed(),
+        d.display()
+    );
+
+    // ---- Client traffic ----
+    let curl = |args: &[&str]| curl_in(&lab, &tools, &net.client, args);
+    let w = "%{http_code} %{num_connects} [%header{content-encoding}]\n";
+    let mut expected = 0usize;
+    // Keep-alive GETs of every file, plain then gzip'ed (nginx then sends them chunked).
+    for (case, extra, encoding) in [("get", None, ""), ("gzip", Some("--compressed"), "gzip")] {
+        let mut args: Vec<String> = extra.into_iter().map(str::to_owned).collect();
+        let mut want = String::new();
+        for (i, name) in files.iter().enumerate() {
+            args.extend([
+                "-w".into(),
+                w.into(),
+                "-o".into(),
+                "/dev/null".into(),
+                url(&format!("/static/{name}?case={case}")),
+            ]);
+            want.push_str(&format!("200 {} [{encoding}]\n", u8::from(i == 0)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(curl(&args).stdout, want, "keep-alive GETs ({case})");
+        expected += files.len();
+    }
+    // Two GETs on connections of their own.
+    for name in ["noise-64k.txt", "prose-200k.txt"] {
+        let r = curl(&[
+            "-w",
+            w,
+            "-o",
+            "/dev/null",
+            &url(&format!("/static/{name}?case=fresh")),
+        ]);
+        assert_eq!(r.stdout, "200 1 []\n", "GET {name}");
+        expected += 1;
+    }
+    // POSTs with Content-Length on one connection, and chunked uploads on another; the
+    // upstream echoes each body (with Content-Length). No `Expect: 100-continue`: the
+    // exchange is one request and one response.
+    for (kind, labels) in [
+        ("post", &["10k", "64k", "200k", "1m"][..]),
+        ("chunked", &["64k", "1m"][..]),
+    ] {
+        let mut args: Vec<String> = Vec::new();
+        let mut want = String::new();
+        for (i, label) in labels.iter().enumerate() {
+            let case = format!("{kind}-{label}");
+            if i > 0 {
+                args.extend(["--next", "-sS", "--max-time", "60"].map(String::from));
+            }
+            args.extend(
+                [
+                    "-w",
+                    w,
+                    "-o",
+                    "/dev/null",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-H",
+                    "Expect:",
+                ]
+                .map(String::from),
+            );
+            let body = bodies[&case].to_string_lossy().into_owned();
+            if kind == "post" {
+                args.extend(["--data-binary".into(), format!("@{body}")]);
+            } else {
+                args.extend(
+                    [
+                        "-X",
+                        "POST",
+                        "-H",
+                        "Transfer-Encoding: chunked",
+                        "-T",
+                        &body,
+                    ]
+                    .map(String::from),
+                );
+            }
+            args.push(url(&format!("/api/echo?case={case}")));
+            want.push_str(&format!("200 {} []\n", u8::from(i == 0)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(curl(&args).stdout, want, "{kind} uploads");
+        expected += labels.len();
+    }
+    println!("{NAME}: client traffic done after {:?}", started.elapsed());
+
+    // Let the last mirrored frames reach the receiver and nginx write its last log lines.
+    std::thread::sleep(Duration::from_millis(1000));
+    let metrics_a = admin_get(&lab, &tools, &net.recv, "/metrics");
+    std::fs::write(d.join("metrics-a.txt"), &metrics_a).unwrap();
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    let app_dropped = stop_tcpdump(&mut lab, "tcpdump-app", &app_dump);
+    let underlay_dropped = stop_tcpdump(&mut lab, "tcpdump-underlay", &underlay_dump);
+
+    // ---- Run A: whole frames through the kernel's VXLAN ----
+    let mut failures: Vec<String> = daemon_exit_failure(status).into_iter().collect();
+    let log = access_log(&d);
+    let logged = logged_exchanges(&log);
+    let logged_n: usize = logged.values().sum();
+    assert_eq!(
+        logged_n,
+        expected,
+        "nginx logged a different number of client requests than the test made:\n{}",
+        std::fs::read_to_string(d.join("access.log")).unwrap_or_default()
+    );
+    if app_dropped != Some(0) || underlay_dropped != Some(0) {
+        failures.push(format!(
+            "tcpdump's kernel drops: app link {app_dropped:?}, underlay {underlay_dropped:?} (the captures are incomplete)"
+        ));
+    }
+    let (link, app_frames) = capture::read_pcap(&app_pcap).unwrap();
+    assert_eq!(link, 1, "the app link's capture is not Ethernet");
+    let (_, underlay_frames) = capture::read_pcap(&underlay_pcap).unwrap();
+    let max_app = app_frames.iter().map(|f| f.orig_len).max().unwrap_or(0);
+    let max_underlay = underlay_frames
+        .iter()
+        .map(|f| f.orig_len)
+        .max()
+        .unwrap_or(0);
+    let over_cut: Vec<&capture::Frame> = app_frames
+        .iter()
+        .filter(|f| f.orig_len > JUMBO_CUT)
+        .collect();
+    // Jumbo frames on the app link, and each carried whole: the largest datagram on the
+    // underlay is the largest app frame plus VXLAN's 50 bytes (fragments would be smaller).
+    if max_app <= JUMBO_CUT || max_app > JUMBO_MTUS.app as usize + 14 {
+        failures.push(format!(
+            "the app link's largest frame has {max_app} bytes: jumbo frames (9001-byte MTU) not in effect"
+        ));
+    }
+    if max_underlay != max_app + VXLAN_OVERHEAD {
+        failures.push(format!(
+            "the underlay's largest frame has {max_underlay} bytes, not the app link's largest \
+             ({max_app}) + {VXLAN_OVERHEAD}: mirred/VXLAN did not carry whole jumbo frames"
+        ));
+    }
+    let whole = capture::connections(&app_frames, HTTP_PORT, None);
+    for (i, c) in whole.iter().enumerate() {
+        for (dir, s) in [("requests", &c.requests), ("responses", &c.responses)] {
+            let lost = s.uncovered(0..s.data.len());
+            if lost > 0 {
+                failures.push(format!(
+                    "the app link's capture lost {lost} bytes of the {dir} of connection {i} (client port {})",
+                    c.client.1
+                ));
+            }
+        }
+    }
+    let exchanges = capture::exchanges(&whole).unwrap_or_else(|e| {
+        panic!("the app link's capture does not parse as the test's HTTP: {e}")
+    });
+    if exchanges.len() != logged_n {
+        failures.push(format!(
+            "the app link's capture holds {} exchanges, nginx logged {logged_n}",
+            exchanges.len()
+        ));
+    }
+    let records = read_records(&records_a, &mut failures);
+    compare_with_log("run A", &logged, &records, &mut failures);
+    let tally_a = check_run("run A", &exchanges, &whole, &records, &mut failures);
+    // Whole frames: nothing counted as cut, nothing dropped.
+    let vni_metric = |name: &str| format!("{name}{{vni=\"{VNI}\"}}");
+    for name in [
+        "mirror_truncated_segments_total".to_owned(),
+        "mirror_truncated_missing_bytes_total".to_owned(),
+        vni_metric("mirror_vni_truncated_segments_total"),
+        vni_metric("mirror_vni_truncated_missing_bytes_total"),
+        "mirror_kernel_drops_total".to_owned(),
+        "mirror_http_unmatched_responses_total".to_owned(),
+    ] {
+        let v = common::metric(&metrics_a, &name);
+        if v != Some(0.0) {
+            failures.push(format!("run A: {name} is {v:?}, not 0"));
+        }
+    }
+    let truncated_a = common::metric(&metrics_a, "mirror_truncated_segments_total");
+    println!(
+        "{NAME}: run A: {} of {logged_n} logged exchanges reported ({} records), {} app frames \
+         ({} over {JUMBO_CUT} bytes, largest {max_app}), largest underlay frame {max_underlay}, \
+         mirror_truncated_segments_total {truncated_a:?}",
+        tally_a.reported,
+        records.len(),
+        app_frames.len(),
+        over_cut.len(),
+    );
+    if let Some(line) = daemon_stderr.lines().find(|l| l.contains("stopped")) {
+        println!("{NAME}: run A daemon: {line}");
+    }
+
+    // ---- Run B: the same frames cut at 8500 bytes, replayed ----
+    let mut replay_log = String::new();
+    match &corpus {
+        Err(why) => println!("{NAME}: run B SKIPPED (the corpus is missing): {why}"),
+        Ok(corpus) => {
+            let cut_pcap = d.join("app.vxlan-8500.pcap");
+            run_ok(
+                Command::new(&tools.python3)
+                    .arg(corpus.join("vxlanize.py"))
+                    .arg(&app_pcap)
+                    .arg(&cut_pcap)
+                    .args([
+                        "--vni",
+                        &VNI.to_string(),
+                        "--truncate",
+                        &JUMBO_CUT.to_string(),
+                    ]),
+                Duration::from_secs(120),
+            );
+            let records_b = d.join("records-b.jsonl");
+            let replay = run(
+                common::receiver()
+                    .args(["--log-level", "info", "replay"])
+                    .arg(&cut_pcap)
+                    .arg("--output")
+                    .arg(&records_b),
+                Duration::from_secs(300),
+            );
+            replay_log = replay.stderr.clone();
+            std::fs::write(d.join("replay.log"), &replay.stderr).unwrap();
+            if !replay.status.success() {
+                failures.push(format!("run B: replay exited with {}", replay.status));
+            }
+            let records = read_records(&records_b, &mut failures);
+            compare_with_log("run B", &logged, &records, &mut failures);
+            let cut = capture::connections(&app_frames, HTTP_PORT, Some(JUMBO_CUT));
+            let tally_b = check_run("run B", &exchanges, &cut, &records, &mut failures);
+            // What the replay counted against what the capture shows was cut.
+            let (mut cut_segments, mut cut_bytes) = (0u64, 0u64);
+            for f in &app_frames {
+                if let Some(s) = capture::tcp_segment(f) {
+                    let lost = s.payload.len() - s.kept(Some(JUMBO_CUT));
+                    if f.orig_len > JUMBO_CUT && lost > 0 {
+                        cut_segments += 1;
+                        cut_bytes += lost as u64;
+                    }
+                }
+            }
+            let summary = summary_fields(&replay.stderr, "replay finished").unwrap_or_default();
+            let got = |k: &str| summary_u64(&summary, k);
+            if cut_segments == 0 || tally_b.damaged == 0 {
+                failures.push("run B: no segment was cut: the test exercised nothing".into());
+            }
+            if got("truncated_segments") != Some(cut_segments) {
+                failures.push(format!(
+                    "run B: the replay's truncated_segments is {:?}, the capture has {cut_segments} segments over {JUMBO_CUT} bytes",
+                    got("truncated_segments")
+                ));
+            }
+            if summary.contains_key("truncated_bytes") && got("truncated_bytes") != Some(cut_bytes)
+            {
+                failures.push(format!(
+                    "run B: the replay's truncated_bytes is {:?}, the cut took {cut_bytes} bytes",
+                    got("truncated_bytes")
+                ));
+            }
+            if summary.contains_key("damaged_gap")
+                && got("damaged_gap") != Some(tally_b.damaged as u64)
+            {
+                failures.push(format!(
+                    "run B: the replay's damaged_gap is {:?}, {} messages lost bytes to the cut",
+                    got("damaged_gap"),
+                    tally_b.damaged
+                ));
+            }
+            for key in ["unmatched_responses", "dropped_gap", "unanswered"] {
+                if got(key).is_some_and(|n| n > 0) {
+                    failures.push(format!("run B: the replay's {key} is {:?}", got(key)));
+                }
+            }
+            println!(
+                "{NAME}: run B: {} of {logged_n} logged exchanges reported ({} records); {} messages \
+                 lost bytes to the cut, {} flagged :missing=N; replay: truncated_segments {:?} \
+                 (capture: {cut_segments}), truncated_bytes {:?} (capture: {cut_bytes}), \
+                 damaged_gap {:?}, dropped_gap {:?}, pairs {:?}",
+                tally_b.reported,
+                records.len(),
+                tally_b.damaged,
+                tally_b.flagged,
+                got("truncated_segments"),
+                got("truncated_bytes"),
+                got("damaged_gap"),
+                got("dropped_gap"),
+                got("pairs"),
+            );
+
+            // The same datagrams sent to a daemon (one socket, in order), for its metrics.
+            let records_c = d.join("records-b-daemon.jsonl");
+            let daemon_b = start_daemon(&mut lab, &net.recv, &records_c, &["--workers", "1"]);
+            run_ok(
+                lab.exec(&net.recv, Path::new(common::BIN))
+                    .arg("send")
+                    .arg(&cut_pcap)
+                    .args(["--to", "127.0.0.1:4789", "--rate", "20000"]),
+                Duration::from_secs(60),
+            );
+            // Shard counters reach /metrics about once a second: wait until the truncated
+            // segments stand at what the capture holds (or 15 s pass; then the check below says
+            // what they were).
+            let waited = Instant::now();
+            let mut metrics_b = admin_get(&lab, &tools, &net.recv, "/metrics");
+            while waited.elapsed() < Duration::from_secs(15)
+                && common::metric(&metrics_b, "mirror_truncated_segments_total")
+                    != Some(cut_segments as f64)
+            {
+                std::thread::sleep(Duration::from_millis(250));
+                metrics_b = admin_get(&lab, &tools, &net.recv, "/metrics");
+            }
+            std::fs::write(d.join("metrics-b.txt"), &metrics_b).unwrap();
+            let (status, log_b) = stop_daemon(&mut lab, &daemon_b, &d.join("daemon-b.log"));
+            replay_log.push_str("\ndaemon (run B):\n");
+            replay_log.push_str(&log_b);
+            failures.extend(daemon_exit_failure(status).map(|f| format!("run B: {f}")));
+            let records = read_records(&records_c, &mut failures);
+            compare_with_log("run B (daemon)", &logged, &records, &mut failures);
+            let tally_c = check_run("run B (daemon)", &exchanges, &cut, &records, &mut failures);
+            let m = |name: &str| common::metric(&metrics_b, name);
+            for (name, want) in [
+                ("mirror_truncated_segments_total".to_owned(), cut_segments),
+                (
+                    vni_metric("mirror_vni_truncated_segments_total"),
+                    cut_segments,
+                ),
+                ("mirror_truncated_missing_bytes_total".to_owned(), cut_bytes),
+                (
+                    vni_metric("mirror_vni_truncated_missing_bytes_total"),
+                    cut_bytes,
+                ),
+                (
+                    vni_metric("mirror_vni_http_damaged_messages_total"),
+                    tally_b.damaged as u64,
+                ),
+                ("mirror_kernel_drops_total".to_owned(), 0),
+                ("mirror_http_unmatched_responses_total".to_owned(), 0),
+            ] {
+                if m(&name) != Some(want as f64) {
+                    failures.push(format!(
+                        "run B (daemon): {name} is {:?}, not {want}",
+                        m(&name)
+                    ));
+                }
+            }
+            println!(
+                "{NAME}: run B (daemon): {} of {logged_n} logged exchanges reported, {} flagged \
+                 :missing=N; mirror_vni_truncated_segments_total {:?}, \
+                 mirror_vni_truncated_missing_bytes_total {:?}, \
+                 mirror_vni_http_damaged_messages_total {:?}",
+                tally_c.reported,
+                tally_c.flagged,
+                m(&vni_metric("mirror_vni_truncated_segments_total")),
+                m(&vni_metric("mirror_vni_truncated_missing_bytes_total")),
+                m(&vni_metric("mirror_vni_http_damaged_messages_total")),
+            );
+        }
+    }
+    println!("{NAME}: finished in {:?}", started.elapsed());
+    let log = format!("daemon (run A):\n{daemon_stderr}\nreplay (run B):\n{replay_log}");
+    finish(NAME, &failures, lab, dir, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load through the kernel's VXLAN
+
+/// Exchanges ab makes: about 6 s at 20,000 a second.
+const LOAD_REQUESTS: usize = 120_000;
+const LOAD_CONCURRENCY: usize = 8;
+/// The rate the test must reach, exchanges per second.
+const LOAD_MIN_RATE: f64 = 20_000.0;
+
+/// CPU seconds (user + system, all threads) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The Udp counters of /proc/net/snmp in namespace `ns` (InDatagrams, RcvbufErrors, ...).
+fn udp_snmp(lab: &Lab, ns: &str) -> BTreeMap<String, u64> {
+    let cat = which("cat").expect("cat");
+    let text = check(lab.exec(ns, &cat).arg("/proc/net/snmp"));
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return BTreeMap::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Per inner connection (its client port), the outer UDP source ports of each direction in a
+/// capture of the underlay.
+fn outer_ports(frames: &[capture::Frame]) -> BTreeMap<u16, [std::collections::BTreeSet<u16>; 2]> {
+    let mut out: BTreeMap<u16, [std::collections::BTreeSet<u16>; 2]> = BTreeMap::new();
+    for f in frames {
+        let d = &f.data;
+        if d.len() < VXLAN_OVERHEAD || d[12..14] != [0x08, 0x00] || d[23] != 17 {
+            continue;
+        }
+        let sport = u16::from_be_bytes([d[34], d[35]]);
+        let inner = capture::Frame {
+            orig_len: f.orig_len.saturating_sub(VXLAN_OVERHEAD),
+            data: d[VXLAN_OVERHEAD..].to_vec(),
+        };
+        let Some(s) = capture::tcp_segment(&inner) else {
+            continue;
+        };
+        if s.dst.1 == HTTP_PORT {
+            out.entry(s.src.1).or_default()[0].insert(sport);
+        } else if s.src.1 == HTTP_PORT {
+            out.entry(s.dst.1).or_default()[1].insert(sport);
+        }
+    }
+    out
+}
+
+#[test]
+fn load_through_kernel_vxlan_pairs_every_exchange() {
+    const NAME: &str = "load_through_kernel_vxlan_pairs_every_exchange";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-load-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    let mut lab = Lab::new(&tools, 'l');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    let www = d.join("www/static");
+    std::fs::create_dir_all(&www).unwrap();
+    let load_txt = text(100, 5);
+    std::fs::write(www.join("load.txt"), &load_txt).unwrap();
+    write_nginx_conf(&d);
+
+    // The first 20,000 datagrams' heads, to see the outer source ports of each direction.
+    let underlay_pcap = d.join("underlay-head.pcap");
+    let underlay_dump = start_tcpdump(
+        &mut lab,
+        &tools,
+        "tcpdump",
+        (&net.recv, &net.recv_dev),
+        &["-s", "160", "-c", "20000"],
+        &underlay_pcap,
+        &["udp", "port", "4789"],
+    );
+    let records_path = d.join("records.jsonl");
+    // Before the daemon binds: every datagram after this is delivered to its sockets or counted
+    // by the kernel.
+    let snmp_before = udp_snmp(&lab, &net.recv);
+    let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
+    let daemon_pid = lab.child("daemon").id();
+    start_peers(&mut lab, &tools, &net.server, &d);
+    println!(
+        "{NAME}: network and peers ready after {:?}; artifacts in {}",
+        started.elapsed(),
+        d.display()
+    );
+
+    // ---- Load ----
+    let path = "/static/load.txt?case=load";
+    let cpu_before = cpu_seconds(daemon_pid);
+    let ab_started = Instant::now();
+    let ab = run(
+        lab.exec(&net.client, &tools.ab).args([
+            "-k",
+            "-c",
+            &LOAD_CONCURRENCY.to_string(),
+            "-n",
+            &LOAD_REQUESTS.to_string(),
+            "-s",
+            "30",
+            &url(path),
+        ]),
+        Duration::from_secs(600),
+    );
+    let ab_wall = ab_started.elapsed();
+    std::fs::write(d.join("ab.out"), &ab.stdout).unwrap();
+    let ab_line = |key: &str| {
+        ab.stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| l[key.len()..].trim().to_owned())
+            .unwrap_or_default()
+    };
+    let first_word = |s: String| s.split_whitespace().next().unwrap_or("").to_owned();
+    let ab_complete: usize = ab_line("Complete requests:").parse().unwrap_or(0);
+    let ab_failed = ab_line("Failed requests:");
+    let ab_rate: f64 = first_word(ab_line("Requests per second:"))
+        .parse()
+        .unwrap_or(0.0);
+    let mut failures: Vec<String> = Vec::new();
+    if !ab.status.success()
+        || ab_complete != LOAD_REQUESTS
+        || first_word(ab_failed.clone()) != "0"
+        || ab.stdout.contains("Non-2xx")
+    {
+        failures.push(format!(
+            "ab: {} complete of {LOAD_REQUESTS}, failed {ab_failed:?}:\n{}{}",
+            ab_complete, ab.stdout, ab.stderr
+        ));
+    }
+
+    // Wait until the daemon has taken and processed every datagram and its pair count stands
+    // still (shard counters are published about once a second).
+    let catch_up = Instant::now();
+    let mut last = (f64::NAN, f64::NAN);
+    let mut metrics = String::new();
+    let mut steady = 0;
+    while catch_up.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+        metrics = admin_get(&lab, &tools, &net.recv, "/metrics");
+        let m = |n: &str| common::metric(&metrics, n).unwrap_or(f64::NAN);
+        let now = (m("mirror_http_pairs_total"), m("mirror_datagrams_total"));
+        let received = m("mirror_received_datagrams_total");
+        steady = if now == last && now.1 >= received {
+            steady + 1
+        } else {
+            0
+        };
+        if steady >= 3 {
+            break;
+        }
+        last = now;
+    }
+    let caught_up_after = catch_up.elapsed();
+    let cpu_used = cpu_seconds(daemon_pid) - cpu_before;
+    std::fs::write(d.join("metrics.txt"), &metrics).unwrap();
+    let snmp_after = udp_snmp(&lab, &net.recv);
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    if let Some(log) = &underlay_dump {
+        stop_tcpdump(&mut lab, "tcpdump", log);
+    }
+    failures.extend(daemon_exit_failure(status));
+
+    // ---- Compare ----
+    let m = |n: &str| common::metric(&metrics, n);
+    let kernel_drops = m("mirror_kernel_drops_total");
+    let received = m("mirror_received_datagrams_total");
+    let processed = m("mirror_datagrams_total");
+    let pairs = m("mirror_http_pairs_total");
+    let unmatched = m("mirror_http_unmatched_responses_total");
+    let snmp = |k: &str| {
+        snmp_after.get(k).copied().unwrap_or(0) - snmp_before.get(k).copied().unwrap_or(0)
+    };
+    if kernel_drops != Some(0.0) {
+        failures.push(format!(
+            "mirror_kernel_drops_total is {kernel_drops:?}: the kernel dropped datagrams for full \
+             receive queues (received {received:?}, processed {processed:?})"
+        ));
+    }
+    // (NoPorts is left out: a mirrored frame may reach the namespace before the daemon binds.)
+    for k in ["RcvbufErrors", "InErrors"] {
+        if snmp(k) > 0 {
+            failures.push(format!(
+                "the receiver namespace's /proc/net/snmp Udp {k} rose by {} during the run",
+                snmp(k)
+            ));
+        }
+    }
+    if received != processed || received.map(|r| r as u64) != Some(snmp("InDatagrams")) {
+        failures.push(format!(
+            "datagrams: the kernel delivered {} (Udp InDatagrams), the daemon received {received:?} and processed {processed:?}",
+            snmp("InDatagrams")
+        ));
+    }
+    if unmatched != Some(0.0) {
+        failures.push(format!(
+            "mirror_http_unmatched_responses_total is {unmatched:?}, not 0"
+        ));
+    }
+    let summary = summary_fields(&daemon_stderr, "stopped").unwrap_or_default();
+    if summary_u64(&summary, "unmatched_responses").is_some_and(|n| n > 0) {
+        failures.push(format!(
+            "the daemon's summary: unmatched_responses={:?}",
+            summary.get("unmatched_responses")
+        ));
+    }
+
+    let log = access_log(&d);
+    let load_log: Vec<&LogLine> = log
+        .iter()
+        .filter(|l| l.client == CLIENT_IP && l.uri == path)
+        .collect();
+    let logged_ok = load_log
+        .iter()
+        .filter(|l| l.method == "GET" && l.status == "200")
+        .count();
+    if load_log.len() != LOAD_REQUESTS || logged_ok != LOAD_REQUESTS {
+        failures.push(format!(
+            "nginx logged {} requests of ab's {LOAD_REQUESTS} ({logged_ok} GET 200)",
+            load_log.len()
+        ));
+    }
+    let (first, last) = load_log.iter().fold((f64::MAX, f64::MIN), |(a, b), l| {
+        (a.min(l.msec), b.max(l.msec))
+    });
+    let log_rate = if last > first {
+        (load_log.len().saturating_sub(1)) as f64 / (last - first)
+    } else {
+        0.0
+    };
+
+    // The records: counted from the text (100,000 and more), each line checked for what counts.
+    let text = std::fs::read_to_string(&records_path).unwrap_or_default();
+    let (mut paired, mut pending, mut other, mut bad) = (0usize, 0usize, 0usize, 0usize);
+    for line in text.lines() {
+        let Ok(r) = serde_json::from_str::<Value>(line) else {
+            bad += 1;
+            continue;
+        };
+        if field(&r, "path") != path {
+            other += 1;
+        } else if field(&r, "is_pending") != "false" {
+            pending += 1;
+        } else if field(&r, "method") == "GET"
+            && field(&r, "statusCode") == "200"
+            && field(&r, "responsePayload") == load_txt
+        {
+            paired += 1;
+        } else {
+            bad += 1;
+        }
+    }
+    if paired != logged_ok || pending + other + bad > 0 {
+        failures.push(format!(
+            "records: {paired} paired GET 200 with the file, of {logged_ok} in nginx's log; \
+             {pending} pending, {bad} different or not JSON, {other} of other paths"
+        ));
+    }
+    if ab_rate < LOAD_MIN_RATE || log_rate < LOAD_MIN_RATE {
+        failures.push(format!(
+            "the load reached {ab_rate:.0} exchanges/s by ab, {log_rate:.0}/s by nginx's log \
+             ({} lines over {:.3} s), below {LOAD_MIN_RATE}/s",
+            load_log.len(),
+            last - first
+        ));
+    }
+
+    // The premise: the kernel's VXLAN gives a connection's two directions different outer
+    // source ports (so SO_REUSEPORT may hand them to different sockets).
+    let mut split_note = String::from("no underlay capture (tcpdump missing)");
+    if underlay_dump.is_some()
+        && let Ok((_, frames)) = capture::read_pcap(&underlay_pcap)
+    {
+        let ports = outer_ports(&frames);
+        let both: Vec<_> = ports
+            .values()
+            .filter(|[a, b]| !a.is_empty() && !b.is_empty())
+            .collect();
+        let differ = both.iter().filter(|[a, b]| a != b).count();
+        split_note = format!(
+            "{differ} of {} connections seen both ways in the underlay's first {} datagrams had \
+             different outer source ports per direction",
+            both.len(),
+            frames.len()
+        );
+        if !both.is_empty() && differ == 0 {
+            failures.push(format!(
+                "the premise does not hold: {split_note} (every direction shares its socket)"
+            ));
+        }
+    }
+
+    println!(
+        "{NAME}: ab: {ab_complete} exchanges in {ab_wall:.2?}, {ab_rate:.0}/s (ab), {log_rate:.0}/s \
+         (nginx's log); daemon (debug build: {}): {cpu_used:.2} CPU-s, \
+         {:.1} µs a datagram, caught up {caught_up_after:.2?} after ab ended; \
+         received {received:?}, processed {processed:?}, kernel drops {kernel_drops:?}, pairs \
+         {pairs:?}, unmatched {unmatched:?}; records: {paired} paired of {logged_ok} logged; \
+         Udp RcvbufErrors +{}; {split_note}",
+        cfg!(debug_assertions),
+        cpu_used * 1e6 / processed.unwrap_or(1.0).max(1.0),
+        snmp("RcvbufErrors"),
+    );
+    if let Some(line) = daemon_stderr.lines().find(|l| l.contains("stopped")) {
+        println!("{NAME}: daemon: {line}");
+    }
+    println!("{NAME}: finished in {:?}", started.elapsed());
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
 }
