@@ -59,6 +59,16 @@ struct Probe {
     meta: Option<DataMeta>,
 }
 
+/// Where a gap in the client stream lies, once known.
+#[derive(Debug, Clone, Copy)]
+enum GapAt {
+    None,
+    /// Before any client byte: its length, placed by the next bytes.
+    Unplaced(u32),
+    /// From the first lost byte to the first byte after it.
+    At(Seq, Seq),
+}
+
 /// HTTP state of one connection.
 #[derive(Debug)]
 pub struct Session {
@@ -82,6 +92,9 @@ pub struct Session {
     /// The client stream had a gap since the last request head: a response without a request
     /// then answers one whose head was lost.
     client_gap: bool,
+    /// Where the latest gap in the client stream lies: a response left unmatched that
+    /// acknowledges bytes inside it answers a request whose head was lost there.
+    client_gap_at: GapAt,
     /// A held response was let go without its request (timeout, cap, request known lost): it is
     /// unmatched when it completes, not queued to wait again.
     gave_up: bool,
@@ -113,6 +126,7 @@ impl Default for Session {
             client_end: None,
             server_end: None,
             client_gap: false,
+            client_gap_at: GapAt::None,
             gave_up: false,
             head_held: false,
             settling: false,
@@ -148,6 +162,11 @@ impl StreamHandler for Session {
             StreamEvent::Data(bytes, meta) => {
                 let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
                 if side == client {
+                    if let GapAt::Unplaced(len) = self.client_gap_at {
+                        // The first client bytes: the gap before them ends where they start.
+                        let start = Seq(meta.seq.0.wrapping_sub(len));
+                        self.client_gap_at = GapAt::At(start, meta.seq);
+                    }
                     self.client_end = end;
                 } else {
                     self.server_end = end;
@@ -158,6 +177,11 @@ impl StreamHandler for Session {
             }
             StreamEvent::Gap { len, ts } => {
                 if side == client {
+                    self.client_gap_at = match self.client_end {
+                        Some(e) => GapAt::At(e, e.wrapping_add(len)),
+                        // Truncation is harmless: a gap is far shorter than 2^32 bytes.
+                        None => GapAt::Unplaced(len as u32),
+                    };
                     self.client_end = self.client_end.map(|e| e.wrapping_add(len));
                     self.client_gap = true;
                     // A gap after the latest complete request may have held the next one.
@@ -523,7 +547,7 @@ impl Session {
                     let since = msg.ts;
                     self.early.push_back((msg, since));
                 } else {
-                    self.count_unmatched(ctx, key);
+                    self.count_unmatched(ctx, key, msg.ack);
                 }
                 self.emit_ready(ctx, key, client);
             }
@@ -541,8 +565,12 @@ impl Session {
         }
     }
 
-    fn count_unmatched(&mut self, ctx: &mut HttpCtx, key: &FlowKey) {
-        let lost = self.client_gap;
+    fn count_unmatched(&mut self, ctx: &mut HttpCtx, key: &FlowKey, ack: Option<Seq>) {
+        // Its request was lost in a gap: one since the last request head, or one that holds
+        // the end of the request the server had received when it answered.
+        let lost = self.client_gap
+            || matches!((self.client_gap_at, ack),
+                (GapAt::At(start, end), Some(a)) if start < a && a <= end);
         ctx.bump(key.vni, |s| {
             s.unmatched_responses += 1;
             s.request_heads_lost += u64::from(lost);
@@ -581,7 +609,7 @@ impl Session {
                 });
             }
             self.early.pop_front();
-            self.count_unmatched(ctx, key);
+            self.count_unmatched(ctx, key, ack);
         }
     }
 
