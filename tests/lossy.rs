@@ -1815,3 +1815,32 @@ fn lost_tail_before_a_bare_fin_is_flagged() {
     assert_eq!(r.body, b"ghijkl");
     assert!(r.missing == 4 || !r.complete, "{r:?}");
 }
+
+#[test]
+fn requests_after_a_lost_first_byte_of_a_request_line_still_pair() {
+    // Shrunk from the property test: the 1-byte segment carrying the "D" of "DELETE" is lost;
+    // the requests after it arrive whole.
+    let mut exchanges = vec![
+        spec_exchange("GET", 200, "", ""),
+        spec_exchange("DELETE", 200, "", &"g".repeat(190)),
+        spec_exchange("GET", 200, "", ""),
+        spec_exchange("GET", 200, "", ""),
+    ];
+    exchanges[1].pad = "g".repeat(32);
+    for e in &mut exchanges {
+        e.req_framing = Framing::None;
+    }
+    let mut c = planned(vec![1, 22, 1, 19], exchanges);
+    let lost = c.exchanges[1].request.start;
+    drop_byte(&mut c, CLIENT, lost);
+    let (out, stats) = run_one(&c);
+    assert_eq!(
+        summary(&out),
+        [
+            pair("GET", "/x0/", Some(200)),
+            pair("GET", "/x2/", Some(200)),
+            pair("GET", "/x3/", Some(200))
+        ],
+        "{stats:?}"
+    );
+}

@@ -72,6 +72,9 @@ pub struct DataMeta {
     pub seq: Seq,
     /// The segment's acknowledgement number (how much of the other direction its sender had).
     pub ack: Option<Seq>,
+    /// These are the stream's first bytes and its SYN was not seen: the capture began inside
+    /// the connection, and what came before them is unknown, as after a gap.
+    pub midstream: bool,
 }
 
 /// What a direction's byte stream does next.
@@ -376,7 +379,16 @@ impl Reassembler {
         if trim < present {
             let bytes = &payload[trim as usize..];
             let seq = self.next.unwrap_or_default();
-            out(StreamEvent::Data(bytes, DataMeta { ts, seq, ack }));
+            let midstream = self.isn.is_none() && self.next_off == 0;
+            out(StreamEvent::Data(
+                bytes,
+                DataMeta {
+                    ts,
+                    seq,
+                    ack,
+                    midstream,
+                },
+            ));
             self.advance(bytes.len() as u64);
         }
         let missing_left = (present + u64::from(missing)).saturating_sub(trim.max(present));

@@ -172,10 +172,13 @@ pub struct Parser {
     /// often than not, so after framing was lost that position is a candidate start even when
     /// it is not a line start (a body ending without a newline before the next head).
     seg_start: usize,
-    /// Framing was lost in a gap and no head found since: only then is a segment start a
-    /// candidate inside a line (at a capture's start, a line split over two segments is one
-    /// line: "D" + "ELETE /x HTTP/1.1").
+    /// Framing was lost in a gap (or the stream was joined mid-connection) and no head found
+    /// since: a request line must name a registered method, and a segment start is a
+    /// candidate inside a line unless the line itself counts ("D" + "ELETE /x HTTP/1.1").
     after_gap: bool,
+    /// The message being recovered ended where a request line whose start was lost begins:
+    /// a request whose head is gone came next (see [`Parser::take_lost_head`]).
+    lost_head: bool,
     tunnel_after: bool,
     /// Bytes skipped while looking for a message start.
     pub skipped_bytes: u64,
@@ -195,6 +198,7 @@ impl Parser {
             end_hint: None,
             seg_start: 0,
             after_gap: false,
+            lost_head: false,
             tunnel_after: false,
             skipped_bytes: 0,
         }
@@ -237,6 +241,12 @@ impl Parser {
     }
 
     /// True while a gap's damage to framing is being recovered from.
+    /// True once after the latest message completed by recovery when the next message's
+    /// head was lost: its tail ("ET /x HTTP/1.1") follows the gap.
+    pub fn take_lost_head(&mut self) -> bool {
+        std::mem::take(&mut self.lost_head)
+    }
+
     pub fn recovering(&self) -> bool {
         self.state == State::Recover
     }
@@ -350,7 +360,10 @@ impl Parser {
         if mark == 0 || mark >= avail.len() || avail[mark - 1] == b'\n' {
             return None;
         }
-        matches!(detect::scan(&avail[mark..], Some(want)), Scan::Found(0, _)).then_some(mark)
+        let found = matches!(detect::scan(&avail[mark..], Some(want)), Scan::Found(0, _));
+        // After a gap a request line must name a registered method (see `step`).
+        (found && (want == StartKind::Response || detect::known_method(&avail[mark..])))
+            .then_some(mark)
     }
 
     /// True when the buffered bytes begin with a complete status line.
@@ -429,10 +442,18 @@ impl Parser {
                         Scan::None => None,
                     };
                     // The newest segment starts a message inside the line found (or after every
-                    // line start): it wins.
+                    // line start): it wins, unless that line is a start line that counts after
+                    // a gap itself ("GET /a HTTP/1.1" sent as "G" and "ET /a HTTP/1.1").
                     if let Some(mark) = self.start_at_segment(want) {
                         let avail = &self.buf[self.pos..];
-                        if line_start.is_none_or(|o| o < mark && !avail[o..mark].contains(&b'\n')) {
+                        let line_counts = match scan {
+                            Scan::Found(o, StartKind::Request) => detect::known_method(&avail[o..]),
+                            Scan::Found(..) => true,
+                            _ => false,
+                        };
+                        if line_start.is_none_or(|o| {
+                            o < mark && !avail[o..mark].contains(&b'\n') && !line_counts
+                        }) {
                             scan = Scan::Found(mark, want);
                         }
                     }
@@ -579,7 +600,7 @@ impl Parser {
                             msg.recovered = Some(by);
                         }
                         let step = self.finish_message(cfg);
-                        if by == Recovery::Peer {
+                        if by == Recovery::Peer || self.lost_head {
                             // Where the next message starts is known only roughly.
                             self.state = State::Seek;
                         }
@@ -635,6 +656,13 @@ impl Parser {
         match found {
             Some((at, Candidate::Start)) => {
                 self.consume(at);
+                Recovered::End(Recovery::StartLine)
+            }
+            Some((at, Candidate::Tail)) => {
+                // The next request began inside the gap: this message ended there. What
+                // remains of that request's head is skipped in `State::Seek`.
+                self.consume(at);
+                self.lost_head = true;
                 Recovered::End(Recovery::StartLine)
             }
             Some((at, Candidate::Last(len))) => {
@@ -954,6 +982,9 @@ enum Candidate {
     Undecided,
     /// The start line of the next message of this direction.
     Start,
+    /// A request line of an unregistered method: the tail of the next request's line, whose
+    /// start was lost ("ET /x HTTP/1.1").
+    Tail,
     /// The last chunk and its trailers, `.0` bytes in all: the message ends after them.
     Last(usize),
     /// A chunk-size line of `line` bytes whose chunk of `size` bytes is followed by another
@@ -969,8 +1000,14 @@ fn recover_candidate(rest: &[u8], want: StartKind) -> Candidate {
     match rest.iter().position(|&b| b == b'\n') {
         Some(eol) => {
             let line = rest[..eol].strip_suffix(b"\r").unwrap_or(&rest[..eol]);
+            // Recovering follows a gap: a request line must name a registered method (see
+            // `Parser::step`).
             if detect::classify_line(line) == Some(want) {
-                return Candidate::Start;
+                return if want == StartKind::Response || detect::known_method(line) {
+                    Candidate::Start
+                } else {
+                    Candidate::Tail
+                };
             }
         }
         None if rest.len() <= detect::MAX_START_LINE && detect::plausible_start(rest, want) => {

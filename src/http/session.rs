@@ -102,6 +102,8 @@ pub struct Session {
     head_held: bool,
     /// A side had a gap before the client side was known.
     probe_gaps: [bool; 2],
+    /// A side's stream began without its SYN before the client side was known.
+    probe_midstream: [bool; 2],
     /// Nothing more will arrive for a response that waits (the connection closes, or it
     /// waited its time): pair it by sequence numbers alone (see `target`).
     settling: bool,
@@ -131,6 +133,7 @@ impl Default for Session {
             head_held: false,
             settling: false,
             probe_gaps: [false; 2],
+            probe_midstream: [false; 2],
             last_acks: [None; 2],
             resynced: Resync::No,
         }
@@ -143,7 +146,10 @@ impl StreamHandler for Session {
     fn event(&mut self, ctx: &mut HttpCtx, key: &FlowKey, side: Side, ev: StreamEvent<'_>) {
         let Some(client) = self.client else {
             match ev {
-                StreamEvent::Data(bytes, meta) => self.probe(ctx, key, side, bytes, meta),
+                StreamEvent::Data(bytes, meta) => {
+                    self.probe_midstream[side.index()] |= meta.midstream;
+                    self.probe(ctx, key, side, bytes, meta);
+                }
                 StreamEvent::Gap { .. } => {
                     if let Some(p) = &mut self.probes {
                         p[side.index()] = Probe::default();
@@ -170,6 +176,9 @@ impl StreamHandler for Session {
                     self.client_end = end;
                 } else {
                     self.server_end = end;
+                }
+                if meta.midstream {
+                    self.parser(client, side).mark_gap();
                 }
                 self.parser(client, side).feed(bytes, meta, &ctx.cfg);
                 self.drive(ctx, key, client, side);
@@ -324,7 +333,9 @@ impl Session {
             probe.meta = Some(meta);
         }
         probe.buf.extend_from_slice(bytes);
-        let after_gap = self.probe_gaps[side.index()];
+        // A stream joined mid-connection is read as one after a gap: its first line may be
+        // the tail of a request line whose start came before the capture.
+        let after_gap = self.probe_gaps[side.index()] || self.probe_midstream[side.index()];
         let client = loop {
             break match super::detect::scan(&probe.buf, None) {
                 // After a gap, a request line must name a registered method: it may be the tail
@@ -364,7 +375,7 @@ impl Session {
         }
         self.client_gap |= self.probe_gaps[client.index()];
         for s in [client, client.other()] {
-            if self.probe_gaps[s.index()] {
+            if self.probe_gaps[s.index()] || self.probe_midstream[s.index()] {
                 self.parser(client, s).mark_gap();
             }
             let probe = match &mut self.probes {
@@ -466,6 +477,9 @@ impl Session {
                 {
                     count_body(ctx, key, &msg);
                     p.end = end;
+                    // A request whose head was lost followed: responses past this one's end
+                    // are not its own.
+                    p.gap_after |= self.requests.take_lost_head();
                     p.request = ReqState::Complete(msg);
                 }
                 self.emit_ready(ctx, key, client);

@@ -5,6 +5,7 @@ fn meta(seq: u32) -> DataMeta {
         ts: 5_000_000,
         seq: Seq(seq),
         ack: Some(Seq(77)),
+        midstream: false,
     }
 }
 
