@@ -104,6 +104,8 @@ pub struct Session {
     probe_gaps: [bool; 2],
     /// A side's stream began without its SYN before the client side was known.
     probe_midstream: [bool; 2],
+    /// A side's bytes that begin no message were skipped before the client side was known.
+    probe_skipped: [bool; 2],
     /// Nothing more will arrive for a response that waits (the connection closes, or it
     /// waited its time): pair it by sequence numbers alone (see `target`).
     settling: bool,
@@ -134,6 +136,7 @@ impl Default for Session {
             settling: false,
             probe_gaps: [false; 2],
             probe_midstream: [false; 2],
+            probe_skipped: [false; 2],
             last_acks: [None; 2],
             resynced: Resync::No,
         }
@@ -180,8 +183,14 @@ impl StreamHandler for Session {
                 if meta.midstream {
                     self.parser(client, side).mark_gap();
                 }
+                let skipped = self.responses.skipped_bytes;
                 self.parser(client, side).feed(bytes, meta, &ctx.cfg);
                 self.drive(ctx, key, client, side);
+                if side != client && self.responses.skipped_bytes > skipped {
+                    // Server bytes that begin no response: the head of one was lost (or the
+                    // capture began inside it). Responses after them pair by their ack.
+                    self.resynced = self.resynced.or(Resync::From(meta.seq));
+                }
                 meta.ts
             }
             StreamEvent::Gap { len, ts } => {
@@ -353,6 +362,7 @@ impl Session {
                 super::detect::Scan::Found(_, super::detect::StartKind::Request) => side,
                 super::detect::Scan::Found(_, super::detect::StartKind::Response) => side.other(),
                 super::detect::Scan::Partial(off) => {
+                    self.probe_skipped[side.index()] |= off > 0;
                     ctx.bump(key.vni, |s| s.skipped_bytes += off as u64);
                     probe.buf.drain(..off);
                     if let Some(m) = &mut probe.meta {
@@ -361,6 +371,7 @@ impl Session {
                     return;
                 }
                 super::detect::Scan::None => {
+                    self.probe_skipped[side.index()] = true;
                     ctx.bump(key.vni, |s| s.skipped_bytes += probe.buf.len() as u64);
                     *probe = Probe::default();
                     return;
@@ -368,9 +379,10 @@ impl Session {
             };
         };
         self.client = Some(client);
-        // Messages may have been lost whole in a gap before this: responses pair by their
-        // acknowledgement numbers.
-        if self.probe_gaps[client.other().index()] {
+        // Messages may have been lost whole in a gap before this, or their heads among the
+        // bytes skipped: responses pair by their acknowledgement numbers.
+        let server = client.other().index();
+        if self.probe_gaps[server] || self.probe_skipped[server] {
             self.resynced = Resync::Any;
         }
         self.client_gap |= self.probe_gaps[client.index()];
