@@ -14,7 +14,7 @@ use crate::wire;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,18 +58,22 @@ fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Encodes a pipeline's finished exchanges and hands them to `deliver`.
+/// Encodes a pipeline's finished exchanges and hands them to `deliver`. Records too large for
+/// any payload are counted in `records_too_large` as they happen, so a running daemon shows
+/// them.
 fn drain_records(
     pipeline: &mut Pipeline,
     encoder: &Encoder,
     buf: &mut Vec<u8>,
-    records_too_large: &mut u64,
+    records_too_large: &AtomicU64,
     mut deliver: impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
 ) -> Result<(), SinkError> {
     for ex in pipeline.exchanges() {
         match encoder.encode(&ex, buf) {
             Ok(()) => deliver(ex.connection_id, buf)?,
-            Err(_) => *records_too_large += 1,
+            Err(_) => {
+                records_too_large.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     Ok(())
@@ -236,7 +240,7 @@ struct Shared {
     /// The sink failed for good: the daemon stops and exits non-zero so a supervisor restarts it.
     sink_failed: AtomicBool,
     stats: Vec<Mutex<PipelineStats>>,
-    records_too_large: std::sync::atomic::AtomicU64,
+    records_too_large: AtomicU64,
     /// Last loop time (µs) of each worker: the systemd watchdog is fed only while all are alive.
     heartbeats: Vec<std::sync::atomic::AtomicU64>,
     /// Batches waiting in each worker's queue, as last seen by the worker.
@@ -609,7 +613,6 @@ impl Worker<'_> {
         let mut pipeline = Pipeline::new(pcfg).with_filter(filter);
         let encoder = Encoder::new(rcfg);
         let mut buf = Vec::with_capacity(64 * 1024);
-        let mut too_large = 0;
         let mut next_expire = 0;
         let mut out = RecordsOut {
             batch: record_pool.take(),
@@ -647,18 +650,15 @@ impl Worker<'_> {
                 }
             }
             let deliver = |k: u64, r: &[u8]| out.push(k, r);
-            let drained = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, deliver);
+            let drained = drain_records(&mut pipeline, &encoder, &mut buf, &shared.records_too_large, deliver);
             if drained.and_then(|()| out.flush()).is_err() {
                 break;
             }
         }
         pipeline.finish(now_us());
         let deliver = |k: u64, r: &[u8]| out.push(k, r);
-        let _ = drain_records(&mut pipeline, &encoder, &mut buf, &mut too_large, deliver)
+        let _ = drain_records(&mut pipeline, &encoder, &mut buf, &shared.records_too_large, deliver)
             .and_then(|()| out.flush());
-        shared
-            .records_too_large
-            .fetch_add(too_large, Ordering::Relaxed);
         if let Ok(mut s) = shared.stats[index].lock() {
             *s = pipeline.stats();
         }

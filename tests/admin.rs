@@ -178,6 +178,49 @@ fn datagrams_from_unlisted_sources_or_vnis_are_refused_and_counted() {
     }
 }
 
+#[test]
+fn records_too_large_are_counted_while_the_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("records.jsonl");
+    // The smallest record limit `validate` accepts; the first exchange's request head alone
+    // is larger, the second's fits.
+    let d = start(&["--max-record-bytes", "1024", "--output", out.to_str().unwrap()]);
+    let (client, server) = (([10, 0, 0, 2], 41000), ([10, 0, 0, 9], 8080));
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: h\r\nX-Fill: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let small = "GET /small HTTP/1.1\r\nHost: h\r\n\r\n";
+    let resp = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let (mut c, mut s) = (1u32, 1u32);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for req in [big.as_str(), small] {
+        let d1 = common::vxlan_datagram(7, client, server, c, s, req.as_bytes());
+        c += req.len() as u32;
+        let d2 = common::vxlan_datagram(7, server, client, s, c, resp.as_bytes());
+        s += resp.len() as u32;
+        for dg in [d1, d2] {
+            sender.send_to(&dg, ("127.0.0.1", d.port)).unwrap();
+        }
+    }
+    let mut text = String::new();
+    wait_for(
+        "the oversized record to be counted",
+        Duration::from_secs(15),
+        || {
+            text = get(&d.admin, "/metrics").1;
+            metric(&text, "mirror_http_pairs_total") == Some(2.0)
+                && metric(&text, "mirror_records_too_large_total") == Some(1.0)
+        },
+    );
+    wait_for("the other record written", Duration::from_secs(15), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() == 1)
+    });
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("/small"), "{written}");
+    assert_eq!(metric(&text, "mirror_sink_records_total"), Some(1.0));
+}
+
 /// The Python that parses the exposition with the Prometheus project's own OpenMetrics parser
 /// (`prometheus_client`): `MIRROR_METRICS_PYTHON`, else the venv `.ci/run` creates. Without it
 /// the test skips, and fails instead when `MIRROR_INFRA_REQUIRE=1` (as CI sets).
