@@ -1224,10 +1224,14 @@ proptest! {
         run_case(&case, true)?;
     }
 
-    // Not met yet (issue 14 stays open): with several losses on one connection a response
-    // can still be given to a request whose own response head was lost, and a request whose
-    // head arrived can go unreported when the response before it lost its head. Run with
-    // `cargo test --test lossy -- --ignored` to see the shrunk case.
+    // Not met yet (issue 14 stays open): about 1 run in 4 of 256 cases fails (seeds 1-40
+    // with PROPTEST_RNG_SEED: 9 of 40). Most failures are one shape: a request whose own
+    // response head was lost is given the next response, when a loss also took where it
+    // ended (a chunked body's end, the next request's head) so that TCP positions cannot tell
+    // the two apart; rarer, a response to HEAD recovered at the peer's acknowledgement is
+    // flagged with missing bytes it never had, and a request with both heads delivered is
+    // reported unanswered. Run with `cargo test --test lossy -- --ignored` to see a shrunk
+    // case.
     #[test]
     #[ignore = "issue 14: multi-loss keep-alive pairing not yet met, see the comment above"]
     fn lossy_traffic_loses_no_exchange_whose_heads_were_seen(case in case(Mode::Lossy)) {
