@@ -650,15 +650,27 @@ impl Worker<'_> {
                 }
             }
             let deliver = |k: u64, r: &[u8]| out.push(k, r);
-            let drained = drain_records(&mut pipeline, &encoder, &mut buf, &shared.records_too_large, deliver);
+            let drained = drain_records(
+                &mut pipeline,
+                &encoder,
+                &mut buf,
+                &shared.records_too_large,
+                deliver,
+            );
             if drained.and_then(|()| out.flush()).is_err() {
                 break;
             }
         }
         pipeline.finish(now_us());
         let deliver = |k: u64, r: &[u8]| out.push(k, r);
-        let _ = drain_records(&mut pipeline, &encoder, &mut buf, &shared.records_too_large, deliver)
-            .and_then(|()| out.flush());
+        let _ = drain_records(
+            &mut pipeline,
+            &encoder,
+            &mut buf,
+            &shared.records_too_large,
+            deliver,
+        )
+        .and_then(|()| out.flush());
         if let Ok(mut s) = shared.stats[index].lock() {
             *s = pipeline.stats();
         }

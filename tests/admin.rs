@@ -184,7 +184,12 @@ fn records_too_large_are_counted_while_the_daemon_runs() {
     let out = dir.path().join("records.jsonl");
     // The smallest record limit `validate` accepts; the first exchange's request head alone
     // is larger, the second's fits.
-    let d = start(&["--max-record-bytes", "1024", "--output", out.to_str().unwrap()]);
+    let d = start(&[
+        "--max-record-bytes",
+        "1024",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     let (client, server) = (([10, 0, 0, 2], 41000), ([10, 0, 0, 9], 8080));
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: h\r\nX-Fill: {}\r\n\r\n",
