@@ -451,12 +451,9 @@ fn stop_tcpdump(
 ) -> Option<u64> {
     // Let it write what it has taken: stop only once the file has not grown for 300 ms.
     let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let (deadline, mut last, mut since) = (
-        Instant::now() + Duration::from_secs(10),
-        size(),
-        Instant::now(),
-    );
-    while Instant::now() < deadline && since.elapsed() < Duration::from_millis(300) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (size(), Instant::now());
+    while since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         let now = size();
         if now != last {
