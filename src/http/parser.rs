@@ -235,6 +235,33 @@ impl Parser {
         self.seq
     }
 
+    /// Would a gap of `len` bytes here take the start of a message? When it would, how far
+    /// before the gap's end that start lies: at a known message boundary (the previous
+    /// message complete, or the stream's start) it is the gap's first byte; past the end of a
+    /// Content-Length body, that end; inside a head, the head's first byte. None where it is
+    /// not known.
+    pub fn gap_takes_start(&self, len: u64) -> Option<u64> {
+        match self.state {
+            State::Seek if self.msg.is_none() && !self.after_gap => Some(len),
+            State::Head if self.buffered() > 0 && !self.after_gap => {
+                Some(len + self.buffered() as u64)
+            }
+            State::Length(rest) if self.msg.is_some() && self.buffered() == 0 && len > rest => {
+                Some(len - rest)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where the message in progress ends, when its framing says so already (a
+    /// Content-Length body): what a response acknowledging more than that was sent after.
+    pub fn framed_end(&self) -> Option<Seq> {
+        match self.state {
+            State::Length(rest) if self.msg.is_some() => self.seq.map(|s| s.wrapping_add(rest)),
+            _ => None,
+        }
+    }
+
     /// The stream had a gap before this parser saw it (while the client side was unknown).
     pub fn mark_gap(&mut self) {
         self.after_gap = true;

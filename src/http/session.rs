@@ -44,12 +44,49 @@ enum RespSlot {
 struct Pending {
     method: String,
     seq: Option<Seq>,
+    /// The request's acknowledgement: how much of the server's stream its sender had.
+    ack: Option<Seq>,
     /// Sequence number just past the request, once it is complete.
     end: Option<Seq>,
     /// Client bytes were lost after it, before the next request seen.
     gap_after: bool,
     request: ReqState,
     response: RespSlot,
+}
+
+/// A server event that came while a response head was held and a gap was among them: the
+/// held head's body framing decides what the gap damages, so the gap and everything after it
+/// wait, in order, until that framing is chosen (its request arrived, or it waited its time).
+#[derive(Debug)]
+enum Deferred {
+    Data(Vec<u8>, DataMeta),
+    Gap { len: u64, ts: u64 },
+    End { ts: u64 },
+}
+
+impl Deferred {
+    fn of(ev: &StreamEvent<'_>) -> Deferred {
+        match *ev {
+            StreamEvent::Data(bytes, meta) => Deferred::Data(bytes.to_vec(), meta),
+            StreamEvent::Gap { len, ts } => Deferred::Gap { len, ts },
+            StreamEvent::End { ts } => Deferred::End { ts },
+        }
+    }
+
+    fn event(&self) -> StreamEvent<'_> {
+        match self {
+            Deferred::Data(bytes, meta) => StreamEvent::Data(bytes, *meta),
+            &Deferred::Gap { len, ts } => StreamEvent::Gap { len, ts },
+            &Deferred::End { ts } => StreamEvent::End { ts },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Deferred::Data(bytes, _) => bytes.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// Bytes of one side seen before the client side is known.
@@ -83,6 +120,8 @@ pub struct Session {
     /// Complete responses waiting for their request (a gap in the response stream made their
     /// framing go on without it), with the time they began waiting.
     early: super::lazy::LazyDeque<(Message, u64)>,
+    /// Server events behind a held head from its first gap on (see [`Deferred`]).
+    deferred: super::lazy::LazyDeque<Deferred>,
     /// The latest time (µs) an event or tick brought.
     now: u64,
     /// Sequence number just past the client bytes delivered so far (data or gap).
@@ -114,6 +153,9 @@ pub struct Session {
     last_acks: [Option<Seq>; 2],
     /// The response direction lost framing in a gap: the next response is paired by its ack.
     resynced: Resync,
+    /// And that gap took a response's start there: the earliest request still waiting that
+    /// the server could have answered there lost its response (see `lost_head_was`).
+    head_lost: LostStart,
 }
 
 impl Default for Session {
@@ -126,6 +168,7 @@ impl Default for Session {
             pending: VecDeque::new(),
             held_since: None,
             early: Default::default(),
+            deferred: Default::default(),
             now: 0,
             client_end: None,
             server_end: None,
@@ -139,6 +182,7 @@ impl Default for Session {
             probe_skipped: [false; 2],
             last_acks: [None; 2],
             resynced: Resync::No,
+            head_lost: LostStart::No,
         }
     }
 }
@@ -163,91 +207,20 @@ impl StreamHandler for Session {
             }
             return;
         };
-        self.now = self.now.max(match ev {
-            StreamEvent::Data(_, meta) => meta.ts,
-            StreamEvent::Gap { ts, .. } | StreamEvent::End { ts } => ts,
-        });
-        let now = match ev {
-            StreamEvent::Data(bytes, meta) => {
-                let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
-                if side == client {
-                    if let GapAt::Unplaced(len) = self.client_gap_at {
-                        // The first client bytes: the gap before them ends where they start.
-                        let start = Seq(meta.seq.0.wrapping_sub(len));
-                        self.client_gap_at = GapAt::At(start, meta.seq);
-                    }
-                    self.client_end = end;
-                } else {
-                    self.server_end = end;
-                }
-                if meta.midstream {
-                    self.parser(client, side).mark_gap();
-                }
-                let skipped = self.responses.skipped_bytes;
-                self.parser(client, side).feed(bytes, meta, &ctx.cfg);
-                self.drive(ctx, key, client, side);
-                if side != client && self.responses.skipped_bytes > skipped {
-                    // Server bytes that begin no response: the head of one was lost (or the
-                    // capture began inside it). Responses after them pair by their ack.
-                    self.resynced = self.resynced.or(Resync::From(meta.seq));
-                }
-                meta.ts
-            }
-            StreamEvent::Gap { len, ts } => {
-                if side == client {
-                    self.client_gap_at = match self.client_end {
-                        Some(e) => GapAt::At(e, e.wrapping_add(len)),
-                        // Truncation is harmless: a gap is far shorter than 2^32 bytes.
-                        None => GapAt::Unplaced(len as u32),
-                    };
-                    self.client_end = self.client_end.map(|e| e.wrapping_add(len));
-                    self.client_gap = true;
-                    // A gap after the latest complete request may have held the next one.
-                    if let Some(p) = self.pending.back_mut()
-                        && p.end.is_some()
-                    {
-                        p.gap_after = true;
-                    }
-                } else {
-                    self.server_end = self.server_end.map(|e| e.wrapping_add(len));
-                    // The held head's body framing must be chosen before its bytes go on.
-                    self.resume_held(ctx, key, client, ts, true);
-                }
-                let peer_ack = self.last_acks[usize::from(side == client)];
-                let parser = self.parser(client, side);
-                let (step, lost_framing) = parser.gap(len, &ctx.cfg);
-                // The other direction's latest message may already say where this one ended.
-                parser.end_by(peer_ack);
-                let recovering = parser.recovering();
-                if let Some(step) = step {
-                    self.apply(ctx, key, client, side, step);
-                }
-                // Responses may have been lost whole: the next one is paired by its ack.
-                if side != client && (lost_framing || recovering) {
-                    let from = self.server_end.map_or(Resync::Any, Resync::From);
-                    self.resynced = self.resynced.or(from);
-                }
-                self.drive(ctx, key, client, side);
-                ts
-            }
-            StreamEvent::End { ts } => {
-                // A held response's request may still come after the server's FIN: the
-                // connection's close finishes it then.
-                if side != client && self.held_since.is_none() {
-                    if let Some(step) = self.responses.finish(&ctx.cfg) {
-                        self.apply(ctx, key, client, side, step);
-                    }
-                }
-                ts
-            }
-        };
-        self.resume_held(ctx, key, client, now, false);
+        if side != client && self.defer(&ev) {
+            self.now = self.now.max(event_ts(&ev));
+            self.resume_held(ctx, key, client, self.now, false);
+        } else {
+            self.process(ctx, key, client, side, ev);
+        }
+        self.replay_deferred(ctx, key, client, false);
     }
 
     fn tick(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64) {
         self.now = self.now.max(now);
         if let Some(client) = self.client {
             self.resume_held(ctx, key, client, now, false);
+            self.replay_deferred(ctx, key, client, false);
         }
     }
 
@@ -285,6 +258,14 @@ impl StreamHandler for Session {
             + self.responses.held_bytes()
             + pending
             + self.early.iter().map(|(m, _)| body(m)).sum::<usize>()
+            + self
+                .deferred
+                .iter()
+                .map(|d| match d {
+                    Deferred::Data(b, _) => b.capacity(),
+                    _ => 0,
+                })
+                .sum::<usize>()
     }
 
     fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, now: u64) {
@@ -294,6 +275,7 @@ impl StreamHandler for Session {
         self.now = self.now.max(now);
         self.settling = true;
         self.resume_held(ctx, key, client, now, true);
+        self.replay_deferred(ctx, key, client, true);
         // What the connection's end cut short is still reported, marked incomplete.
         if let Some(step) = self.responses.finish(&ctx.cfg) {
             self.apply(ctx, key, client, client.other(), step);
@@ -320,6 +302,146 @@ impl StreamHandler for Session {
 }
 
 impl Session {
+    /// One event of a side, the client side known.
+    fn process(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        side: Side,
+        ev: StreamEvent<'_>,
+    ) {
+        self.now = self.now.max(event_ts(&ev));
+        let now = match ev {
+            StreamEvent::Data(bytes, meta) => {
+                let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
+                if side == client {
+                    if let GapAt::Unplaced(len) = self.client_gap_at {
+                        // The first client bytes: the gap before them ends where they start.
+                        let start = Seq(meta.seq.0.wrapping_sub(len));
+                        self.client_gap_at = GapAt::At(start, meta.seq);
+                    }
+                    self.client_end = end;
+                } else {
+                    if let LostStart::Unplaced(back) = self.head_lost {
+                        // The first server bytes after the gap: it ended where they start.
+                        self.head_lost = LostStart::At(Seq(meta.seq.0.wrapping_sub(back as u32)));
+                    }
+                    self.server_end = end;
+                }
+                if meta.midstream {
+                    self.parser(client, side).mark_gap();
+                }
+                let skipped = self.responses.skipped_bytes;
+                self.parser(client, side).feed(bytes, meta, &ctx.cfg);
+                self.drive(ctx, key, client, side);
+                if side != client && self.responses.skipped_bytes > skipped {
+                    // Server bytes that begin no response: the head of one was lost (or the
+                    // capture began inside it). Responses after them pair by their ack.
+                    self.resynced = self.resynced.or(Resync::From(meta.seq));
+                }
+                meta.ts
+            }
+            StreamEvent::Gap { len, ts } => {
+                if side == client {
+                    self.client_gap_at = match self.client_end {
+                        Some(e) => GapAt::At(e, e.wrapping_add(len)),
+                        // Truncation is harmless: a gap is far shorter than 2^32 bytes.
+                        None => GapAt::Unplaced(len as u32),
+                    };
+                    self.client_end = self.client_end.map(|e| e.wrapping_add(len));
+                    self.client_gap = true;
+                    // A gap after the latest complete request may have held the next one.
+                    if let Some(p) = self.pending.back_mut()
+                        && p.end.is_some()
+                    {
+                        p.gap_after = true;
+                    }
+                } else {
+                    self.server_end = self.server_end.map(|e| e.wrapping_add(len));
+                    // The held head's body framing must be chosen before its bytes go on.
+                    self.resume_held(ctx, key, client, ts, true);
+                }
+                let peer_ack = self.last_acks[usize::from(side == client)];
+                let parser = self.parser(client, side);
+                let takes_start = parser.gap_takes_start(len);
+                let (step, lost_framing) = parser.gap(len, &ctx.cfg);
+                // The other direction's latest message may already say where this one ended.
+                parser.end_by(peer_ack);
+                let recovering = parser.recovering();
+                if let Some(step) = step {
+                    self.apply(ctx, key, client, side, step);
+                }
+                // Responses may have been lost whole: the next one is paired by its ack.
+                if side != client && (lost_framing || recovering) {
+                    let from = self.server_end.map_or(Resync::Any, Resync::From);
+                    self.resynced = self.resynced.or(from);
+                    if let Some(back) = takes_start {
+                        self.head_lost = match self.server_end {
+                            Some(end) => LostStart::At(Seq(end.0.wrapping_sub(back as u32))),
+                            None => LostStart::Unplaced(back),
+                        };
+                    }
+                }
+                self.drive(ctx, key, client, side);
+                ts
+            }
+            StreamEvent::End { ts } => {
+                // A held response's request may still come after the server's FIN: the
+                // connection's close finishes it then.
+                if side != client && self.held_since.is_none() {
+                    if let Some(step) = self.responses.finish(&ctx.cfg) {
+                        self.apply(ctx, key, client, side, step);
+                    }
+                }
+                ts
+            }
+        };
+        self.resume_held(ctx, key, client, now, false);
+    }
+
+    /// Whether a server event waits behind a held head: its first gap (the framing that
+    /// decides what the gap damages is not chosen yet), and every event after it.
+    fn defer(&mut self, ev: &StreamEvent<'_>) -> bool {
+        let defer = if self.deferred.is_empty() {
+            let held_ack = self.responses.current().and_then(|m| m.ack);
+            matches!(ev, StreamEvent::Gap { .. })
+                && self.held_since.is_some()
+                && self.request_may_follow(held_ack)
+        } else {
+            true
+        };
+        if defer {
+            self.deferred.push_back(Deferred::of(ev));
+        }
+        defer
+    }
+
+    /// Goes on with the deferred server events once no head is held, or all of them with
+    /// `now_or_never` (the connection's close).
+    fn replay_deferred(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        now_or_never: bool,
+    ) {
+        while self.held_since.is_none() || now_or_never {
+            let Some(d) = self.deferred.pop_front() else {
+                break;
+            };
+            self.process(ctx, key, client, client.other(), d.event());
+            if now_or_never {
+                self.resume_held(ctx, key, client, self.now, true);
+            }
+        }
+        self.deferred.release();
+    }
+
+    fn deferred_bytes(&self) -> usize {
+        self.deferred.iter().map(Deferred::bytes).sum()
+    }
+
     fn parser(&mut self, client: Side, side: Side) -> &mut Parser {
         if side == client {
             &mut self.requests
@@ -464,6 +586,7 @@ impl Session {
                 self.pending.push_back(Pending {
                     method,
                     seq,
+                    ack,
                     end: None,
                     gap_after: false,
                     request: ReqState::InProgress,
@@ -525,7 +648,16 @@ impl Session {
                 self.last_acks[1] = ack;
                 // A server answers once the request has arrived: a request whose framing a gap
                 // destroyed ends where this response acknowledges.
-                if self.requests.recovering() {
+                // Unless a response head was lost before it and the request in recovery is the one
+                // whose response that was: then this response tells nothing of where it ended.
+                let earliest = self
+                    .pending
+                    .iter()
+                    .position(|p| p.response == RespSlot::Waiting);
+                let its_own_lost = self.resynced.covers(seq)
+                    && earliest.is_some_and(|i| i + 1 == self.pending.len())
+                    && self.head_lost != LostStart::No;
+                if self.requests.recovering() && !its_own_lost {
                     self.requests.end_by(ack);
                     self.drive(ctx, key, client, client);
                 }
@@ -592,6 +724,20 @@ impl Session {
     }
 
     fn count_unmatched(&mut self, ctx: &mut HttpCtx, key: &FlowKey, ack: Option<Seq>) {
+        // The earliest request waiting was not given this response for its own was lost:
+        // it is answered by none.
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.response == RespSlot::Waiting)
+            && self.resynced != Resync::No
+            && self.lost_head_was(i, ack)
+        {
+            self.pending[i].response = RespSlot::Dropped;
+            self.head_lost = LostStart::No;
+            self.resynced = Resync::No;
+            ctx.bump(key.vni, |s| s.responses_lost += 1);
+        }
         // Its request was lost in a gap: one since the last request head, or one that holds
         // the end of the request the server had received when it answered.
         let lost = self.client_gap
@@ -689,7 +835,8 @@ impl Session {
                 None if now_or_never || !self.request_may_follow(ack) => None,
                 None => {
                     let timed_out = now.saturating_sub(since) >= ctx.cfg.hold_timeout_us;
-                    let over = self.responses.buffered() > ctx.cfg.max_held_bytes;
+                    let over =
+                        self.responses.buffered() + self.deferred_bytes() > ctx.cfg.max_held_bytes;
                     if !timed_out && !over {
                         return;
                     }
@@ -745,7 +892,15 @@ impl Session {
         // next request): such a request is not the answer's. So are client bytes after it that
         // the server had and that never arrived here.
         let lost_after = |i: usize| {
-            let (Some(end), Some(ack)) = (self.pending[i].end, ack) else {
+            let p = &self.pending[i];
+            // A request still in progress ends where its framing says (its tail may never
+            // come: lost with the connection's last segments).
+            let end = p.end.or_else(|| {
+                (p.request == ReqState::InProgress)
+                    .then(|| self.requests.framed_end())
+                    .flatten()
+            });
+            let (Some(end), Some(ack)) = (end, ack) else {
                 return false;
             };
             ack > end
@@ -768,10 +923,13 @@ impl Session {
             .filter(|&(i, p)| p.response == RespSlot::Waiting && !lost_after(i));
         if self.resynced.covers(seq) {
             // Responses were lost with framing: the answer is to the latest request the server
-            // had received.
+            // had received. Not to one whose end never arrived when the server had client
+            // bytes never seen here: those may have held the request it answers, and a lost
+            // response may have been this one's.
             waiting
                 .rev()
                 .find(|(_, p)| answers(p.seq, ack))
+                .filter(|&(i, _)| !self.lost_head_was(i, ack))
                 .map(|(i, _)| i)
         } else {
             waiting
@@ -779,6 +937,34 @@ impl Session {
                 .filter(|(_, p)| answers(p.seq, ack))
                 .map(|(i, _)| i)
         }
+    }
+
+    /// A response head was lost (see `head_lost`): was it request `i`'s? Yes when `i` is the
+    /// earliest request still waiting, unless a response acknowledging `ack` was sent before the
+    /// server had anything after it (the lost bytes were an interim response or not HTTP).
+    fn lost_head_was(&self, i: usize, ack: Option<Seq>) -> bool {
+        let LostStart::At(start) = self.head_lost else {
+            return false;
+        };
+        let earliest = self
+            .pending
+            .iter()
+            .position(|p| p.response == RespSlot::Waiting);
+        if earliest != Some(i) {
+            return false;
+        }
+        let p = &self.pending[i];
+        // A response begins after its request was sent, so at or after where the request
+        // acknowledged the server's stream: a start lost before that was an earlier one's.
+        if p.ack.is_some_and(|a| start < a) {
+            return false;
+        }
+        let end = p.end.or_else(|| {
+            (p.request == ReqState::InProgress)
+                .then(|| self.requests.framed_end())
+                .flatten()
+        });
+        !end.zip(ack).is_some_and(|(e, a)| a <= e)
     }
 
     /// Attaches a final response to the request it answers. False when it answers none.
@@ -819,6 +1005,7 @@ impl Session {
                 }
             }
             self.resynced = Resync::No;
+            self.head_lost = LostStart::No;
         }
     }
 
@@ -861,6 +1048,15 @@ impl Session {
     }
 }
 
+/// Where a gap in the server stream took a response's first byte.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum LostStart {
+    No,
+    /// Its distance back from the gap's end, placed by the next bytes.
+    Unplaced(u64),
+    At(Seq),
+}
+
 /// Which responses pair by acknowledgement alone, to the latest request the server had: those
 /// after a gap that may have taken responses whole.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -897,6 +1093,13 @@ fn answers(request_seq: Option<Seq>, response_ack: Option<Seq>) -> bool {
     match (request_seq, response_ack) {
         (Some(seq), Some(ack)) => seq < ack,
         _ => true,
+    }
+}
+
+fn event_ts(ev: &StreamEvent<'_>) -> u64 {
+    match *ev {
+        StreamEvent::Data(_, meta) => meta.ts,
+        StreamEvent::Gap { ts, .. } | StreamEvent::End { ts } => ts,
     }
 }
 
