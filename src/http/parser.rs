@@ -242,10 +242,21 @@ impl Parser {
     /// not known.
     pub fn gap_takes_start(&self, len: u64) -> Option<u64> {
         match self.state {
-            State::Seek if self.msg.is_none() && !self.after_gap => Some(len),
-            State::Head if self.buffered() > 0 && !self.after_gap => {
+            State::Seek if self.msg.is_none() && !self.after_gap => {
                 Some(len + self.buffered() as u64)
             }
+            // A status line cut before its end ("HTTP/1" at least): a response began there.
+            State::Seek
+                if self.role == Role::Response && self.msg.is_none() && {
+                    let held = &self.buf[self.pos..];
+                    let n = held.len().min(7);
+                    n >= 5 && held[..n] == b"HTTP/1."[..n]
+                } =>
+            {
+                Some(len + self.buffered() as u64)
+            }
+            // Entered at a start line or right after a message: a message starts here.
+            State::Head => Some(len + self.buffered() as u64),
             State::Length(rest) if self.msg.is_some() && self.buffered() == 0 && len > rest => {
                 Some(len - rest)
             }
@@ -362,7 +373,11 @@ impl Parser {
             }
             self.pos = 0;
         }
-        self.seg_start = self.buf.len();
+        // The newest segment's start is a candidate message start (see `start_at_segment`);
+        // one whose start line was still incomplete stays the candidate until it is complete.
+        if !self.segment_start_undecided() {
+            self.seg_start = self.buf.len();
+        }
         if self.state == State::AwaitBody || !self.metas.is_empty() {
             if self.metas.is_empty()
                 && let Some(prev) = self.meta
@@ -374,6 +389,22 @@ impl Parser {
         }
         self.buf.extend_from_slice(data);
         self.meta = Some(meta);
+    }
+
+    /// While recovering after a gap: does the newest segment begin what may still become a
+    /// start line (not complete yet)?
+    fn segment_start_undecided(&self) -> bool {
+        if !self.after_gap || self.state != State::Recover {
+            return false;
+        }
+        let Some(mark) = self.seg_start.checked_sub(self.pos) else {
+            return false;
+        };
+        let avail = &self.buf[self.pos..];
+        mark > 0
+            && mark < avail.len()
+            && avail[mark - 1] != b'\n'
+            && matches!(detect::scan(&avail[mark..], None), Scan::Partial(0))
     }
 
     /// The newest segment's start in the unconsumed bytes, when a start line of kind `want`

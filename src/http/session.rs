@@ -647,17 +647,9 @@ impl Session {
                 };
                 self.last_acks[1] = ack;
                 // A server answers once the request has arrived: a request whose framing a gap
-                // destroyed ends where this response acknowledges.
-                // Unless a response head was lost before it and the request in recovery is the one
-                // whose response that was: then this response tells nothing of where it ended.
-                let earliest = self
-                    .pending
-                    .iter()
-                    .position(|p| p.response == RespSlot::Waiting);
-                let its_own_lost = self.resynced.covers(seq)
-                    && earliest.is_some_and(|i| i + 1 == self.pending.len())
-                    && self.head_lost != LostStart::No;
-                if self.requests.recovering() && !its_own_lost {
+                // destroyed ends where this response acknowledges (at the latest: whether this
+                // response is its own is decided apart, see `lost_head_was`).
+                if self.requests.recovering() {
                     self.requests.end_by(ack);
                     self.drive(ctx, key, client, client);
                 }
@@ -959,12 +951,14 @@ impl Session {
         if p.ack.is_some_and(|a| start < a) {
             return false;
         }
-        let end = p.end.or_else(|| {
-            (p.request == ReqState::InProgress)
-                .then(|| self.requests.framed_end())
-                .flatten()
-        });
-        !end.zip(ack).is_some_and(|(e, a)| a <= e)
+        // Where it ended, if that is known exactly (not where a recovery after a gap, which
+        // may have held later requests, ended it).
+        let end = match &p.request {
+            ReqState::Complete(m) if m.recovered.is_none() => p.end,
+            ReqState::InProgress => self.requests.framed_end(),
+            _ => None,
+        };
+        end.zip(ack).is_none_or(|(e, a)| a > e)
     }
 
     /// Attaches a final response to the request it answers. False when it answers none.
@@ -973,9 +967,13 @@ impl Session {
             return false;
         };
         self.claim(ctx, key, i, msg.seq);
-        // Found again by a start line or the peer, responses may have been lost whole before
-        // the next one.
-        if matches!(msg.recovered, Some(Recovery::StartLine | Recovery::Peer)) {
+        // Found again by a start line, the peer or a later chunk-size line (which may be
+        // another response's: the gap may have held whole ones), responses may have been lost
+        // whole before the next one.
+        if matches!(
+            msg.recovered,
+            Some(Recovery::StartLine | Recovery::Peer | Recovery::ChunkSize)
+        ) {
             let from = msg
                 .seq
                 .map_or(Resync::Any, |s| Resync::From(s.wrapping_add(1)));
