@@ -325,7 +325,7 @@ impl Session {
                 } else {
                     if let LostStart::Unplaced(back) = self.head_lost {
                         // The first server bytes after the gap: it ended where they start.
-                        self.head_lost = LostStart::At(Seq(meta.seq.0.wrapping_sub(back as u32)));
+                        self.head_lost = LostStart::At(Seq(meta.seq.0.wrapping_sub(back)));
                     }
                     self.server_end = end;
                 }
@@ -377,8 +377,10 @@ impl Session {
                     let from = self.server_end.map_or(Resync::Any, Resync::From);
                     self.resynced = self.resynced.or(from);
                     if let Some(back) = takes_start {
+                        // Sequence numbers are 32 bits: so is the distance back.
+                        let back = back as u32;
                         self.head_lost = match self.server_end {
-                            Some(end) => LostStart::At(Seq(end.0.wrapping_sub(back as u32))),
+                            Some(end) => LostStart::At(Seq(end.0.wrapping_sub(back))),
                             None => LostStart::Unplaced(back),
                         };
                     }
@@ -1051,7 +1053,7 @@ impl Session {
 enum LostStart {
     No,
     /// Its distance back from the gap's end, placed by the next bytes.
-    Unplaced(u64),
+    Unplaced(u32),
     At(Seq),
 }
 
