@@ -210,6 +210,7 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
         ("mirror_http_unmatched_responses", "Responses without a request to pair with.", h.unmatched_responses),
         ("mirror_http_request_heads_lost", "Responses whose request head was lost in a gap (no record can be made).", h.request_heads_lost),
         ("mirror_http_responses_held", "Response heads that arrived before their request and waited for it.", h.responses_held),
+        ("mirror_http_pending_overflow", "Requests reported unanswered because too many waited for responses on their connection.", h.pending_overflow),
         ("mirror_http_bodies_truncated", "Bodies cut at --max-body-bytes.", h.bodies_truncated),
         ("mirror_http_decode_failures", "Bodies whose content-encoding did not decode (kept as sent).", h.decode_failures),
         ("mirror_records_too_large", "Records larger than the sink takes, dropped.", records_too_large),

@@ -208,6 +208,7 @@ pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_
         responses_held = s.http.responses_held,
         held_timeouts = s.http.held_timeouts,
         held_over_cap = s.http.held_over_cap,
+        pending_overflow = s.http.pending_overflow,
         parse_errors = %parse_errors.join(","),
         records = SinkStats::get(&sink.records),
         produced = SinkStats::get(&sink.produced),

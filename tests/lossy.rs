@@ -2003,3 +2003,46 @@ fn request_line_split_across_segments_ends_a_recovery() {
         [pair("POST", "/a", None), pair("GET", "/c", Some(404))]
     );
 }
+
+#[test]
+fn responses_far_ahead_of_their_requests_all_pair() {
+    // Two receive sockets drained out of step: a keep-alive connection's responses arrive
+    // dozens of exchanges ahead of its requests (each request still sent after the response
+    // before it, so each response acknowledges only its own request).
+    let exchanges: Vec<ExSpec> = (0..60)
+        .map(|i| spec_exchange("GET", 200, "", &"r".repeat(100 + i)))
+        .collect();
+    let c = planned(vec![1 << 16], exchanges);
+    let (server, client): (Vec<usize>, Vec<usize>) =
+        (0..c.segs.len()).partition(|&i| c.segs[i].side == SERVER);
+    let order: Vec<(usize, usize)> = server.into_iter().chain(client).map(|i| (0, i)).collect();
+    let (out, stats) = feed(std::slice::from_ref(&c), &order, &[], false);
+    assert_eq!(stats.http.unmatched_responses, 0, "{:?}", stats.http);
+    assert_eq!(out.len(), 60);
+    for (i, e) in out.iter().enumerate() {
+        let r = e.response.as_ref().expect("paired");
+        assert_eq!(r.body.len(), 100 + i);
+    }
+}
+
+#[test]
+fn requests_far_ahead_of_their_responses_all_pair() {
+    // The other direction drained first: more requests wait on one connection than
+    // `max_pending_requests` (256) while their responses only lag; none is given up as
+    // unanswered before it has waited the reorder timeout.
+    let exchanges: Vec<ExSpec> = (0..600)
+        .map(|i| spec_exchange("GET", 200, "", &"q".repeat(10 + i % 50)))
+        .collect();
+    let c = planned(vec![1 << 20], exchanges);
+    let (server, client): (Vec<usize>, Vec<usize>) =
+        (0..c.segs.len()).partition(|&i| c.segs[i].side == SERVER);
+    let order: Vec<(usize, usize)> = client.into_iter().chain(server).map(|i| (0, i)).collect();
+    let (out, stats) = feed(std::slice::from_ref(&c), &order, &[], false);
+    assert_eq!(stats.http.pending_overflow, 0, "{:?}", stats.http);
+    assert_eq!(stats.http.unmatched_responses, 0, "{:?}", stats.http);
+    assert_eq!(stats.http.pairs, 600, "{:?}", stats.http);
+    for (i, e) in out.iter().enumerate() {
+        let r = e.response.as_ref().expect("paired");
+        assert_eq!(r.body.len(), 10 + i % 50);
+    }
+}

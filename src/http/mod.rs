@@ -23,7 +23,9 @@ pub struct HttpConfig {
     /// Longest head (start line and fields) accepted. Default 64 KiB: larger heads are abuse.
     pub max_head_bytes: usize,
     /// Requests waiting for responses per connection. Default 256: beyond it the oldest is
-    /// reported unanswered.
+    /// reported unanswered once it has waited the reorder timeout (`hold_timeout_us`), and
+    /// at 64 times as many in any case (`pending_overflow`); their bodies count against the
+    /// memory budget.
     pub max_pending_requests: usize,
     /// How long (µs) a response head that arrived before its request waits for it. Default 2 s,
     /// the reorder timeout (`--reorder-timeout`): directions are reordered by as much as

@@ -22,6 +22,10 @@ use super::{HttpCtx, HttpStats};
 use crate::flow::{CloseReason, DataMeta, FlowKey, Seq, Side, StreamEvent, StreamHandler};
 use std::collections::VecDeque;
 
+/// How many times `max_pending_requests` a connection may hold while its oldest request has
+/// waited less than the reorder timeout (its response may be lagging, not lost).
+const LAGGING_PENDING: usize = 64;
+
 #[derive(Debug, PartialEq, Eq)]
 enum ReqState {
     /// Head seen, body in progress.
@@ -46,6 +50,8 @@ struct Pending {
     seq: Option<Seq>,
     /// The request's acknowledgement: how much of the server's stream its sender had.
     ack: Option<Seq>,
+    /// When its head was seen (µs).
+    since: u64,
     /// Sequence number just past the request, once it is complete.
     end: Option<Seq>,
     /// Client bytes were lost after it, before the next request seen.
@@ -563,11 +569,20 @@ impl Session {
                     return;
                 };
                 ctx.bump(key.vni, |s| s.requests += 1);
-                let (seq, ack) = (msg.seq, msg.ack);
+                let (seq, ack, since) = (msg.seq, msg.ack, msg.ts);
                 self.client_gap = false;
                 self.last_acks[0] = ack;
-                if self.pending.len() >= ctx.cfg.max_pending_requests {
-                    // A client that never gets answers: report the oldest as unanswered.
+                // A client that never gets answers: the oldest is reported unanswered. Not while
+                // its response may only lag (the directions drained out of step: a receiver
+                // behind its sockets' queues), unless the hard cap is reached too.
+                let oldest_waited = self
+                    .pending
+                    .front()
+                    .is_some_and(|p| since.saturating_sub(p.since) >= ctx.cfg.hold_timeout_us);
+                let n = self.pending.len();
+                if n >= ctx.cfg.max_pending_requests
+                    && (oldest_waited || n >= ctx.cfg.max_pending_requests * LAGGING_PENDING)
+                {
                     ctx.bump(key.vni, |s| s.pending_overflow += 1);
                     if let Some(p) = self.pending.pop_front()
                         && let ReqState::Complete(req) = p.request
@@ -589,6 +604,7 @@ impl Session {
                     method,
                     seq,
                     ack,
+                    since,
                     end: None,
                     gap_after: false,
                     request: ReqState::InProgress,
