@@ -69,14 +69,28 @@ fn drain_records(
     mut deliver: impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
 ) -> Result<(), SinkError> {
     for ex in pipeline.exchanges() {
-        match encoder.encode(&ex, buf) {
-            Ok(()) => deliver(ex.connection_id, buf)?,
-            Err(_) => {
-                records_too_large.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        deliver_record(&ex, encoder, buf, records_too_large, &mut deliver)?;
     }
     Ok(())
+}
+
+/// Encodes one exchange and hands the record to `deliver`: the one path from an exchange to a
+/// sink, for the daemon and for replay. A record too large for any payload is counted in
+/// `records_too_large`, not sent.
+fn deliver_record(
+    ex: &Exchange,
+    encoder: &Encoder,
+    buf: &mut Vec<u8>,
+    records_too_large: &AtomicU64,
+    deliver: &mut impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    match encoder.encode(ex, buf) {
+        Ok(()) => deliver(ex.connection_id, buf),
+        Err(_) => {
+            records_too_large.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
 }
 
 /// Runs every frame of a capture through a pipeline, handing each finished exchange to `each`.
@@ -140,24 +154,20 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
     let mut sink = open_sink(&args.output, sink_stats.clone())?;
     let encoder = Encoder::new(rcfg);
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut too_large = 0;
+    let too_large = AtomicU64::new(0);
     let filter = args.pipeline.filter()?;
-    let stats = replay_capture(
-        &mut reader,
-        args.vni,
-        &pcfg,
-        Some(filter),
-        |ex| match encoder.encode(&ex, &mut buf) {
-            Ok(()) => sink.send(ex.connection_id, &buf),
-            Err(_) => {
-                too_large += 1;
-                Ok(())
-            }
-        },
-    )
+    let mut send = |id: u64, record: &[u8]| sink.send(id, record);
+    let stats = replay_capture(&mut reader, args.vni, &pcfg, Some(filter), |ex| {
+        deliver_record(&ex, &encoder, &mut buf, &too_large, &mut send)
+    })
     .with_context(|| format!("replaying {}", args.file.display()))?;
     let flushed = sink.flush(Duration::from_secs(30));
-    log_summary("replay finished", &stats, &sink_stats, too_large);
+    log_summary(
+        "replay finished",
+        &stats,
+        &sink_stats,
+        too_large.load(Ordering::Relaxed),
+    );
     flushed?;
     let failed = SinkStats::get(&sink_stats.failed);
     if failed > 0 {
