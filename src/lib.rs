@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `wire`, `flow`, `http`, `record` and `pipeline` are pure: bytes and `now` in, values out. IO
-//! lives in `capture`, `sink` and `app`.
+//! lives in `ingest` (sockets), `capture` (files), `sink`, `admin` and `app`: the daemon
+//! (`app::worker`, `app::sink_thread`, `app::status`) and the offline subcommands
+//! (`app::replay`, `app::send`).
 
 pub mod admin;
 pub mod admission;

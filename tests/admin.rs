@@ -218,12 +218,18 @@ fn records_too_large_are_counted_while_the_daemon_runs() {
                 && metric(&text, "mirror_records_too_large_total") == Some(1.0)
         },
     );
+    // The metrics above were read when the pipeline had counted both pairs; the sink thread
+    // may take the other record a little later.
     wait_for("the other record written", Duration::from_secs(15), || {
         std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() == 1)
+            && metric(&get(&d.admin, "/metrics").1, "mirror_sink_records_total")
+                .is_some_and(|n| n >= 1.0)
     });
     let written = std::fs::read_to_string(&out).unwrap();
     assert!(written.contains("/small"), "{written}");
+    let text = get(&d.admin, "/metrics").1;
     assert_eq!(metric(&text, "mirror_sink_records_total"), Some(1.0));
+    assert_eq!(metric(&text, "mirror_records_too_large_total"), Some(1.0));
 }
 
 /// The Python that parses the exposition with the Prometheus project's own OpenMetrics parser

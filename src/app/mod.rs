@@ -1,0 +1,374 @@
+//! The daemon (`mirror-receiver run`) and the other subcommands' wiring: sockets, worker threads,
+//! the sink thread, signals and the shutdown order (stop receiving, drain workers, emit what is
+//! pending, flush the sink).
+//!
+//! - [`worker`]: a worker thread, one pipeline shard;
+//! - [`sink_thread`]: the records' way from the workers (and replay) to the sink;
+//! - [`status`]: the admin endpoint's view of the daemon and the summary log line;
+//! - [`replay`] and [`send`]: the offline subcommands.
+
+mod replay;
+mod send;
+mod sink_thread;
+mod status;
+mod worker;
+
+pub use replay::{ReplayError, replay, replay_capture};
+pub use send::send;
+pub use status::{add_stats, log_summary};
+
+use crate::config::RunArgs;
+use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
+use crate::pipeline::PipelineStats;
+use crate::sink::SinkStats;
+use anyhow::{Context, Result};
+use crossbeam_channel::{Sender, bounded};
+use sink_thread::{
+    RECORD_BATCH_BYTES, RECORD_QUEUE_BATCHES, RECORDS_PER_BATCH, open_sink, sink_loop,
+};
+use status::{DaemonStatus, total_stats};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use worker::Worker;
+
+/// A worker or receive thread, joined at shutdown.
+type Thread = JoinHandle<()>;
+
+/// Wall-clock time in µs since the Unix epoch.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What the daemon's threads share: one slot per worker, one per receive socket, and the
+/// daemon-wide flags and counters.
+struct Shared {
+    stop: AtomicBool,
+    /// The sink failed for good: the daemon stops and exits non-zero so a supervisor restarts it.
+    sink_failed: AtomicBool,
+    workers: Vec<WorkerSlot>,
+    sockets: Vec<SocketSlot>,
+    records_too_large: AtomicU64,
+    /// Datagrams refused by --allow-source / --allow-vni.
+    refused_source: AtomicU64,
+    refused_vni: AtomicU64,
+}
+
+/// What one worker publishes.
+struct WorkerSlot {
+    /// Its pipeline's counters, published about once a second.
+    stats: Mutex<PipelineStats>,
+    /// Last loop time (µs): the systemd watchdog is fed only while every worker's is recent.
+    heartbeat: AtomicU64,
+    /// Batches waiting in its queue, as last seen by the worker.
+    queue_fill: AtomicU64,
+}
+
+/// One receive socket (for the kernel's drop count) and its counters.
+struct SocketSlot {
+    socket: Arc<UdpSocket>,
+    counters: crate::ingest::SocketCounters,
+}
+
+impl Shared {
+    fn new(workers: usize, sockets: &[Arc<UdpSocket>]) -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            sink_failed: AtomicBool::new(false),
+            workers: (0..workers)
+                .map(|_| WorkerSlot {
+                    stats: Mutex::default(),
+                    heartbeat: AtomicU64::new(now_us()),
+                    queue_fill: AtomicU64::new(0),
+                })
+                .collect(),
+            sockets: sockets
+                .iter()
+                .map(|s| SocketSlot {
+                    socket: s.clone(),
+                    counters: Default::default(),
+                })
+                .collect(),
+            records_too_large: AtomicU64::new(0),
+            refused_source: AtomicU64::new(0),
+            refused_vni: AtomicU64::new(0),
+        }
+    }
+
+    /// Datagrams taken off the sockets, and datagrams the kernel dropped for them.
+    fn ingest(&self) -> (u64, u64) {
+        let received = self
+            .sockets
+            .iter()
+            .map(|s| s.counters.received.load(Ordering::Relaxed))
+            .sum();
+        let drops = self
+            .sockets
+            .iter()
+            .filter_map(|s| crate::ingest::kernel_drops(&s.socket))
+            .sum();
+        (received, drops)
+    }
+}
+
+/// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
+/// flight was delivered (or the shutdown timeout passed).
+pub fn run(args: &RunArgs) -> Result<()> {
+    let signals = Signals::install()?;
+    let (mut pcfg, rcfg) = args.check()?;
+    let filter = args.pipeline.filter()?;
+    let workers = if args.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.workers
+    };
+    // Each shard owns its flows, so each gets its share of the budget and of the flow count.
+    pcfg.flow.memory_budget /= workers;
+    pcfg.flow.max_flows = pcfg.flow.max_flows.div_ceil(workers);
+    let sink_stats = Arc::new(SinkStats::default());
+    let sink = open_sink(&args.output, sink_stats.clone())?;
+    let sockets: Vec<Arc<UdpSocket>> = (0..workers)
+        .map(|_| crate::ingest::bind_socket(args.listen, args.recv_buffer).map(Arc::new))
+        .collect::<Result<_>>()?;
+    let local = sockets[0].local_addr()?;
+    tracing::info!(listen = %local, workers, "receiving VXLAN");
+    let shared = Arc::new(Shared::new(workers, &sockets));
+    let admission = Arc::new(args.admission()?);
+    let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
+    // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
+    // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
+    // not leave memory behind.
+    let record_pool = BatchPool::new(2 * workers + 2, RECORDS_PER_BATCH, RECORD_BATCH_BYTES / 4);
+    let sink_shared = shared.clone();
+    let sink_pool = record_pool.clone();
+    let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
+    let sink_thread = std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            let result = sink_loop(sink, rec_rx, &sink_pool, flush_timeout);
+            if result.is_err() {
+                sink_shared.sink_failed.store(true, Ordering::SeqCst);
+            }
+            result
+        })?;
+
+    // Spare batches kept for reuse: in the steady state each receive thread fills one per shard
+    // and a few are queued. Beyond that (bursts that fill the queues) batches are allocated and
+    // freed on return, so a burst does not leave memory behind.
+    let pool = BatchPool::new(
+        2 * workers * workers + 4 * workers,
+        RECV_BATCH,
+        RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
+    );
+    let (shard_txs, worker_threads) =
+        spawn_workers(&shared, &pcfg, &filter, &rcfg, &pool, &rec_tx, &record_pool)?;
+    drop(rec_tx);
+    let recv_threads = spawn_receivers(&shared, sockets, shard_txs, &admission, &pool)?;
+
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(DaemonStatus {
+        shared: shared.clone(),
+        sink: sink_stats.clone(),
+        kafka: args.output.kafka_brokers.is_some(),
+    });
+    let (admin_addr, admin_thread) =
+        crate::admin::serve(args.admin_listen, status, admin_stop.clone())
+            .with_context(|| format!("binding the admin endpoint {}", args.admin_listen))?;
+    tracing::info!(admin = %admin_addr, "admin endpoint: /healthz /readyz /metrics");
+    // systemd (Type=notify): ready once the sockets are bound and the sink is open. Outside
+    // systemd NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    wait_for_signal(signals, &shared, &sink_stats)?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if shared.sink_failed.load(Ordering::SeqCst) {
+        tracing::error!("stopping: the sink failed");
+    } else {
+        tracing::info!("stopping: finishing in-flight work");
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.shutdown_timeout);
+    for t in recv_threads.into_iter().chain(worker_threads) {
+        let _ = t.join();
+    }
+    let sink_result = join_until(sink_thread, deadline);
+    admin_stop.store(true, Ordering::SeqCst);
+    let _ = admin_thread.join();
+    let total = total_stats(&shared);
+    log_summary(
+        "stopped",
+        &total,
+        &sink_stats,
+        shared.records_too_large.load(Ordering::Relaxed),
+    );
+    sink_result
+}
+
+/// Starts one worker thread per slot; returns the senders of their queues and their handles.
+fn spawn_workers(
+    shared: &Arc<Shared>,
+    pcfg: &crate::pipeline::PipelineConfig,
+    filter: &Arc<crate::filter::Filter>,
+    rcfg: &crate::record::RecordConfig,
+    pool: &BatchPool,
+    rec_tx: &Sender<Batch>,
+    record_pool: &BatchPool,
+) -> Result<(Vec<Sender<Batch>>, Vec<Thread>)> {
+    let mut shard_txs = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..shared.workers.len() {
+        let (tx, rx) = bounded::<Batch>(SHARD_QUEUE_BATCHES);
+        shard_txs.push(tx);
+        let (shared, rec_tx, pcfg, rcfg) =
+            (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
+        let (filter, pool, record_pool) = (filter.clone(), pool.clone(), record_pool.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    let w = Worker {
+                        rx,
+                        pool,
+                        records: rec_tx,
+                        record_pool,
+                        slot: &shared.workers[i],
+                        records_too_large: &shared.records_too_large,
+                    };
+                    w.run(&pcfg, filter, rcfg)
+                })?,
+        );
+    }
+    Ok((shard_txs, threads))
+}
+
+/// Starts one receive thread per socket, each handing datagrams to the worker of their flow.
+fn spawn_receivers(
+    shared: &Arc<Shared>,
+    sockets: Vec<Arc<UdpSocket>>,
+    shard_txs: Vec<Sender<Batch>>,
+    admission: &Arc<crate::admission::Admission>,
+    pool: &BatchPool,
+) -> Result<Vec<Thread>> {
+    let mut threads = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (shared, txs, admission, pool) = (
+            shared.clone(),
+            shard_txs.clone(),
+            admission.clone(),
+            pool.clone(),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("recv-{i}"))
+                .spawn(move || {
+                    let to = crate::ingest::Ingest {
+                        shards: &txs,
+                        pool: &pool,
+                        admission: &admission,
+                        counters: &shared.sockets[i].counters,
+                        refused_source: &shared.refused_source,
+                        refused_vni: &shared.refused_vni,
+                        stop: &shared.stop,
+                    };
+                    crate::ingest::recv_loop(&socket, &to)
+                })?,
+        );
+    }
+    Ok(threads)
+}
+
+fn join_until(thread: std::thread::JoinHandle<Result<()>>, deadline: Instant) -> Result<()> {
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("shutdown timeout: the sink did not finish flushing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
+}
+
+/// SIGTERM and SIGINT, caught from the start of `run` so a signal during startup still gets an
+/// orderly shutdown instead of the default kill.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Signals { rt, term, int })
+    }
+}
+
+/// Gives memory the allocator holds but no longer uses back to the kernel. glibc keeps freed
+/// memory in its per-thread arenas (it returns only the top of a heap), so without this a
+/// daemon's RSS creeps up with each burst of connections and stays at its high-water mark; the
+/// call takes well under a millisecond on this heap and runs once a second.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn wait_for_signal(signals: Signals, shared: &Shared, sink_stats: &SinkStats) -> Result<()> {
+    let Signals {
+        rt,
+        mut term,
+        mut int,
+    } = signals;
+    rt.block_on(async {
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        report.tick().await;
+        let mut health = tokio::time::interval(Duration::from_millis(200));
+        let mut trim = tokio::time::interval(Duration::from_secs(1));
+        // WatchdogSec: ping at half the period, and only while every worker's loop turns.
+        let watchdog = sd_notify::watchdog_enabled();
+        let stuck_log = crate::sink::RateLimit::new(Duration::from_secs(10));
+        let mut watchdog_tick = tokio::time::interval(
+            watchdog.map_or(Duration::from_secs(3600), |d| (d / 2).max(Duration::from_millis(100))),
+        );
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = health.tick() => {
+                    if shared.sink_failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    let oldest = shared.workers.iter().map(|w| w.heartbeat.load(Ordering::Relaxed)).min().unwrap_or(0);
+                    if now_us().saturating_sub(oldest) < 5_000_000 {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else if stuck_log.ready() {
+                        tracing::error!("a worker is stuck: withholding the systemd watchdog ping");
+                    }
+                }
+                _ = trim.tick() => release_free_memory(),
+                _ = report.tick() => {
+                    let total = total_stats(shared);
+                    log_summary("running", &total, sink_stats, shared.records_too_large.load(Ordering::Relaxed));
+                }
+            }
+        }
+        Ok(())
+    })
+}
