@@ -61,7 +61,7 @@ pub(super) fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<d
 /// Encodes a pipeline's finished exchanges and hands them to `deliver`. Records too large for
 /// any payload are counted in `records_too_large` as they happen, so a running daemon shows
 /// them.
-pub(super) fn drain_records(
+fn drain_records(
     pipeline: &mut crate::pipeline::Pipeline,
     encoder: &Encoder,
     buf: &mut Vec<u8>,
@@ -108,6 +108,20 @@ impl RecordsOut {
         if self.batch.len() < RECORDS_PER_BATCH && self.batch.bytes() < RECORD_BATCH_BYTES {
             return Ok(());
         }
+        self.flush()
+    }
+
+    /// Encodes the pipeline's finished exchanges into batches and hands over what is left.
+    pub(super) fn drain(
+        &mut self,
+        pipeline: &mut crate::pipeline::Pipeline,
+        encoder: &Encoder,
+        buf: &mut Vec<u8>,
+        records_too_large: &AtomicU64,
+    ) -> Result<(), SinkError> {
+        drain_records(pipeline, encoder, buf, records_too_large, |k, r| {
+            self.push(k, r)
+        })?;
         self.flush()
     }
 

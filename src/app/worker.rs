@@ -1,6 +1,6 @@
 //! A worker thread: one pipeline shard, run to completion on each batch of its flows' datagrams.
 
-use super::sink_thread::{RecordsOut, drain_records};
+use super::sink_thread::RecordsOut;
 use super::{WorkerSlot, now_us};
 use crate::ingest::{Batch, BatchPool};
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -76,28 +76,15 @@ impl Worker<'_> {
                     *s = pipeline.stats();
                 }
             }
-            let deliver = |k: u64, r: &[u8]| out.push(k, r);
-            let drained = drain_records(
-                &mut pipeline,
-                &encoder,
-                &mut buf,
-                records_too_large,
-                deliver,
-            );
-            if drained.and_then(|()| out.flush()).is_err() {
+            if out
+                .drain(&mut pipeline, &encoder, &mut buf, records_too_large)
+                .is_err()
+            {
                 break;
             }
         }
         pipeline.finish(now_us());
-        let deliver = |k: u64, r: &[u8]| out.push(k, r);
-        let _ = drain_records(
-            &mut pipeline,
-            &encoder,
-            &mut buf,
-            records_too_large,
-            deliver,
-        )
-        .and_then(|()| out.flush());
+        let _ = out.drain(&mut pipeline, &encoder, &mut buf, records_too_large);
         if let Ok(mut s) = slot.stats.lock() {
             *s = pipeline.stats();
         }
