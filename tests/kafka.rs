@@ -370,7 +370,10 @@ fn kafka_sink_record_size_limits() {
     sink.send(1, &too_big)
         .expect("an oversized record fails alone, not the sink");
     sink.send(2, b"{}").expect("the sink works on");
-    sink.flush(Duration::from_secs(20)).expect("flush");
+    assert_eq!(
+        sink.flush(Duration::from_secs(20)).expect("flush"),
+        mirror_receiver::sink::Flushed::All
+    );
     assert_eq!(SinkStats::get(&stats.records), 3);
     assert_eq!(SinkStats::get(&stats.delivered), 2);
     assert_eq!(SinkStats::get(&stats.failed), 1);
@@ -441,7 +444,10 @@ fn a_record_after_a_quiet_spell_is_not_taken_for_an_outage() {
         "the record after the quiet spell did not go to the spool"
     );
     assert_eq!(SinkStats::get(&stats.destination_up), 1, "kafka stayed up");
-    sink.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        sink.flush(Duration::from_secs(10)).unwrap(),
+        mirror_receiver::sink::Flushed::All
+    );
 }
 
 /// A broker that takes connections and never answers (SIGSTOPped) while records keep coming:
@@ -513,7 +519,10 @@ fn a_stalled_broker_does_not_block_the_sink() {
     }
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(missing.is_empty(), "records not in Kafka: {missing:?}");
-    sink.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        sink.flush(Duration::from_secs(10)).unwrap(),
+        mirror_receiver::sink::Flushed::All
+    );
     assert_eq!(
         SinkStats::get(&stats.spool_pending),
         0,
@@ -563,7 +572,10 @@ fn spool_damage_found_at_start_is_counted() {
         sink.send(i, format!("{{\"n\":{i}}}").as_bytes()).unwrap();
     }
     assert!(
-        sink.flush(Duration::ZERO).is_err(),
+        matches!(
+            sink.flush(Duration::ZERO),
+            Ok(mirror_receiver::sink::Flushed::Spooled { records: 3, .. })
+        ),
         "records left in the spool"
     );
     drop(sink);

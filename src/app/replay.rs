@@ -8,7 +8,7 @@ use crate::config::ReplayArgs;
 use crate::http::Exchange;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::record::Encoder;
-use crate::sink::SinkStats;
+use crate::sink::{Flushed, SinkStats};
 use crate::wire;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -90,7 +90,12 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
         &sink_stats,
         too_large.load(Ordering::Relaxed),
     );
-    flushed?;
+    if let Flushed::Spooled { records, dir } = flushed? {
+        anyhow::bail!(
+            "{records} records are left in the spool at {} for the next start",
+            dir.display()
+        );
+    }
     let failed = SinkStats::get(&sink_stats.failed);
     if failed > 0 {
         anyhow::bail!("{failed} records could not be delivered (see the warnings above)");

@@ -7,7 +7,7 @@ use crate::ingest::{Batch, BatchPool};
 use crate::record::Encoder;
 use crate::sink::kafka::{KafkaSettings, KafkaSink};
 use crate::sink::spool::SpoolConfig;
-use crate::sink::{JsonLines, Sink, SinkError, SinkStats};
+use crate::sink::{Flushed, JsonLines, Sink, SinkError, SinkStats};
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -164,14 +164,11 @@ pub(super) fn sink_loop(
             last_idle = Instant::now();
         }
     }
-    match sink.flush(flush) {
-        // By design: undelivered records wait in the spool for the next start.
-        Err(SinkError::Spooled(n, dir)) => {
-            tracing::warn!(records = n, dir = %dir.display(), "left in the spool for the next start");
-            Ok(())
-        }
-        other => Ok(other?),
+    // By design: undelivered records wait in the spool for the next start.
+    if let Flushed::Spooled { records, dir } = sink.flush(flush)? {
+        tracing::warn!(records, dir = %dir.display(), "left in the spool for the next start");
     }
+    Ok(())
 }
 
 #[cfg(test)]

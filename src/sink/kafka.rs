@@ -30,7 +30,7 @@
 //! counted and logged (rate-limited); nothing already spooled is touched.
 
 use super::spool::{Spool, SpoolConfig, SpoolError, SpoolPos};
-use super::{RateLimit, Sink, SinkError, SinkStats};
+use super::{Flushed, RateLimit, Sink, SinkError, SinkStats};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -592,8 +592,8 @@ impl Sink for KafkaSink {
     }
 
     /// Delivers what it can within `timeout`; whatever is left stays in the spool, on disk, for
-    /// the next start ([`SinkError::Spooled`] says how much).
-    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
+    /// the next start ([`Flushed::Spooled`] says how much).
+    fn flush(&mut self, timeout: Duration) -> Result<Flushed, SinkError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.tick()?;
@@ -627,8 +627,11 @@ impl Sink for KafkaSink {
         self.spool.flush(true)?;
         publish_spool(&self.stats, &self.spool);
         match self.spool.pending() {
-            0 => Ok(()),
-            n => Err(SinkError::Spooled(n, self.spool_dir.clone())),
+            0 => Ok(Flushed::All),
+            records => Ok(Flushed::Spooled {
+                records,
+                dir: self.spool_dir.clone(),
+            }),
         }
     }
 }

@@ -104,17 +104,26 @@ pub enum SinkError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
-    /// Kafka did not take everything before the flush ended; the rest is safe in the spool and
-    /// is delivered on the next start.
-    #[error("{0} records are left in the spool at {1} for the next start")]
-    Spooled(u64, std::path::PathBuf),
+}
+
+/// How a flush ended. Both are successes: nothing is lost either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flushed {
+    /// The destination has every record.
+    All,
+    /// The destination did not take everything before the flush ended; the rest is safe in the
+    /// spool at `dir` and is delivered on the next start.
+    Spooled {
+        records: u64,
+        dir: std::path::PathBuf,
+    },
 }
 
 /// A destination for encoded records.
 pub trait Sink: Send {
     fn send(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError>;
     /// Delivers everything buffered, waiting at most `timeout`.
-    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+    fn flush(&mut self, timeout: Duration) -> Result<Flushed, SinkError>;
     /// No record is waiting: a chance to push out what is buffered without blocking. A JSON-lines
     /// file is flushed here so records appear while traffic is quiet, not only at shutdown.
     fn idle(&mut self) -> Result<(), SinkError> {
@@ -158,9 +167,9 @@ impl Sink for JsonLines {
         Ok(())
     }
 
-    fn flush(&mut self, _timeout: Duration) -> Result<(), SinkError> {
+    fn flush(&mut self, _timeout: Duration) -> Result<Flushed, SinkError> {
         self.out.flush()?;
-        Ok(())
+        Ok(Flushed::All)
     }
 
     fn idle(&mut self) -> Result<(), SinkError> {
