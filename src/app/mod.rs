@@ -143,18 +143,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
     // not leave memory behind.
     let record_pool = BatchPool::new(2 * workers + 2, RECORDS_PER_BATCH, RECORD_BATCH_BYTES / 4);
-    let sink_shared = shared.clone();
-    let sink_pool = record_pool.clone();
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
-    let sink_thread = std::thread::Builder::new()
-        .name("sink".into())
-        .spawn(move || {
-            let result = sink_loop(sink, rec_rx, &sink_pool, flush_timeout);
-            if result.is_err() {
-                sink_shared.sink_failed.store(true, Ordering::SeqCst);
-            }
-            result
-        })?;
+    let sink_thread = spawn_sink(&shared, sink, rec_rx, &record_pool, flush_timeout)?;
 
     // Spare batches kept for reuse: in the steady state each receive thread fills one per shard
     // and a few are queued. Beyond that (bursts that fill the queues) batches are allocated and
@@ -205,6 +195,26 @@ pub fn run(args: &RunArgs) -> Result<()> {
         shared.records_too_large.load(Ordering::Relaxed),
     );
     sink_result
+}
+
+/// Starts the sink thread; a sink that fails for good marks the daemon's `sink_failed`.
+fn spawn_sink(
+    shared: &Arc<Shared>,
+    sink: Box<dyn crate::sink::Sink>,
+    records: crossbeam_channel::Receiver<Batch>,
+    record_pool: &BatchPool,
+    flush_timeout: Duration,
+) -> Result<JoinHandle<Result<()>>> {
+    let (shared, pool) = (shared.clone(), record_pool.clone());
+    Ok(std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || {
+            let result = sink_loop(sink, records, &pool, flush_timeout);
+            if result.is_err() {
+                shared.sink_failed.store(true, Ordering::SeqCst);
+            }
+            result
+        })?)
 }
 
 /// Starts one worker thread per slot; returns the senders of their queues and their handles.
