@@ -2,8 +2,8 @@
 //! record.
 //!
 //! Reads JSON lines (records as `mirror-receiver replay` prints them) from a file or stdin, and
-//! produces each to a topic with the producer settings mirror-receiver's Kafka sink uses
-//! (src/sink/kafka.rs): `acks=all`, `enable.idempotence=true`, `compression.type` (lz4),
+//! produces each to a topic with the producer settings mirror-receiver's Kafka sink uses, built
+//! by the same function (`sink::kafka::producer_config`): `acks=all`, `enable.idempotence=true`, `compression.type` (lz4),
 //! `linger.ms` (100), `batch.num.messages` (1000), `message.max.bytes=1048576`,
 //! `message.timeout.ms=30000`, a ThreadedProducer, the key a u64 in decimal (the receiver keys by
 //! its connection id; records carry no ports, so here it is a hash of `ip`, `destIp` and
@@ -16,7 +16,6 @@
 //! Usage: `cargo run --release --example produce_baseline -- --brokers HOST:PORT --topic T
 //! [--compression lz4] [--linger-ms 100] [--batch-size 1000] [--dry-run] [FILE|-]`
 
-use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -87,16 +86,14 @@ fn main() -> anyhow::Result<()> {
         None
     } else {
         Some(
-            ClientConfig::new()
-                .set("bootstrap.servers", &args.brokers)
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("compression.type", &args.compression)
-                .set("linger.ms", args.linger_ms.to_string())
-                .set("batch.num.messages", args.batch_size.to_string())
-                .set("message.max.bytes", "1048576")
-                .set("message.timeout.ms", "30000")
-                .create_with_context(Counter::default())?,
+            mirror_receiver::sink::kafka::producer_config(
+                &args.brokers,
+                &args.compression,
+                Duration::from_millis(args.linger_ms),
+                args.batch_size,
+                &[],
+            )
+            .create_with_context(Counter::default())?,
         )
     };
 

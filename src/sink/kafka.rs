@@ -84,6 +84,37 @@ pub struct KafkaSettings {
     pub spool_always: bool,
 }
 
+/// The producer's librdkafka settings: the one place they are written, for the sink and for
+/// `examples/produce_baseline.rs`, which measures rdkafka alone with them. `options`
+/// (`--kafka-option`: TLS, SASL, timeouts...) are applied last, so they override.
+pub fn producer_config(
+    brokers: &str,
+    compression: &str,
+    linger: Duration,
+    batch_size: usize,
+    options: &[(String, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", compression)
+        .set("linger.ms", linger.as_millis().to_string())
+        .set("batch.num.messages", batch_size.to_string())
+        // librdkafka's default message.max.bytes (1,000,000) counts the key too, so a record
+        // of the default --max-record-bytes would be refused; 1 MiB stays under the brokers'
+        // default limit (message.max.bytes 1,048,588).
+        .set("message.max.bytes", "1048576")
+        // Records that cannot be delivered come back to the spool instead of waiting the
+        // default five minutes in memory.
+        .set("message.timeout.ms", "30000");
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    config
+}
+
 /// What a delivery report or a client error tells the sink thread.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -257,24 +288,13 @@ impl KafkaSink {
             );
         }
         let (tx, events) = unbounded();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &settings.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", settings.compression.as_str())
-            .set("linger.ms", settings.batch_time.as_millis().to_string())
-            .set("batch.num.messages", settings.batch_size.to_string())
-            // librdkafka's default message.max.bytes (1,000,000) counts the key too, so a record
-            // of the default --max-record-bytes would be refused; 1 MiB stays under the brokers'
-            // default limit (message.max.bytes 1,048,588).
-            .set("message.max.bytes", "1048576")
-            // Records that cannot be delivered come back to the spool instead of waiting the
-            // default five minutes in memory.
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &settings.options {
-            config.set(k, v);
-        }
+        let config = producer_config(
+            &settings.brokers,
+            settings.compression.as_str(),
+            settings.batch_time,
+            settings.batch_size,
+            &settings.options,
+        );
         let producer = start_producer(&config, tx.clone(), &settings.topic, &stats)?;
         publish_spool(&stats, &spool);
         SinkStats::set(&stats.spool_max_bytes, settings.spool.max_bytes);
