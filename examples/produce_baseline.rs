@@ -3,9 +3,9 @@
 //!
 //! Reads JSON lines (records as `mirror-receiver replay` prints them) from a file or stdin, and
 //! produces each to a topic with the producer settings mirror-receiver's Kafka sink uses, built
-//! by the same function (`sink::kafka::producer_config`): `acks=all`, `enable.idempotence=true`, `compression.type` (lz4),
-//! `linger.ms` (100), `batch.num.messages` (1000), `message.max.bytes=1048576`,
-//! `message.timeout.ms=30000`, a ThreadedProducer, the key a u64 in decimal (the receiver keys by
+//! by the same function (`sink::kafka::producer_config`): `acks=all`, `enable.idempotence=true`,
+//! `compression.type` (lz4), `linger.ms` (100), `batch.num.messages` (1000),
+//! `message.max.bytes=1048576`, `message.timeout.ms=30000`; a ThreadedProducer, the key a u64 in decimal (the receiver keys by
 //! its connection id; records carry no ports, so here it is a hash of `ip`, `destIp` and
 //! `akto_vxlan_id`), payload the line as read. It waits until every record is acknowledged and
 //! exits non-zero if any failed. Prints `records=N delivered=D failed=F`.

@@ -58,22 +58,6 @@ pub(super) fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<d
     }
 }
 
-/// Encodes a pipeline's finished exchanges and hands them to `deliver`. Records too large for
-/// any payload are counted in `records_too_large` as they happen, so a running daemon shows
-/// them.
-fn drain_records(
-    pipeline: &mut crate::pipeline::Pipeline,
-    encoder: &Encoder,
-    buf: &mut Vec<u8>,
-    records_too_large: &AtomicU64,
-    mut deliver: impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
-) -> Result<(), SinkError> {
-    for ex in pipeline.exchanges() {
-        deliver_record(&ex, encoder, buf, records_too_large, &mut deliver)?;
-    }
-    Ok(())
-}
-
 /// Encodes one exchange and hands the record to `deliver`: the one path from an exchange to a
 /// sink, for the daemon and for replay. A record too large for any payload is counted in
 /// `records_too_large`, not sent.
@@ -112,6 +96,8 @@ impl RecordsOut {
     }
 
     /// Encodes the pipeline's finished exchanges into batches and hands over what is left.
+    /// Records too large for any payload are counted in `records_too_large` as they happen, so
+    /// a running daemon shows them.
     pub(super) fn drain(
         &mut self,
         pipeline: &mut crate::pipeline::Pipeline,
@@ -119,9 +105,10 @@ impl RecordsOut {
         buf: &mut Vec<u8>,
         records_too_large: &AtomicU64,
     ) -> Result<(), SinkError> {
-        drain_records(pipeline, encoder, buf, records_too_large, |k, r| {
-            self.push(k, r)
-        })?;
+        let mut push = |k: u64, r: &[u8]| self.push(k, r);
+        for ex in pipeline.exchanges() {
+            deliver_record(&ex, encoder, buf, records_too_large, &mut push)?;
+        }
         self.flush()
     }
 
