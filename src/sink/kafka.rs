@@ -29,6 +29,9 @@
 //! by kind, logged (rate-limited), not retried. When the spool is full, new records are dropped,
 //! counted and logged (rate-limited); nothing already spooled is touched.
 
+mod health;
+
+use health::{Change, ErrorClass, Fate, Health, Now, Route, Seen};
 use super::spool::{Spool, SpoolConfig, SpoolError, SpoolPos};
 use super::{Flushed, RateLimit, Sink, SinkError, SinkStats};
 use crossbeam_channel::{Receiver, Sender, unbounded};
@@ -40,9 +43,6 @@ use rdkafka::producer::{
 use rdkafka::{ClientContext, Message};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Spooled records in flight at once while draining.
-const DRAIN_IN_FLIGHT: usize = 10_000;
 
 /// Compression codecs librdkafka offers.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -200,29 +200,6 @@ fn spawn_metadata_probe(
     Ok(())
 }
 
-/// Errors a broker will never accept however often the record is sent.
-fn is_permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::MessageBatchTooLarge
-        )
-    )
-}
-
-/// The broker refuses this producer instance (its epoch) for good: every later record would fail
-/// the same way until a new instance (a new producer id) takes over.
-fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    )
-}
-
 /// Creates a producer instance and its metadata probe.
 fn start_producer(
     config: &ClientConfig,
@@ -253,23 +230,12 @@ pub struct KafkaSink {
     /// What a new producer instance is created from.
     config: ClientConfig,
     events_tx: Sender<Event>,
-    /// The broker fenced the producer instance: replace it once nothing is in flight.
-    fenced: bool,
     topic: String,
     events: Receiver<Event>,
     spool: Spool,
     spool_dir: std::path::PathBuf,
-    spool_always: bool,
-    grace: Duration,
-    healthy: bool,
-    /// Epoch second Kafka was last taken as unavailable.
-    unhealthy_since: u64,
-    /// Last acknowledgement (or start, or recovery).
-    last_progress: Instant,
-    /// Spooled records produced and not yet reported.
-    drained_in_flight: usize,
-    /// A spooled record failed: hand out the unacknowledged ones again once none is in flight.
-    rewind: bool,
+    /// Every decision about Kafka's health, the spool and the producer instance.
+    health: Health,
     spool_dirty: bool,
     stats: Arc<SinkStats>,
     drop_log: RateLimit,
@@ -303,23 +269,49 @@ impl KafkaSink {
             producer,
             config,
             events_tx: tx,
-            fenced: false,
             topic: settings.topic.clone(),
             events,
             spool,
             spool_dir: settings.spool.dir.clone(),
-            spool_always: settings.spool_always,
-            grace: settings.spool_grace,
-            healthy: true,
-            unhealthy_since: 0,
-            last_progress: Instant::now(),
-            drained_in_flight: 0,
-            rewind: false,
+            health: Health::new(settings.spool_grace, settings.spool_always, Now::read()),
             spool_dirty: false,
             stats,
             drop_log: RateLimit::new(Duration::from_secs(10)),
             fail_log: RateLimit::new(Duration::from_secs(10)),
         })
+    }
+
+    /// Applies a transition decided by [`Health`]: the one place each is logged and shown.
+    fn apply(&mut self, change: Change, error: Option<&KafkaError>) {
+        match change {
+            Change::Unavailable(why) => {
+                tracing::warn!(
+                    why = why.as_str(),
+                    "kafka unavailable: records go to the spool"
+                );
+                SinkStats::set(&self.stats.destination_up, 0);
+                // Whatever librdkafka still holds comes back through delivery reports and is
+                // spooled.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+            }
+            Change::Recovered(how) => {
+                match how {
+                    health::How::Acknowledged => {
+                        tracing::info!("kafka acknowledges again: draining the spool")
+                    }
+                    health::How::MetadataAnswers => tracing::info!("kafka answers again"),
+                }
+                SinkStats::set(&self.stats.destination_up, 1);
+            }
+            Change::Fenced => {
+                let error = error.map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(
+                    error,
+                    "kafka fenced the producer: a new producer instance takes over"
+                );
+            }
+        }
     }
 
     /// Hands a record to librdkafka, waiting while its queue is full.
@@ -329,11 +321,8 @@ impl KafkaSink {
         payload: &[u8],
         pos: Option<SpoolPos>,
     ) -> Result<(), SinkError> {
-        if self.healthy && self.producer.in_flight_count() == 0 {
-            // The grace clock runs only while something waits for an acknowledgement: after a
-            // quiet spell it starts now, not at the last acknowledgement before it.
-            self.last_progress = Instant::now();
-        }
+        self.health
+            .before_produce(Now::read(), self.producer.in_flight_count() as usize);
         // The key as decimal text, formatted on the stack (not a String per record).
         let mut key_buf = itoa::Buffer::new();
         let key_text = key_buf.format(key);
@@ -342,12 +331,10 @@ impl KafkaSink {
             let record = BaseRecord::with_opaque_to(&self.topic, opaque)
                 .key(key_text)
                 .payload(payload);
-            match self.producer.send(record) {
+            let error = match self.producer.send(record) {
                 Ok(()) => {
                     SinkStats::add(&self.stats.produced, 1);
-                    if pos.is_some() {
-                        self.drained_in_flight += 1;
-                    }
+                    self.health.produced(Now::read(), pos.is_some());
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -358,54 +345,55 @@ impl KafkaSink {
                     // instead of waiting out message.timeout.ms here while datagrams are lost.
                     self.pump()?;
                     self.check_grace()?;
-                    if !self.healthy {
-                        match pos {
-                            // Already in the spool, not produced: hand it out again later.
-                            Some(_) => self.rewind = true,
-                            None => self.spool_record(key, payload)?,
-                        }
-                        return Ok(());
+                    match self.health.queue_full(pos.is_some()) {
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                        Some(fate) => return self.settle(fate, key, payload, pos, None),
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
                 }
-                Err((error, back)) if is_permanent(&error) => {
-                    self.permanent_failure(&error, back.delivery_opaque.pos)?;
-                    return Ok(());
-                }
-                Err((error, back)) => return Err(self.unexpected(error, back.delivery_opaque.pos)),
-            }
+                Err((error, _)) => error,
+            };
+            let fate = self.health.not_produced(ErrorClass::of(&error), pos.is_some());
+            self.settle(fate, key, payload, pos, Some(&error))?;
+            return match fate {
+                Fate::Refused(_) => Ok(()),
+                // Neither refused for good nor backpressure: the caller hears of it, and the
+                // record is kept in the spool meanwhile.
+                Fate::Rewind | Fate::Spool => Err(SinkError::Kafka(error)),
+            };
         }
     }
 
-    fn unexpected(&mut self, error: KafkaError, pos: Option<SpoolPos>) -> SinkError {
-        if pos.is_some() {
-            self.rewind = true;
-        }
-        SinkError::Kafka(error)
-    }
-
-    fn permanent_failure(
+    /// Carries out a record's [`Fate`].
+    fn settle(
         &mut self,
-        error: &KafkaError,
+        fate: Fate,
+        key: u64,
+        payload: &[u8],
         pos: Option<SpoolPos>,
+        error: Option<&KafkaError>,
     ) -> Result<(), SinkError> {
-        SinkStats::add(&self.stats.failed, 1);
-        let kind = match error.rdkafka_error_code() {
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge,
-            ) => &self.stats.failed_too_large,
-            _ => &self.stats.failed_invalid,
-        };
-        SinkStats::add(kind, 1);
-        if let Some(pos) = pos {
-            self.spool.ack(pos)?;
+        match fate {
+            Fate::Refused(class) => {
+                SinkStats::add(&self.stats.failed, 1);
+                let kind = match class {
+                    ErrorClass::TooLarge => &self.stats.failed_too_large,
+                    _ => &self.stats.failed_invalid,
+                };
+                SinkStats::add(kind, 1);
+                if let Some(pos) = pos {
+                    self.spool.ack(pos)?;
+                }
+                if self.fail_log.ready() {
+                    let error = error.map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(error, "record refused by kafka for good; counted, not retried");
+                }
+                Ok(())
+            }
+            Fate::Spool => self.spool_record(key, payload),
+            // Already in the spool: handed out again later.
+            Fate::Rewind => Ok(()),
         }
-        if self.fail_log.ready() {
-            tracing::warn!(%error, "record refused by kafka for good; counted, not retried");
-        }
-        Ok(())
     }
 
     /// Puts a record in the spool, or counts it dropped when the spool is full.
@@ -444,37 +432,21 @@ impl KafkaSink {
         }
     }
 
-    fn set_unhealthy(&mut self, why: &str) {
-        if self.healthy {
-            tracing::warn!(why, "kafka unavailable: records go to the spool");
-            self.healthy = false;
-            self.unhealthy_since = super::epoch_secs();
-            SinkStats::set(&self.stats.destination_up, 0);
-            // Whatever librdkafka still holds comes back through delivery reports and is spooled.
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
-        }
-    }
-
     /// Applies every delivery report received so far.
     fn pump(&mut self) -> Result<(), SinkError> {
         // Spooled records acknowledged by Kafka: marked in the spool's ack log with one write.
         let mut acked = Vec::new();
-        let mut progressed = false;
         while let Ok(event) = self.events.try_recv() {
+            let now = Now::read();
             match event {
                 Event::Delivered { pos } => {
                     SinkStats::add(&self.stats.delivered, 1);
-                    progressed = true;
                     if let Some(pos) = pos {
-                        self.drained_in_flight -= 1;
                         SinkStats::add(&self.stats.replayed, 1);
                         acked.push(pos);
                     }
-                    if !self.healthy {
-                        tracing::info!("kafka acknowledges again: draining the spool");
-                        self.healthy = true;
-                        SinkStats::set(&self.stats.destination_up, 1);
+                    if let Some(change) = self.health.delivered(now, pos.is_some()) {
+                        self.apply(change, None);
                     }
                 }
                 Event::Failed {
@@ -483,73 +455,55 @@ impl KafkaSink {
                     pos,
                     error,
                 } => {
-                    if pos.is_some() {
-                        self.drained_in_flight -= 1;
+                    let (fate, changes) =
+                        self.health
+                            .failed(now, pos.is_some(), ErrorClass::of(&error));
+                    for change in changes {
+                        self.apply(change, Some(&error));
                     }
-                    if is_fenced(&error) && !self.fenced {
-                        tracing::warn!(
-                            %error,
-                            "kafka fenced the producer: a new producer instance takes over"
-                        );
-                        self.fenced = true;
-                    }
-                    if is_permanent(&error) {
-                        self.permanent_failure(&error, pos)?;
-                    } else {
-                        match pos {
-                            // Already in the spool: hand it out again later.
-                            Some(_) => self.rewind = true,
-                            None => self.spool_record(key, &payload)?,
-                        }
-                        self.set_unhealthy("delivery failed");
+                    self.settle(fate, key, &payload, pos, Some(&error))?;
+                }
+                Event::BrokersDown => {
+                    if let Some(change) = self.health.brokers_down(now) {
+                        self.apply(change, None);
                     }
                 }
-                Event::BrokersDown => self.set_unhealthy("all brokers down"),
             }
         }
-        if progressed {
-            self.last_progress = Instant::now();
-        }
         self.spool.ack_all(acked)?;
-        if self.rewind && self.drained_in_flight == 0 {
+        if self.health.take_rewind() {
             self.spool.rewind();
-            self.rewind = false;
         }
         Ok(())
     }
 
-    /// Takes Kafka as unavailable when records have waited longer than the grace for an
-    /// acknowledgement (call after [`Self::pump`], so that the last reports count).
+    /// The grace check (call after [`Self::pump`], so that the last reports count); when it
+    /// takes Kafka as unavailable, the purged records' reports are applied at once.
     fn check_grace(&mut self) -> Result<(), SinkError> {
-        if self.healthy
-            && self.producer.in_flight_count() > 0
-            && self.last_progress.elapsed() > self.grace
-        {
-            self.set_unhealthy("no acknowledgement within --spool-grace");
+        let in_flight = self.producer.in_flight_count() as usize;
+        if let Some(change) = self.health.check_grace(Now::read(), in_flight) {
+            self.apply(change, None);
             self.pump()?;
         }
         Ok(())
     }
 
-    /// Housekeeping: reports, the grace check, spool writes and draining.
+    /// Housekeeping: reports, the health decisions, spool writes and draining.
     fn tick(&mut self) -> Result<(), SinkError> {
         self.pump()?;
-        // With nothing to deliver there is no canary: a metadata answer newer than the outage
-        // is the proof that Kafka is back.
-        if !self.healthy
-            && !self.fenced
-            && self.spool.pending() == 0
-            && self.drained_in_flight == 0
-            && self.producer.in_flight_count() == 0
-            && SinkStats::get(&self.stats.metadata_ok_at) > self.unhealthy_since
-        {
-            tracing::info!("kafka answers again");
-            self.healthy = true;
-            self.last_progress = Instant::now();
-            SinkStats::set(&self.stats.destination_up, 1);
+        let seen = Seen {
+            in_flight: self.producer.in_flight_count() as usize,
+            spool_pending: self.spool.pending(),
+            metadata_ok_at: SinkStats::get(&self.stats.metadata_ok_at),
+        };
+        if let Some(change) = self.health.tick(Now::read(), seen) {
+            self.apply(change, None);
+            self.pump()?;
         }
-        self.check_grace()?;
-        if self.fenced && self.producer.in_flight_count() == 0 && self.drained_in_flight == 0 {
+        if self
+            .health
+            .replace_producer(self.producer.in_flight_count() as usize)
+        {
             // The old instance goes with its last reference (its metadata probe stops with it).
             self.producer = start_producer(
                 &self.config,
@@ -557,7 +511,7 @@ impl KafkaSink {
                 &self.topic,
                 &self.stats,
             )?;
-            self.fenced = false;
+            self.health.producer_replaced();
         }
         if self.spool_dirty {
             // fdatasync in batches: the spool survives a host crash, not only a process kill.
@@ -569,28 +523,14 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Produces spooled records: many while Kafka is healthy, one canary while it is not.
+    /// Produces spooled records as far as [`Health::drain_budget`] allows.
     fn drain(&mut self) -> Result<(), SinkError> {
-        if self.rewind || self.fenced {
-            return Ok(());
-        }
-        let limit = if self.healthy { DRAIN_IN_FLIGHT } else { 1 };
-        if !self.healthy && self.last_progress.elapsed() < self.grace {
-            return Ok(());
-        }
-        while self.drained_in_flight < limit {
+        let now = Now::read();
+        while self.health.drain_budget(now) > 0 {
             let Some(rec) = self.spool.read_next()? else {
                 break;
             };
-            if !self.healthy {
-                // The canary gets a full grace period of its own.
-                self.last_progress = Instant::now();
-            }
             self.produce(rec.key, &rec.payload, Some(rec.pos))?;
-            if self.rewind {
-                // Not produced (Kafka stopped taking records): it is handed out again later.
-                break;
-            }
         }
         Ok(())
     }
@@ -600,10 +540,9 @@ impl Sink for KafkaSink {
     fn send(&mut self, key: u64, record: &[u8]) -> Result<(), SinkError> {
         SinkStats::add(&self.stats.records, 1);
         self.pump()?;
-        if self.spool_always || !self.healthy {
-            self.spool_record(key, record)
-        } else {
-            self.produce(key, record, None)
+        match self.health.route() {
+            Route::Spool => self.spool_record(key, record),
+            Route::Produce => self.produce(key, record, None),
         }
     }
 
@@ -617,13 +556,8 @@ impl Sink for KafkaSink {
         let deadline = Instant::now() + timeout;
         loop {
             self.tick()?;
-            let in_flight = self.producer.in_flight_count();
-            let settled =
-                in_flight == 0 && self.drained_in_flight == 0 && self.spool.pending() == 0;
-            // With Kafka away, waiting is pointless: what librdkafka holds (the canary, a
-            // spooled record, or records purged and not yet reported) is purged below and
-            // stays in, or goes to, the spool.
-            if (settled || !self.healthy) && !self.spool_dirty {
+            let in_flight = self.producer.in_flight_count() as usize;
+            if self.health.flush_may_stop(in_flight, self.spool.pending()) && !self.spool_dirty {
                 break;
             }
             if Instant::now() >= deadline {
