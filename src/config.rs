@@ -131,14 +131,20 @@ pub struct ReplayArgs {
     pub output: OutputArgs,
 }
 
+/// A library default in microseconds as the flag's seconds: the stages' `Default` impls are
+/// where those defaults are written, clap shows them from there.
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct PipelineArgs {
     /// Seconds without a segment before a flow is closed (alias TRAFFIC_INACTIVITY_THRESHOLD).
-    #[arg(long, env = "MIRROR_FLOW_IDLE_TIMEOUT", default_value_t = 30.0)]
+    #[arg(long, env = "MIRROR_FLOW_IDLE_TIMEOUT", default_value_t = secs(FlowConfig::default().idle_timeout_us))]
     pub flow_idle_timeout: f64,
     /// Flows held at once; beyond it the least recently active is evicted
     /// (alias TRAFFIC_MAX_ACTIVE_CONN).
-    #[arg(long, env = "MIRROR_MAX_FLOWS", default_value_t = 100_000)]
+    #[arg(long, env = "MIRROR_MAX_FLOWS", default_value_t = FlowConfig::default().max_flows)]
     pub max_flows: usize,
     /// Bytes of buffered stream data (out-of-order segments, messages in progress, requests
     /// waiting for responses) across all flows; at the budget the least recently active flows are
@@ -147,20 +153,20 @@ pub struct PipelineArgs {
     pub memory_budget: usize,
     /// Out-of-order bytes buffered per direction before a hole becomes a gap; also the bytes a
     /// response that arrived before its request may hold while it waits.
-    #[arg(long, env = "MIRROR_MAX_REORDER_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "MIRROR_MAX_REORDER_BYTES", default_value_t = ReassemblyConfig::default().max_ooo_bytes)]
     pub max_reorder_bytes: usize,
     /// Seconds a hole may wait to be filled before it becomes a gap, and a response that arrived
     /// before its request waits for it.
-    #[arg(long, env = "MIRROR_REORDER_TIMEOUT", default_value_t = 2.0)]
+    #[arg(long, env = "MIRROR_REORDER_TIMEOUT", default_value_t = secs(ReassemblyConfig::default().reorder_timeout_us))]
     pub reorder_timeout: f64,
     /// Body bytes kept per message (each side), after de-chunking and decoding.
-    #[arg(long, env = "MIRROR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "MIRROR_MAX_BODY_BYTES", default_value_t = HttpConfig::default().max_body_bytes)]
     pub max_body_bytes: usize,
     /// Largest record in bytes; payloads are cut to fit and the record says so.
-    #[arg(long, env = "MIRROR_MAX_RECORD_BYTES", default_value_t = 1_000_000)]
+    #[arg(long, env = "MIRROR_MAX_RECORD_BYTES", default_value_t = RecordConfig::default().max_record_bytes)]
     pub max_record_bytes: usize,
     /// `akto_account_id` of every record.
-    #[arg(long, env = "MIRROR_ACCOUNT_ID", default_value = "1000000")]
+    #[arg(long, env = "MIRROR_ACCOUNT_ID", default_value_t = RecordConfig::default().account_id)]
     pub account_id: String,
     /// Akto's header rules as JSON: a list of {"key":{"eq":NAME,"ifAbsent":"accept"|"reject"},
     /// "value":{"regex":RE}}; a pair is kept when every rule passes
@@ -282,80 +288,8 @@ fn bad(name: &str, value: impl ToString, why: &str) -> ConfigError {
 
 /// The value of Akto variable `name`, if it is set and not blank: a blank one counts as unset
 /// everywhere (here, for the config file's precedence, and for AKTO_LOG_LEVEL).
-pub fn alias(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+fn alias(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     env(name).filter(|v| !v.trim().is_empty())
-}
-
-/// Fills settings left at their defaults from Akto's variable names. `matches` are the
-/// subcommand's; `env` looks a variable up (the process environment, or a table in tests).
-pub fn apply_aliases(
-    pipeline: &mut PipelineArgs,
-    output: &mut OutputArgs,
-    matches: &ArgMatches,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    let unset = |id: &str| {
-        matches!(
-            matches.value_source(id),
-            None | Some(ValueSource::DefaultValue)
-        )
-    };
-    fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
-        v.trim().parse().map_err(|_| bad(name, v, "not a number"))
-    }
-    let env = |name: &str| alias(env, name);
-    if unset("kafka_brokers") {
-        output.kafka_brokers =
-            env("AKTO_KAFKA_BROKER_MAL").or_else(|| env("AKTO_KAFKA_BROKER_URL"));
-    }
-    if unset("batch_size")
-        && let Some(v) = env("AKTO_TRAFFIC_BATCH_SIZE")
-    {
-        output.batch_size = parse("AKTO_TRAFFIC_BATCH_SIZE", &v)?;
-    }
-    if unset("batch_time")
-        && let Some(v) = env("AKTO_TRAFFIC_BATCH_TIME_SECS")
-    {
-        output.batch_time = parse("AKTO_TRAFFIC_BATCH_TIME_SECS", &v)?;
-    }
-    // Akto reads its booleans as true only when the value lower-cases to "true".
-    let akto_bool = |v: String| v.trim().eq_ignore_ascii_case("true");
-    if unset("discovery_config")
-        && let Some(v) = env("AKTO_MODULE_DISCOVERY_CONFIG")
-    {
-        pipeline.discovery_config = Some(v);
-    }
-    if unset("ignore_ip_traffic")
-        && let Some(v) = env("AKTO_IGNORE_IP_TRAFFIC")
-    {
-        pipeline.ignore_ip_traffic = akto_bool(v);
-    }
-    if unset("ignore_cloud_metadata_calls")
-        && let Some(v) = env("AKTO_IGNORE_CLOUD_METADATA_CALLS")
-    {
-        pipeline.ignore_cloud_metadata_calls = akto_bool(v);
-    }
-    if unset("flow_idle_timeout")
-        && let Some(v) = env("TRAFFIC_INACTIVITY_THRESHOLD")
-    {
-        pipeline.flow_idle_timeout = parse("TRAFFIC_INACTIVITY_THRESHOLD", &v)?;
-    }
-    // Akto's module restarts itself at these thresholds (MB); here they bound buffered bytes.
-    if unset("memory_budget") {
-        for name in ["TRAFFIC_BUFFER_THRESHOLD", "AKTO_MEM_THRESH_RESTART"] {
-            if let Some(v) = env(name) {
-                let mb: usize = parse(name, &v)?;
-                pipeline.memory_budget = mb.saturating_mul(1 << 20);
-                break;
-            }
-        }
-    }
-    if unset("max_flows")
-        && let Some(v) = env("TRAFFIC_MAX_ACTIVE_CONN")
-    {
-        pipeline.max_flows = parse("TRAFFIC_MAX_ACTIVE_CONN", &v)?;
-    }
-    Ok(())
 }
 
 /// Checks that files can be created in `dir` (creating it first when `create`).
@@ -380,9 +314,34 @@ fn seconds_to_us(name: &str, secs: f64) -> Result<u64, ConfigError> {
     Ok((secs * 1e6) as u64)
 }
 
+/// The pipeline's settings, checked and built once: what `replay` and each worker run with.
+#[derive(Clone)]
+pub struct PipelineSettings {
+    pub pipeline: PipelineConfig,
+    pub record: RecordConfig,
+    pub filter: std::sync::Arc<crate::filter::Filter>,
+}
+
+/// The daemon's settings, checked and built once: `validate` stops there, `run` goes on with
+/// them.
+pub struct RunSettings {
+    pub pipeline: PipelineSettings,
+    pub admission: crate::admission::Admission,
+}
+
 impl PipelineArgs {
+    /// Checks every pipeline setting and builds the stages' configuration and the filter.
+    pub fn check(&self) -> Result<PipelineSettings, ConfigError> {
+        let (pipeline, record) = self.to_config()?;
+        Ok(PipelineSettings {
+            pipeline,
+            record,
+            filter: self.filter()?,
+        })
+    }
+
     /// Builds the filter stage, naming the setting when one is invalid.
-    pub fn filter(&self) -> Result<std::sync::Arc<crate::filter::Filter>, ConfigError> {
+    fn filter(&self) -> Result<std::sync::Arc<crate::filter::Filter>, ConfigError> {
         let mut redact = self.redact_headers.clone();
         if self.redact_default {
             redact.extend(crate::filter::default_redactions());
@@ -415,7 +374,7 @@ impl PipelineArgs {
     }
 
     /// Checks the values and builds the typed configuration.
-    pub fn to_config(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
+    fn to_config(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
         if self.memory_budget < 1 << 20 {
             return Err(bad(
                 "--memory-budget",
@@ -511,7 +470,7 @@ impl RunArgs {
     }
 
     /// The source and VNI allow lists.
-    pub fn admission(&self) -> Result<crate::admission::Admission, ConfigError> {
+    fn admission(&self) -> Result<crate::admission::Admission, ConfigError> {
         crate::admission::Admission::new(&self.allow_sources, &[])
             .map_err(|why| bad("--allow-source", self.allow_sources.join(","), &why))?;
         crate::admission::Admission::new(&self.allow_sources, &self.allow_vnis)
@@ -519,10 +478,9 @@ impl RunArgs {
     }
 
     /// Checks every setting of the daemon.
-    pub fn check(&self) -> Result<(PipelineConfig, RecordConfig), ConfigError> {
-        let configs = self.pipeline.to_config()?;
-        self.pipeline.filter()?;
-        self.admission()?;
+    pub fn check(&self) -> Result<RunSettings, ConfigError> {
+        let pipeline = self.pipeline.check()?;
+        let admission = self.admission()?;
         self.output.check()?;
         if !(0.0..=3600.0).contains(&self.shutdown_timeout) {
             return Err(bad(
@@ -541,7 +499,10 @@ impl RunArgs {
                 "must be at least 65536 bytes",
             ));
         }
-        Ok(configs)
+        Ok(RunSettings {
+            pipeline,
+            admission,
+        })
     }
 }
 
@@ -606,72 +567,152 @@ pub fn log_filter(level: &str) -> Result<&'static str, ConfigError> {
 #[cfg(test)]
 mod tests;
 
-/// Akto variable names that stand for a flag (by clap id); they win over the config file.
-const ALIASES: &[(&str, &[&str])] = &[
+/// How an Akto variable's value becomes its flag's.
+#[derive(Clone, Copy, Debug)]
+enum AktoValue {
+    Text,
+    Count,
+    Seconds,
+    /// Akto reads its booleans as true only when the value lower-cases to "true".
+    Bool,
+    /// Akto's module restarts itself at these thresholds (MB); here they bound buffered bytes.
+    Megabytes,
+}
+
+/// Akto variable names that stand for a flag (by clap id), the first one set winning: the one
+/// list of them. They rank below the flag and its `MIRROR_*` variable, above the config file.
+const ALIASES: &[(&str, &[&str], AktoValue)] = &[
     (
         "kafka_brokers",
         &["AKTO_KAFKA_BROKER_MAL", "AKTO_KAFKA_BROKER_URL"],
+        AktoValue::Text,
     ),
-    ("batch_size", &["AKTO_TRAFFIC_BATCH_SIZE"]),
-    ("batch_time", &["AKTO_TRAFFIC_BATCH_TIME_SECS"]),
-    ("flow_idle_timeout", &["TRAFFIC_INACTIVITY_THRESHOLD"]),
-    ("max_flows", &["TRAFFIC_MAX_ACTIVE_CONN"]),
+    ("batch_size", &["AKTO_TRAFFIC_BATCH_SIZE"], AktoValue::Count),
+    (
+        "batch_time",
+        &["AKTO_TRAFFIC_BATCH_TIME_SECS"],
+        AktoValue::Seconds,
+    ),
+    (
+        "flow_idle_timeout",
+        &["TRAFFIC_INACTIVITY_THRESHOLD"],
+        AktoValue::Seconds,
+    ),
+    ("max_flows", &["TRAFFIC_MAX_ACTIVE_CONN"], AktoValue::Count),
     (
         "memory_budget",
         &["TRAFFIC_BUFFER_THRESHOLD", "AKTO_MEM_THRESH_RESTART"],
+        AktoValue::Megabytes,
     ),
-    ("discovery_config", &["AKTO_MODULE_DISCOVERY_CONFIG"]),
-    ("ignore_ip_traffic", &["AKTO_IGNORE_IP_TRAFFIC"]),
+    (
+        "discovery_config",
+        &["AKTO_MODULE_DISCOVERY_CONFIG"],
+        AktoValue::Text,
+    ),
+    ("ignore_ip_traffic", &["AKTO_IGNORE_IP_TRAFFIC"], AktoValue::Bool),
     (
         "ignore_cloud_metadata_calls",
         &["AKTO_IGNORE_CLOUD_METADATA_CALLS"],
+        AktoValue::Bool,
     ),
-    ("log_level", &["AKTO_LOG_LEVEL"]),
+    ("log_level", &["AKTO_LOG_LEVEL"], AktoValue::Text),
 ];
 
-/// Reads `--config FILE` (or MIRROR_CONFIG) and returns the command line with the file's settings
-/// appended for every flag the command line, a `MIRROR_*` variable or an Akto alias did not set:
-/// precedence flag, variable, file, default. Unknown keys and values of the wrong type are errors
-/// naming the key.
-pub fn apply_config_file(
+impl AktoValue {
+    /// The flag's value from variable `name`'s `value` (for a boolean: `Some` when on).
+    fn flag_value(self, name: &str, value: &str) -> Result<Option<String>, ConfigError> {
+        let v = value.trim();
+        let number = |ok: bool| match ok {
+            true => Ok(Some(v.to_owned())),
+            false => Err(bad(name, value, "not a number")),
+        };
+        match self {
+            AktoValue::Text => Ok(Some(v.to_owned())),
+            AktoValue::Count => number(v.parse::<u64>().is_ok()),
+            AktoValue::Seconds => number(v.parse::<f64>().is_ok()),
+            AktoValue::Bool => Ok(v.eq_ignore_ascii_case("true").then(String::new)),
+            AktoValue::Megabytes => match v.parse::<usize>() {
+                Ok(mb) => Ok(Some(mb.saturating_mul(1 << 20).to_string())),
+                Err(_) => Err(bad(name, value, "not a number")),
+            },
+        }
+    }
+}
+
+/// The command line with every setting it leaves unset filled in, in precedence order: flag,
+/// its `MIRROR_*` variable (both clap's), Akto alias, config file (`--config FILE` or
+/// `MIRROR_CONFIG`), default (clap's). The one place precedence is decided; clap then parses
+/// the result once. `env` looks an Akto variable up (the process environment, or a table in
+/// tests). Unknown keys of the file, values of the wrong type, and alias values that are not
+/// numbers where a number is wanted are errors naming the key or the variable.
+pub fn layered_argv(
     argv: Vec<std::ffi::OsString>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<std::ffi::OsString>, ConfigError> {
     use clap::CommandFactory;
     let cmd = Cli::command();
     let Ok(matches) = cmd.clone().try_get_matches_from(argv.clone()) else {
-        // Let the real parse report the command-line error.
-        return Ok(argv);
-    };
-    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        // Let the real parse report the command-line error (or print the help).
         return Ok(argv);
     };
     let Some((sub_name, sub_matches)) = matches.subcommand() else {
         return Ok(argv);
+    };
+    let Some(sub) = cmd.find_subcommand(sub_name) else {
+        return Ok(argv);
+    };
+    // A setting of this command by its long name: the argument, and the matches that say
+    // whether the command line or a MIRROR_* variable set it.
+    let setting = |long: &str| {
+        let in_sub = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long) && !a.is_positional());
+        match in_sub {
+            Some(a) => Some((a, sub_matches)),
+            None => cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .map(|a| (a, &matches)),
+        }
+    };
+    let set_by_user = |arg: &clap::Arg, m: &ArgMatches| {
+        !matches!(
+            m.value_source(arg.get_id().as_str()),
+            None | Some(ValueSource::DefaultValue)
+        )
+    };
+    let mut out = argv;
+    let mut by_alias = Vec::new();
+    for (id, names, kind) in ALIASES {
+        let Some((arg, m)) = setting(&id.replace('_', "-")) else {
+            continue;
+        };
+        if set_by_user(arg, m) {
+            continue;
+        }
+        let Some((name, value)) = names.iter().find_map(|n| alias(env, n).map(|v| (*n, v))) else {
+            continue;
+        };
+        by_alias.push(*id);
+        let long = arg.get_long().unwrap_or(id);
+        match (kind.flag_value(name, &value)?, kind) {
+            (Some(_), AktoValue::Bool) => out.push(format!("--{long}").into()),
+            (Some(v), _) => out.push(format!("--{long}={v}").into()),
+            (None, _) => {}
+        }
+    }
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok(out);
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| bad("--config", path.display(), &format!("cannot read it: {e}")))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| bad("--config", path.display(), &format!("not valid TOML: {e}")))?;
-    let sub = cmd
-        .find_subcommand(sub_name)
-        .ok_or_else(|| bad("--config", path.display(), "no such command"))?;
-    let mut out = argv;
     for (key, value) in &table {
         let long = key.replace('_', "-");
-        let in_sub = sub
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && !a.is_positional());
-        let (arg, source_matches) = match in_sub {
-            Some(a) => (a, sub_matches),
-            None => (
-                cmd.get_arguments()
-                    .find(|a| a.get_long() == Some(long.as_str()))
-                    .ok_or_else(|| bad(key, format!("{value:?}"), "no such setting"))?,
-                &matches,
-            ),
-        };
+        let (arg, m) =
+            setting(&long).ok_or_else(|| bad(key, format!("{value:?}"), "no such setting"))?;
         let id = arg.get_id().as_str();
         if id == "config" {
             return Err(bad(
@@ -680,14 +721,7 @@ pub fn apply_config_file(
                 "a config file cannot name another",
             ));
         }
-        let set_elsewhere = !matches!(
-            source_matches.value_source(id),
-            None | Some(ValueSource::DefaultValue)
-        );
-        let by_alias = ALIASES
-            .iter()
-            .any(|(a, names)| *a == id && names.iter().any(|n| alias(env, n).is_some()));
-        if set_elsewhere || by_alias {
+        if set_by_user(arg, m) || by_alias.contains(&id) {
             continue;
         }
         let flag = format!("--{long}");

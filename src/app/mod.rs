@@ -17,7 +17,7 @@ pub use replay::{ReplayError, replay, replay_capture};
 pub use send::send;
 pub use status::{add_stats, log_summary};
 
-use crate::config::RunArgs;
+use crate::config::{PipelineSettings, RunArgs, RunSettings};
 use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
 use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;
@@ -119,16 +119,19 @@ impl Shared {
 /// flight was delivered (or the shutdown timeout passed).
 pub fn run(args: &RunArgs) -> Result<()> {
     let signals = Signals::install()?;
-    let (mut pcfg, rcfg) = args.check()?;
-    let filter = args.pipeline.filter()?;
+    let RunSettings {
+        pipeline: mut settings,
+        admission,
+    } = args.check()?;
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         args.workers
     };
     // Each shard owns its flows, so each gets its share of the budget and of the flow count.
-    pcfg.flow.memory_budget /= workers;
-    pcfg.flow.max_flows = pcfg.flow.max_flows.div_ceil(workers);
+    let flow = &mut settings.pipeline.flow;
+    flow.memory_budget /= workers;
+    flow.max_flows = flow.max_flows.div_ceil(workers);
     let sink_stats = Arc::new(SinkStats::default());
     let sink = open_sink(&args.output, sink_stats.clone())?;
     let sockets: Vec<Arc<UdpSocket>> = (0..workers)
@@ -137,7 +140,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let local = sockets[0].local_addr()?;
     tracing::info!(listen = %local, workers, "receiving VXLAN");
     let shared = Arc::new(Shared::new(workers, &sockets));
-    let admission = Arc::new(args.admission()?);
+    let admission = Arc::new(admission);
     let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
     // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
     // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
@@ -155,7 +158,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
     );
     let (shard_txs, worker_threads) =
-        spawn_workers(&shared, &pcfg, &filter, &rcfg, &pool, &rec_tx, &record_pool)?;
+        spawn_workers(&shared, &settings, &pool, &rec_tx, &record_pool)?;
     drop(rec_tx);
     let recv_threads = spawn_receivers(&shared, sockets, shard_txs, &admission, &pool)?;
 
@@ -220,9 +223,7 @@ fn spawn_sink(
 /// Starts one worker thread per slot; returns the senders of their queues and their handles.
 fn spawn_workers(
     shared: &Arc<Shared>,
-    pcfg: &crate::pipeline::PipelineConfig,
-    filter: &Arc<crate::filter::Filter>,
-    rcfg: &crate::record::RecordConfig,
+    settings: &PipelineSettings,
     pool: &BatchPool,
     rec_tx: &Sender<Batch>,
     record_pool: &BatchPool,
@@ -232,9 +233,8 @@ fn spawn_workers(
     for i in 0..shared.workers.len() {
         let (tx, rx) = bounded::<Batch>(SHARD_QUEUE_BATCHES);
         shard_txs.push(tx);
-        let (shared, rec_tx, pcfg, rcfg) =
-            (shared.clone(), rec_tx.clone(), pcfg.clone(), rcfg.clone());
-        let (filter, pool, record_pool) = (filter.clone(), pool.clone(), record_pool.clone());
+        let (shared, rec_tx, settings) = (shared.clone(), rec_tx.clone(), settings.clone());
+        let (pool, record_pool) = (pool.clone(), record_pool.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -247,7 +247,7 @@ fn spawn_workers(
                         slot: &shared.workers[i],
                         records_too_large: &shared.records_too_large,
                     };
-                    w.run(&pcfg, filter, rcfg)
+                    w.run(&settings.pipeline, settings.filter, settings.record)
                 })?,
         );
     }

@@ -68,18 +68,17 @@ pub enum ReplayError<E> {
 
 /// `mirror-receiver replay`: one pass over a capture into the configured sink.
 pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
-    let (pcfg, rcfg) = args.pipeline.to_config()?;
+    let settings = args.pipeline.check()?;
     args.output.check()?;
     let mut reader = CaptureReader::open(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let sink_stats = Arc::new(SinkStats::default());
     let mut sink = open_sink(&args.output, sink_stats.clone())?;
-    let encoder = Encoder::new(rcfg);
+    let encoder = Encoder::new(settings.record);
     let mut buf = Vec::with_capacity(64 * 1024);
     let too_large = AtomicU64::new(0);
-    let filter = args.pipeline.filter()?;
     let mut send = |id: u64, record: &[u8]| sink.send(id, record);
-    let stats = replay_capture(&mut reader, args.vni, &pcfg, Some(filter), |ex| {
+    let stats = replay_capture(&mut reader, args.vni, &settings.pipeline, Some(settings.filter), |ex| {
         deliver_record(&ex, &encoder, &mut buf, &too_large, &mut send)
     })
     .with_context(|| format!("replaying {}", args.file.display()))?;

@@ -1,25 +1,22 @@
 use super::*;
-use clap::{CommandFactory, FromArgMatches};
+use clap::{CommandFactory, Parser};
 use std::collections::HashMap;
 
-/// Parses `args` with `flag_env` as the process environment seen by clap, then applies Akto
-/// aliases from `alias_env`.
+/// Layers `args` (with the process environment as clap sees it) and `alias_env` as the Akto
+/// variables, then parses `run`'s settings.
 fn parse(args: &[&str], alias_env: &[(&str, &str)]) -> Result<RunArgs, ConfigError> {
-    let matches = Cli::command()
-        .try_get_matches_from(std::iter::once("mirror-receiver").chain(args.iter().copied()))
-        .unwrap();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap();
-    let sub = matches.subcommand().unwrap().1;
     let env: HashMap<String, String> = alias_env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let lookup = |k: &str| env.get(k).cloned();
-    match &mut cli.command {
-        Command::Run(a) => {
-            apply_aliases(&mut a.pipeline, &mut a.output, sub, &lookup)?;
-            Ok(a.clone())
-        }
+    let argv = std::iter::once("mirror-receiver")
+        .chain(args.iter().copied())
+        .map(std::ffi::OsString::from)
+        .collect();
+    let argv = layered_argv(argv, &lookup)?;
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Run(a) => Ok(a),
         _ => unreachable!(),
     }
 }
@@ -109,7 +106,7 @@ fn invalid_values_are_rejected_with_the_setting_named() {
     ];
     for (args, name) in cases {
         let a = parse(args, &[]).unwrap();
-        assert_eq!(&a.check().unwrap_err().name, name, "{args:?}");
+        assert_eq!(&a.check().err().expect("rejected").name, name, "{args:?}");
     }
 }
 
@@ -155,14 +152,106 @@ fn blank_akto_aliases_count_as_unset() {
     let argv = ["mirror-receiver", "run", "--config", file.to_str().unwrap()]
         .map(std::ffi::OsString::from)
         .to_vec();
-    let argv = apply_config_file(argv, &env).unwrap();
-    let matches = Cli::command().try_get_matches_from(argv).unwrap();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap();
-    let sub = matches.subcommand().unwrap().1;
-    let Command::Run(a) = &mut cli.command else {
+    let argv = layered_argv(argv, &env).unwrap();
+    let Command::Run(a) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
-    apply_aliases(&mut a.pipeline, &mut a.output, sub, &env).unwrap();
     assert_eq!(a.output.kafka_brokers.as_deref(), Some("file:9092"));
     assert_eq!(a.pipeline.max_flows, 7);
+}
+
+#[test]
+fn every_alias_names_a_setting_of_run() {
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    for (id, names, _) in ALIASES {
+        let found = run
+            .get_arguments()
+            .chain(cmd.get_arguments())
+            .any(|a| a.get_id().as_str() == *id && a.get_long() == Some(&id.replace('_', "-")));
+        assert!(found, "{id} ({names:?}) is not a setting of run");
+        // The help names the aliases (log_level's is in the README alone).
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == *id);
+        if let Some(help) = arg.and_then(|a| a.get_help()) {
+            for name in *names {
+                assert!(help.to_string().contains(name), "--{id}'s help omits {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn akto_booleans_and_megabytes_are_converted() {
+    let a = parse(
+        &["run"],
+        &[
+            ("AKTO_IGNORE_IP_TRAFFIC", "TRUE"),
+            ("AKTO_IGNORE_CLOUD_METADATA_CALLS", "yes"),
+            ("AKTO_MEM_THRESH_RESTART", "64"),
+        ],
+    )
+    .unwrap();
+    assert!(a.pipeline.ignore_ip_traffic);
+    assert!(!a.pipeline.ignore_cloud_metadata_calls, "only \"true\" is true");
+    assert_eq!(a.pipeline.memory_budget, 64 << 20);
+    // TRAFFIC_BUFFER_THRESHOLD comes first.
+    let a = parse(
+        &["run"],
+        &[
+            ("TRAFFIC_BUFFER_THRESHOLD", "32"),
+            ("AKTO_MEM_THRESH_RESTART", "64"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(a.pipeline.memory_budget, 32 << 20);
+    let e = parse(&["run"], &[("AKTO_MEM_THRESH_RESTART", "1.5")]).unwrap_err();
+    assert_eq!(e.name, "AKTO_MEM_THRESH_RESTART");
+}
+
+#[test]
+fn an_alias_wins_over_the_config_file_and_a_false_one_still_hides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("receiver.toml");
+    std::fs::write(
+        &file,
+        "max-flows = 7\nignore-ip-traffic = true\nlog-level = \"error\"\n",
+    )
+    .unwrap();
+    let env = |k: &str| match k {
+        "TRAFFIC_MAX_ACTIVE_CONN" => Some("11".to_owned()),
+        "AKTO_IGNORE_IP_TRAFFIC" => Some("false".to_owned()),
+        "AKTO_LOG_LEVEL" => Some("DBEUG".to_owned()),
+        _ => None,
+    };
+    let argv = ["mirror-receiver", "run", "--config", file.to_str().unwrap()]
+        .map(std::ffi::OsString::from)
+        .to_vec();
+    let cli = Cli::try_parse_from(layered_argv(argv, &env).unwrap()).unwrap();
+    assert_eq!(cli.log_level, "DBEUG", "a global setting layers the same way");
+    let Command::Run(a) = cli.command else {
+        unreachable!()
+    };
+    assert_eq!(a.pipeline.max_flows, 11);
+    assert!(!a.pipeline.ignore_ip_traffic);
+}
+
+#[test]
+fn the_flags_defaults_are_the_stages_defaults() {
+    let a = parse(&["run"], &[]).unwrap();
+    let (pipeline, record) = a.pipeline.to_config().unwrap();
+    // The daemon bounds buffered bytes by default; the library alone does not.
+    let flow = FlowConfig {
+        memory_budget: 1 << 30,
+        ..FlowConfig::default()
+    };
+    assert_eq!(
+        pipeline,
+        PipelineConfig {
+            flow,
+            http: HttpConfig::default(),
+        }
+    );
+    assert_eq!(record, RecordConfig::default());
 }

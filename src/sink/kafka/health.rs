@@ -182,6 +182,7 @@ impl Health {
     }
 
     /// Spooled records produced and not yet reported.
+    #[cfg(test)]
     pub fn drained_in_flight(&self) -> usize {
         self.drained_in_flight
     }
