@@ -6,10 +6,10 @@
 //! The server (tiny_http) runs on its own thread and never touches the packet path: it reads
 //! snapshots the workers publish about once a second and the sink's atomic counters.
 
-use crate::http::{ParseError, Recovery};
+use crate::counters::{self, Kind, ProcessCounters, Snapshot};
+use crate::http::ParseError;
 use crate::pipeline::{PipelineStats, VniStats};
 use crate::sink::{SinkStats, epoch_secs};
-use crate::wire::DecodeError;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
@@ -33,17 +33,8 @@ pub trait Status: Send + Sync + 'static {
     fn sink(&self) -> &SinkStats;
     /// Why the receiver is not ready, or `None` when it is.
     fn not_ready(&self) -> Option<String>;
-    /// Counters that belong to the process rather than a shard (records too large...).
-    fn records_too_large(&self) -> u64;
-    /// Datagrams refused by source and by VNI (--allow-source, --allow-vni).
-    fn refused(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    /// Datagrams taken off the receive sockets, and datagrams the kernel dropped for them
-    /// because their receive queues were full.
-    fn ingest(&self) -> (u64, u64) {
-        (0, 0)
-    }
+    /// Counters of the process rather than of a shard or the sink.
+    fn process(&self) -> ProcessCounters;
 }
 
 /// The `/metrics` exposition (OpenMetrics text, written by prometheus-client): every counter read
@@ -92,36 +83,25 @@ impl Collector for Exposition {
 /// Writes metric families: a counter's samples get the `_total` suffix from the encoder.
 struct Families<'a>(DescriptorEncoder<'a>);
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
+fn metric_type(kind: Kind) -> MetricType {
+    match kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+    }
 }
 
-impl Kind {
-    fn metric_type(self) -> MetricType {
-        match self {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
-        }
-    }
-
-    fn sample(self, v: u64, m: MetricEncoder<'_>) -> fmt::Result {
-        match self {
-            Kind::Counter => ConstCounter::new(v).encode(m),
-            Kind::Gauge => ConstGauge::new(v).encode(m),
-        }
+fn sample(kind: Kind, v: u64, m: MetricEncoder<'_>) -> fmt::Result {
+    match kind {
+        Kind::Counter => ConstCounter::new(v).encode(m),
+        Kind::Gauge => ConstGauge::new(v).encode(m),
     }
 }
 
 impl Families<'_> {
     /// A family of one sample without labels.
     fn one(&mut self, kind: Kind, name: &str, help: &str, v: u64) -> fmt::Result {
-        kind.sample(
-            v,
-            self.0
-                .encode_descriptor(name, help, None, kind.metric_type())?,
-        )
+        let m = self.0.encode_descriptor(name, help, None, metric_type(kind))?;
+        sample(kind, v, m)
     }
 
     /// A family of one sample per label set.
@@ -134,9 +114,9 @@ impl Families<'_> {
     ) -> fmt::Result {
         let mut m = self
             .0
-            .encode_descriptor(name, help, None, kind.metric_type())?;
+            .encode_descriptor(name, help, None, metric_type(kind))?;
         for (labels, v) in series {
-            kind.sample(v, m.encode_family(&labels)?)?;
+            sample(kind, v, m.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -171,14 +151,17 @@ fn label<V>(key: &'static str, value: V) -> One<V> {
     [(key, value)]
 }
 
-/// Every metric, read from `status`.
+/// Every metric, read from `status`: the rows of [`crate::counters`], then each session's.
 fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
-    // Read before the pipeline snapshot: a datagram counted as received may not be processed
-    // yet, never the other way round.
-    let (received, kernel_drops) = status.ingest();
-    let (records_too_large, refused) = (status.records_too_large(), status.refused());
+    // The process counters are read before the pipeline snapshot: a datagram counted as received may not be
+    // processed yet, never the other way round.
+    let process = status.process();
     let p = &status.pipeline();
-    let s = status.sink();
+    let snap = Snapshot {
+        p,
+        sink: status.sink(),
+        process,
+    };
     let m = out.0.encode_descriptor(
         "mirror_build",
         "The receiver's version.",
@@ -186,125 +169,29 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
         MetricType::Info,
     )?;
     Info::new(label("version", env!("CARGO_PKG_VERSION"))).encode(m)?;
-    let (w, f, r, h) = (&p.wire, &p.flow, &p.flow.reassembly, &p.http);
-    let g = SinkStats::get;
-    // (name, help, value) of the counters without labels.
-    #[rustfmt::skip]
-    let counters = [
-        ("mirror_received_datagrams", "Datagrams taken off the receive sockets.", received),
-        ("mirror_kernel_drops", "Datagrams the kernel dropped because a receive queue was full.", kernel_drops),
-        ("mirror_datagrams", "Datagrams processed.", w.datagrams),
-        ("mirror_datagram_bytes", "Bytes of the datagrams processed.", w.bytes),
-        ("mirror_segments", "TCP segments decoded from the datagrams.", w.segments),
-        ("mirror_truncated_segments", "TCP segments cut short of their IP length (packet-length or MTU truncation).", w.truncated_segments),
-        ("mirror_truncated_missing_bytes", "Payload bytes truncated segments announced but did not carry.", w.truncated_bytes),
-        ("mirror_flows_opened", "TCP connections opened.", f.opened),
-        ("mirror_reassembly_gaps", "Holes in a stream given up on (bytes never seen).", r.gaps),
-        ("mirror_reassembly_gap_bytes", "Bytes missing in those holes.", r.gap_bytes),
-        ("mirror_reassembly_out_of_order_segments", "Segments that arrived ahead of a hole and waited for it.", r.ooo_segments),
-        ("mirror_reassembly_retransmitted_bytes", "Bytes seen again (retransmissions and overlaps).", r.retransmitted_bytes),
-        ("mirror_http_requests", "HTTP requests parsed.", h.requests),
-        ("mirror_http_responses", "HTTP responses parsed.", h.responses),
-        ("mirror_http_pairs", "Requests paired with their responses.", h.pairs),
-        ("mirror_http_unanswered_requests", "Requests whose connection ended without a response.", h.unanswered),
-        ("mirror_http_unmatched_responses", "Responses without a request to pair with.", h.unmatched_responses),
-        ("mirror_http_request_heads_lost", "Responses whose request head was lost in a gap (no record can be made).", h.request_heads_lost),
-        ("mirror_http_responses_held", "Response heads that arrived before their request and waited for it.", h.responses_held),
-        ("mirror_http_pending_overflow", "Requests reported unanswered because too many waited for responses on their connection.", h.pending_overflow),
-        ("mirror_http_bodies_truncated", "Bodies cut at --max-body-bytes.", h.bodies_truncated),
-        ("mirror_http_decode_failures", "Bodies whose content-encoding did not decode (kept as sent).", h.decode_failures),
-        ("mirror_records_too_large", "Records larger than the sink takes, dropped.", records_too_large),
-        ("mirror_filter_passed", "Exchanges the filters kept.", p.filter.passed),
-        ("mirror_sink_records", "Records handed to the sink.", g(&s.records)),
-        ("mirror_sink_produced", "Records given to the destination.", g(&s.produced)),
-        ("mirror_sink_delivered", "Records the destination acknowledged.", g(&s.delivered)),
-        ("mirror_sink_spooled", "Records written to the disk spool.", g(&s.spooled)),
-        ("mirror_sink_replayed", "Records sent again from the spool.", g(&s.replayed)),
-        ("mirror_sink_queue_full", "Times the destination's queue was full.", g(&s.queue_full)),
-        ("mirror_spool_corrupt_frames", "Spool frames skipped because they failed their checksum.", g(&s.spool_corrupt_frames)),
-        ("mirror_spool_torn_bytes", "Bytes of a torn last spool write truncated.", g(&s.spool_torn_bytes)),
-    ];
-    for (name, help, v) in counters {
-        out.one(Kind::Counter, name, help, v)?;
+    for row in counters::PLAIN {
+        if let Some(name) = row.metric {
+            out.one(row.kind, name, row.help, (row.read)(&snap))?;
+        }
     }
-    #[rustfmt::skip]
-    let gauges = [
-        ("mirror_flows_active", "TCP connections being tracked.", p.flows_active),
-        ("mirror_memory_budget_used_bytes", "Stream bytes buffered across all connections (what --memory-budget bounds).", p.buffered_bytes),
-        ("mirror_spool_bytes", "Bytes in the disk spool.", g(&s.spool_bytes)),
-        ("mirror_spool_pending_records", "Records in the disk spool.", g(&s.spool_pending)),
-        ("mirror_sink_up", "1 while the destination takes records, 0 while the sink spools.", g(&s.destination_up)),
-    ];
-    for (name, help, v) in gauges {
-        out.one(Kind::Gauge, name, help, v)?;
+    for family in counters::LABELLED {
+        let series = family
+            .series
+            .iter()
+            .map(|(value, _, read)| (label(family.label, *value), read(&snap)));
+        out.labelled(family.kind, family.metric, family.help, series)?;
     }
-    out.counters(
-        "mirror_decode_drops",
-        "Datagrams dropped because they did not decode to a TCP segment, by reason.",
-        DecodeError::ALL.map(|e| (label("reason", e.as_str()), w.errors[e.index()])),
-    )?;
-    out.counters(
-        "mirror_flows_closed",
-        "TCP connections closed, by reason.",
-        f.closed_by_reason()
-            .map(|(r, n)| (label("reason", r.as_str()), n)),
-    )?;
-    out.counters(
-        "mirror_http_messages_dropped",
-        "HTTP messages dropped, by reason.",
-        [("gap", h.dropped_gap), ("response_lost", h.responses_lost)]
-            .map(|(r, n)| (label("reason", r), n)),
-    )?;
-    out.counters(
-        "mirror_http_messages_damaged",
-        "HTTP messages reported with bytes missing (gap: never seen; ended: the connection ended first), by reason.",
-        [("gap", h.damaged_gap), ("ended", h.damaged_ended)].map(|(r, n)| (label("reason", r), n)),
-    )?;
-    out.counters(
-        "mirror_http_framing_recovered",
-        "HTTP messages whose end was found again after a gap destroyed their framing, by how.",
-        Recovery::ALL.map(|r| (label("by", r.as_str()), h.framing_recovered[r.index()])),
-    )?;
-    out.counters(
-        "mirror_http_held_responses_released",
-        "Held responses let go without their request, by reason.",
-        [("timeout", h.held_timeouts), ("bytes", h.held_over_cap)]
-            .map(|(r, n)| (label("reason", r), n)),
-    )?;
-    out.counters(
-        "mirror_http_parse_errors",
-        "Streams that did not parse as HTTP/1.x, by kind.",
-        ParseError::ALL.map(|e| (label("kind", e.as_str()), h.parse_errors[e.index()])),
-    )?;
-    out.counters(
-        "mirror_ingest_refused",
-        "Datagrams refused by --allow-source and --allow-vni.",
-        [
-            ("source_not_allowed", refused.0),
-            ("vni_not_allowed", refused.1),
-        ]
-        .map(|(r, n)| (label("reason", r), n)),
-    )?;
-    out.counters(
-        "mirror_filter_dropped",
-        "Exchanges the filters dropped, by reason.",
-        crate::filter::DropReason::ALL
-            .map(|r| (label("reason", r.as_str()), p.filter.dropped_by(r))),
-    )?;
-    out.counters(
-        "mirror_sink_failed",
-        "Records the destination refused for good, by kind.",
-        [
-            ("too_large", g(&s.failed_too_large)),
-            ("invalid", g(&s.failed_invalid)),
-        ]
-        .map(|(k, n)| (label("kind", k), n)),
-    )?;
-    out.counters(
-        "mirror_sink_dropped",
-        "Records dropped by the sink, by reason.",
-        [(label("reason", "spool_full"), g(&s.dropped_spool_full))],
-    )?;
+    for family in counters::JOINED {
+        let mut m = out.0.encode_descriptor(
+            family.metric,
+            family.help,
+            None,
+            metric_type(family.kind),
+        )?;
+        (family.each)(&snap, &mut |value, n| {
+            sample(family.kind, n, m.encode_family(&label(family.label, value))?)
+        })?;
+    }
     per_vni(out, p)
 }
 
@@ -312,14 +199,15 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
 type VniCounter = (&'static str, &'static str, fn(&VniStats) -> u64);
 
 #[rustfmt::skip]
-const VNI_COUNTERS: [VniCounter; 17] = [
+const VNI_COUNTERS: [VniCounter; 18] = [
     ("mirror_vni_datagrams", "Datagrams of each mirror session.", |v| v.datagrams),
     ("mirror_vni_bytes", "Bytes of each mirror session's datagrams.", |v| v.bytes),
     ("mirror_vni_drops", "Datagrams of each mirror session that did not decode to a TCP segment.", |v| v.dropped),
     ("mirror_vni_truncated_segments", "Segments of each mirror session cut short of their IP length (packet length, MTU).", |v| v.truncated_segments),
     ("mirror_vni_truncated_missing_bytes", "Payload bytes each mirror session's truncated segments did not carry.", |v| v.truncated_bytes),
-    ("mirror_vni_pairs", "Request/response pairs of each mirror session.", |v| v.pairs),
-    ("mirror_vni_unanswered", "Requests of each mirror session emitted without a response.", |v| v.unanswered),
+    ("mirror_vni_pairs", "Request/response pairs of each mirror session (before the filters, as mirror_http_pairs).", |v| v.http.pairs),
+    ("mirror_vni_unanswered", "Requests of each mirror session whose connection ended without a response.", |v| v.http.unanswered),
+    ("mirror_vni_filter_passed", "Exchanges of each mirror session the filters kept (records made).", |v| v.filter_passed),
     ("mirror_vni_flows_opened", "TCP connections of each mirror session opened.", |v| v.flow.opened),
     ("mirror_vni_reassembly_gaps", "Holes given up on in each mirror session's streams.", |v| v.flow.reassembly.gaps),
     ("mirror_vni_reassembly_gap_bytes", "Bytes missing in each mirror session's holes.", |v| v.flow.reassembly.gap_bytes),
@@ -466,6 +354,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::DecodeError;
 
     /// Fixed counters, as the daemon's status would report them.
     #[derive(Default)]
@@ -484,11 +373,13 @@ mod tests {
         fn not_ready(&self) -> Option<String> {
             None
         }
-        fn records_too_large(&self) -> u64 {
-            5
-        }
-        fn ingest(&self) -> (u64, u64) {
-            (45, 2)
+        fn process(&self) -> ProcessCounters {
+            ProcessCounters {
+                received: 45,
+                kernel_drops: 2,
+                records_too_large: 5,
+                ..Default::default()
+            }
         }
     }
 
@@ -502,7 +393,10 @@ mod tests {
             99,
             crate::pipeline::VniStats {
                 datagrams: 40,
-                pairs: 7,
+                http: crate::http::HttpStats {
+                    pairs: 7,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );

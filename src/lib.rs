@@ -14,13 +14,15 @@
 //! `wire`, `flow`, `http`, `record` and `pipeline` are pure: bytes and `now` in, values out. IO
 //! lives in `ingest` (sockets), `capture` (files), `sink`, `admin` and `app`: the daemon
 //! (`app::worker`, `app::sink_thread`, `app::status`) and the offline subcommands
-//! (`app::replay`, `app::send`).
+//! (`app::replay`, `app::send`). `counters` is the one table of the counters' names, read by
+//! `admin` for `/metrics` and by `app` for the summary log line.
 
 pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod counters;
 pub mod filter;
 pub mod flow;
 pub mod http;

@@ -60,10 +60,9 @@ pub struct VniStats {
     pub truncated_segments: u64,
     /// Payload bytes those segments announced but did not carry.
     pub truncated_bytes: u64,
-    /// Request/response pairs emitted.
-    pub pairs: u64,
-    /// Requests emitted without a response.
-    pub unanswered: u64,
+    /// Exchanges the filters kept (answered or not): the records this session made.
+    /// (Pairs and unanswered requests before the filters are in `http`.)
+    pub filter_passed: u64,
     /// Flow and reassembly counters of this session.
     pub flow: FlowStats,
     /// HTTP counters of this session.
@@ -77,8 +76,7 @@ impl VniStats {
         self.dropped += o.dropped;
         self.truncated_segments += o.truncated_segments;
         self.truncated_bytes += o.truncated_bytes;
-        self.pairs += o.pairs;
-        self.unanswered += o.unanswered;
+        self.filter_passed += o.filter_passed;
         self.flow.add(&o.flow);
         self.http.add(&o.http);
     }
@@ -184,18 +182,18 @@ impl Pipeline {
 
     /// Exchanges finished since the last call, filtered and redacted.
     pub fn exchanges(&mut self) -> std::vec::Drain<'_, Exchange> {
-        if let Some(filter) = &self.filter {
-            let stats = &mut self.filter_stats;
-            self.ctx.out.retain_mut(|ex| filter.apply(ex, stats));
+        match &self.filter {
+            Some(filter) => {
+                let stats = &mut self.filter_stats;
+                self.ctx.out.retain_mut(|ex| filter.apply(ex, stats));
+            }
+            // No filter keeps everything: `passed` still counts what is kept, so that it adds
+            // up with each session's `filter_passed`.
+            None => self.filter_stats.passed += self.ctx.out.len() as u64,
         }
         for i in 0..self.ctx.out.len() {
-            let (vni, answered) = (self.ctx.out[i].vni, self.ctx.out[i].response.is_some());
-            let stats = self.vni_stats(vni);
-            if answered {
-                stats.pairs += 1;
-            } else {
-                stats.unanswered += 1;
-            }
+            let vni = self.ctx.out[i].vni;
+            self.vni_stats(vni).filter_passed += 1;
         }
         self.ctx.out.drain(..)
     }

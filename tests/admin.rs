@@ -56,6 +56,12 @@ fn metrics_count_what_was_sent_and_written() {
         metric(&text, "mirror_vni_pairs_total{vni=\"1234\"}"),
         Some(written)
     );
+    // Every session's counts add up to the totals: pairs before the filters, records after.
+    assert_eq!(metric(&text, "mirror_filter_passed_total"), Some(written));
+    assert_eq!(
+        metric(&text, "mirror_vni_filter_passed_total{vni=\"1234\"}"),
+        Some(written)
+    );
     assert_eq!(
         metric(&text, "mirror_vni_datagrams_total{vni=\"1234\"}"),
         Some(payloads.len() as f64)

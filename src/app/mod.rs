@@ -15,8 +15,9 @@ mod worker;
 
 pub use replay::{ReplayError, replay, replay_capture};
 pub use send::send;
-pub use status::{add_stats, log_summary};
+pub use status::add_stats;
 
+use crate::counters::ProcessCounters;
 use crate::config::{PipelineSettings, RunArgs, RunSettings};
 use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
 use crate::pipeline::PipelineStats;
@@ -26,7 +27,7 @@ use crossbeam_channel::{Sender, bounded};
 use sink_thread::{
     RECORD_BATCH_BYTES, RECORD_QUEUE_BATCHES, RECORDS_PER_BATCH, open_sink, sink_loop,
 };
-use status::{DaemonStatus, total_stats};
+use status::{DaemonStatus, log_daemon_summary};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,19 +100,27 @@ impl Shared {
         }
     }
 
-    /// Datagrams taken off the sockets, and datagrams the kernel dropped for them.
-    fn ingest(&self) -> (u64, u64) {
+    /// The process's counters: datagrams taken off the sockets (read first: a datagram counted
+    /// as received may not be processed yet, never the other way round), datagrams the kernel
+    /// dropped for them, records too large, datagrams refused.
+    fn process(&self) -> ProcessCounters {
         let received = self
             .sockets
             .iter()
             .map(|s| s.counters.received.load(Ordering::Relaxed))
             .sum();
-        let drops = self
+        let kernel_drops = self
             .sockets
             .iter()
             .filter_map(|s| crate::ingest::kernel_drops(&s.socket))
             .sum();
-        (received, drops)
+        ProcessCounters {
+            received,
+            kernel_drops,
+            records_too_large: self.records_too_large.load(Ordering::Relaxed),
+            refused_source: self.refused_source.load(Ordering::Relaxed),
+            refused_vni: self.refused_vni.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -190,13 +199,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let sink_result = join_until(sink_thread, deadline);
     admin_stop.store(true, Ordering::SeqCst);
     let _ = admin_thread.join();
-    let total = total_stats(&shared);
-    log_summary(
-        "stopped",
-        &total,
-        &sink_stats,
-        shared.records_too_large.load(Ordering::Relaxed),
-    );
+    log_daemon_summary("stopped", &shared, &sink_stats);
     sink_result
 }
 
@@ -374,8 +377,7 @@ fn wait_for_signal(signals: Signals, shared: &Shared, sink_stats: &SinkStats) ->
                 }
                 _ = trim.tick() => release_free_memory(),
                 _ = report.tick() => {
-                    let total = total_stats(shared);
-                    log_summary("running", &total, sink_stats, shared.records_too_large.load(Ordering::Relaxed));
+                    log_daemon_summary("running", shared, sink_stats);
                 }
             }
         }

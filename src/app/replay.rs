@@ -2,7 +2,6 @@
 //! timestamps driving every timeout.
 
 use super::sink_thread::{deliver_record, open_sink};
-use super::status::log_summary;
 use crate::capture::CaptureReader;
 use crate::config::ReplayArgs;
 use crate::http::Exchange;
@@ -83,11 +82,17 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
     })
     .with_context(|| format!("replaying {}", args.file.display()))?;
     let flushed = sink.flush(Duration::from_secs(30));
-    log_summary(
+    crate::counters::log_summary(
         "replay finished",
-        &stats,
-        &sink_stats,
-        too_large.load(Ordering::Relaxed),
+        &crate::counters::Snapshot {
+            p: &stats,
+            sink: &sink_stats,
+            process: crate::counters::ProcessCounters {
+                received: stats.wire.datagrams,
+                records_too_large: too_large.load(Ordering::Relaxed),
+                ..Default::default()
+            },
+        },
     );
     if let Flushed::Spooled { records, dir } = flushed? {
         anyhow::bail!(

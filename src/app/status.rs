@@ -3,8 +3,8 @@
 use super::Shared;
 use crate::ingest::SHARD_QUEUE_BATCHES;
 use crate::pipeline::PipelineStats;
+use crate::counters::{ProcessCounters, Snapshot};
 use crate::sink::SinkStats;
-use crate::wire;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -38,78 +38,16 @@ impl crate::admin::Status for DaemonStatus {
         }
         crate::admin::sink_not_ready(&self.sink, self.kafka)
     }
-    fn records_too_large(&self) -> u64 {
-        self.shared.records_too_large.load(Ordering::Relaxed)
-    }
-    fn refused(&self) -> (u64, u64) {
-        (
-            self.shared.refused_source.load(Ordering::Relaxed),
-            self.shared.refused_vni.load(Ordering::Relaxed),
-        )
-    }
-    fn ingest(&self) -> (u64, u64) {
-        self.shared.ingest()
+    fn process(&self) -> ProcessCounters {
+        self.shared.process()
     }
 }
 
-/// Logs the totals of a run.
-pub fn log_summary(what: &str, s: &PipelineStats, sink: &SinkStats, records_too_large: u64) {
-    let errors: Vec<String> = wire::DecodeError::ALL
-        .iter()
-        .filter(|e| s.wire.errors[e.index()] > 0)
-        .map(|e| format!("{}={}", e.as_str(), s.wire.errors[e.index()]))
-        .collect();
-    let parse_errors: Vec<String> = crate::http::ParseError::ALL
-        .iter()
-        .filter(|e| s.http.parse_errors[e.index()] > 0)
-        .map(|e| format!("{}={}", e.as_str(), s.http.parse_errors[e.index()]))
-        .collect();
-    let recovered: Vec<String> = crate::http::Recovery::ALL
-        .iter()
-        .filter(|r| s.http.framing_recovered[r.index()] > 0)
-        .map(|r| format!("{}={}", r.as_str(), s.http.framing_recovered[r.index()]))
-        .collect();
-    tracing::info!(
-        datagrams = s.wire.datagrams,
-        segments = s.wire.segments,
-        truncated_segments = s.wire.truncated_segments,
-        truncated_bytes = s.wire.truncated_bytes,
-        decode_drops = %errors.join(","),
-        flows_opened = s.flow.opened,
-        flows_evicted = s.flow.evicted,
-        reassembly_gaps = s.flow.reassembly.gaps,
-        gap_bytes = s.flow.reassembly.gap_bytes,
-        retransmitted_bytes = s.flow.reassembly.retransmitted_bytes,
-        requests = s.http.requests,
-        responses = s.http.responses,
-        pairs = s.http.pairs,
-        unanswered = s.http.unanswered,
-        unmatched_responses = s.http.unmatched_responses,
-        request_heads_lost = s.http.request_heads_lost,
-        responses_lost = s.http.responses_lost,
-        dropped_gap = s.http.dropped_gap,
-        damaged_gap = s.http.damaged_gap,
-        damaged_ended = s.http.damaged_ended,
-        framing_recovered = %recovered.join(","),
-        responses_held = s.http.responses_held,
-        held_timeouts = s.http.held_timeouts,
-        held_over_cap = s.http.held_over_cap,
-        pending_overflow = s.http.pending_overflow,
-        parse_errors = %parse_errors.join(","),
-        records = SinkStats::get(&sink.records),
-        produced = SinkStats::get(&sink.produced),
-        delivered = SinkStats::get(&sink.delivered),
-        failed = SinkStats::get(&sink.failed),
-        failed_too_large = SinkStats::get(&sink.failed_too_large),
-        spooled = SinkStats::get(&sink.spooled),
-        replayed = SinkStats::get(&sink.replayed),
-        dropped_spool_full = SinkStats::get(&sink.dropped_spool_full),
-        spool_pending = SinkStats::get(&sink.spool_pending),
-        spool_bytes = SinkStats::get(&sink.spool_bytes),
-        queue_full = SinkStats::get(&sink.queue_full),
-        records_too_large,
-        "{what}"
-    );
+/// Logs the daemon's counters (the rows of [`crate::counters`]) as one line.
+pub(super) fn log_daemon_summary(what: &str, shared: &Shared, sink: &SinkStats) {
+    let process = shared.process();
+    let p = total_stats(shared);
+    crate::counters::log_summary(what, &Snapshot { p: &p, sink, process });
 }
 
 /// The sum of every worker's last published counters.
