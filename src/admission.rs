@@ -87,8 +87,7 @@ mod tests {
     use super::*;
 
     fn vxlan(vni: u32) -> Vec<u8> {
-        let v = vni.to_be_bytes();
-        vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0]
+        crate::testkit::vxlan_header(vni).to_vec()
     }
 
     #[test]

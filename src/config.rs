@@ -609,7 +609,11 @@ const ALIASES: &[(&str, &[&str], AktoValue)] = &[
         &["AKTO_MODULE_DISCOVERY_CONFIG"],
         AktoValue::Text,
     ),
-    ("ignore_ip_traffic", &["AKTO_IGNORE_IP_TRAFFIC"], AktoValue::Bool),
+    (
+        "ignore_ip_traffic",
+        &["AKTO_IGNORE_IP_TRAFFIC"],
+        AktoValue::Bool,
+    ),
     (
         "ignore_cloud_metadata_calls",
         &["AKTO_IGNORE_CLOUD_METADATA_CALLS"],
@@ -661,90 +665,136 @@ pub fn layered_argv(
     let Some(sub) = cmd.find_subcommand(sub_name) else {
         return Ok(argv);
     };
-    // A setting of this command by its long name: the argument, and the matches that say
-    // whether the command line or a MIRROR_* variable set it.
-    let setting = |long: &str| {
-        let in_sub = sub
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long) && !a.is_positional());
-        match in_sub {
-            Some(a) => Some((a, sub_matches)),
-            None => cmd
-                .get_arguments()
-                .find(|a| a.get_long() == Some(long))
-                .map(|a| (a, &matches)),
-        }
-    };
-    let set_by_user = |arg: &clap::Arg, m: &ArgMatches| {
-        !matches!(
-            m.value_source(arg.get_id().as_str()),
-            None | Some(ValueSource::DefaultValue)
-        )
+    let settings = Parsed {
+        cmd: &cmd,
+        sub,
+        matches: &matches,
+        sub_matches,
     };
     let mut out = argv;
-    let mut by_alias = Vec::new();
-    for (id, names, kind) in ALIASES {
-        let Some((arg, m)) = setting(&id.replace('_', "-")) else {
-            continue;
-        };
-        if set_by_user(arg, m) {
-            continue;
-        }
-        let Some((name, value)) = names.iter().find_map(|n| alias(env, n).map(|v| (*n, v))) else {
-            continue;
-        };
-        by_alias.push(*id);
-        let long = arg.get_long().unwrap_or(id);
-        match (kind.flag_value(name, &value)?, kind) {
-            (Some(_), AktoValue::Bool) => out.push(format!("--{long}").into()),
-            (Some(v), _) => out.push(format!("--{long}={v}").into()),
-            (None, _) => {}
-        }
+    let by_alias = settings.alias_flags(env, &mut out)?;
+    if let Some(path) = matches.get_one::<PathBuf>("config") {
+        settings.file_flags(path, &by_alias, &mut out)?;
     }
-    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
-        return Ok(out);
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| bad("--config", path.display(), &format!("cannot read it: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| bad("--config", path.display(), &format!("not valid TOML: {e}")))?;
-    for (key, value) in &table {
-        let long = key.replace('_', "-");
-        let (arg, m) =
-            setting(&long).ok_or_else(|| bad(key, format!("{value:?}"), "no such setting"))?;
+    Ok(out)
+}
+
+/// A first parse of the command line: which settings the command has, and which of them the
+/// command line or a `MIRROR_*` variable set.
+struct Parsed<'a> {
+    cmd: &'a clap::Command,
+    sub: &'a clap::Command,
+    matches: &'a ArgMatches,
+    sub_matches: &'a ArgMatches,
+}
+
+impl<'a> Parsed<'a> {
+    /// A setting of the command (its own, else a global one) by its long name.
+    fn setting(&self, long: &str) -> Option<&'a clap::Arg> {
+        let is = |a: &&clap::Arg| a.get_long() == Some(long) && !a.is_positional();
+        self.sub
+            .get_arguments()
+            .find(is)
+            .or_else(|| self.cmd.get_arguments().find(is))
+    }
+
+    /// The command line or a `MIRROR_*` variable set `arg`.
+    fn set_by_user(&self, arg: &clap::Arg) -> bool {
         let id = arg.get_id().as_str();
-        if id == "config" {
-            return Err(bad(
-                key,
-                format!("{value:?}"),
-                "a config file cannot name another",
-            ));
+        let own = self.sub.get_arguments().any(|a| a.get_id() == id);
+        let m = if own { self.sub_matches } else { self.matches };
+        !matches!(m.value_source(id), None | Some(ValueSource::DefaultValue))
+    }
+
+    /// Appends a flag for every setting the user left unset and an Akto alias sets; returns
+    /// their ids.
+    fn alias_flags(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        out: &mut Vec<std::ffi::OsString>,
+    ) -> Result<Vec<&'static str>, ConfigError> {
+        let mut by_alias = Vec::new();
+        for (id, names, kind) in ALIASES {
+            let Some(arg) = self.setting(&id.replace('_', "-")) else {
+                continue;
+            };
+            if self.set_by_user(arg) {
+                continue;
+            }
+            let Some((name, value)) = names.iter().find_map(|n| alias(env, n).map(|v| (*n, v)))
+            else {
+                continue;
+            };
+            by_alias.push(*id);
+            let long = arg.get_long().unwrap_or(id);
+            match (kind.flag_value(name, &value)?, kind) {
+                (Some(_), AktoValue::Bool) => out.push(format!("--{long}").into()),
+                (Some(v), _) => out.push(format!("--{long}={v}").into()),
+                (None, _) => {}
+            }
         }
-        if set_by_user(arg, m) || by_alias.contains(&id) {
-            continue;
+        Ok(by_alias)
+    }
+
+    /// Appends the config file's settings that neither the user nor an alias set.
+    fn file_flags(
+        &self,
+        path: &std::path::Path,
+        by_alias: &[&str],
+        out: &mut Vec<std::ffi::OsString>,
+    ) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("--config", path.display(), &format!("cannot read it: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| bad("--config", path.display(), &format!("not valid TOML: {e}")))?;
+        for (key, value) in &table {
+            let long = key.replace('_', "-");
+            let arg = self
+                .setting(&long)
+                .ok_or_else(|| bad(key, format!("{value:?}"), "no such setting"))?;
+            let id = arg.get_id().as_str();
+            if id == "config" {
+                return Err(bad(
+                    key,
+                    format!("{value:?}"),
+                    "a config file cannot name another",
+                ));
+            }
+            if !self.set_by_user(arg) && !by_alias.contains(&id) {
+                toml_flags(key, &format!("--{long}"), value, out)?;
+            }
         }
-        let flag = format!("--{long}");
-        let items: Vec<&toml::Value> = match value {
-            toml::Value::Array(a) => a.iter().collect(),
-            v => vec![v],
-        };
-        for item in items {
-            match item {
-                toml::Value::Boolean(true) => out.push(flag.clone().into()),
-                toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
-                toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
-                toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
-                other => {
-                    return Err(bad(
-                        key,
-                        format!("{other:?}"),
-                        "expected a string, number, boolean or list",
-                    ));
-                }
+        Ok(())
+    }
+}
+
+/// The flags a config file's `key = value` stands for (a list: the flag once per item).
+fn toml_flags(
+    key: &str,
+    flag: &str,
+    value: &toml::Value,
+    out: &mut Vec<std::ffi::OsString>,
+) -> Result<(), ConfigError> {
+    let items: Vec<&toml::Value> = match value {
+        toml::Value::Array(a) => a.iter().collect(),
+        v => vec![v],
+    };
+    for item in items {
+        match item {
+            toml::Value::Boolean(true) => out.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
+            toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
+            toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
+            other => {
+                return Err(bad(
+                    key,
+                    format!("{other:?}"),
+                    "expected a string, number, boolean or list",
+                ));
             }
         }
     }
-    Ok(out)
+    Ok(())
 }

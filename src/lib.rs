@@ -30,4 +30,6 @@ pub mod ingest;
 pub mod pipeline;
 pub mod record;
 pub mod sink;
+#[doc(hidden)]
+pub mod testkit;
 pub mod wire;

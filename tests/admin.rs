@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{Broker, Daemon, get, metric, sample, tansu_bin, vxlan_payloads, wait_for};
+use common::{
+    Broker, Daemon, Need, get, metric, sample, skip, tansu_or_skip, vxlan_payloads, wait_for,
+};
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// A daemon with two workers and its admin endpoint on a free port, given by the flag.
@@ -99,22 +100,9 @@ fn metrics_count_what_was_sent_and_written() {
     assert!(text.contains("mirror_build_info{version="), "{text}");
 }
 
-/// tansu, or `None` after saying why the test is skipped (a failure when `TANSU_REQUIRED` is set).
-fn tansu() -> Option<PathBuf> {
-    let found = tansu_bin();
-    if let Err(why) = &found {
-        assert!(
-            std::env::var_os("TANSU_REQUIRED").is_none(),
-            "TANSU_REQUIRED is set but tansu is missing"
-        );
-        eprintln!("SKIP: {why}");
-    }
-    found.ok()
-}
-
 #[test]
 fn readyz_follows_the_broker() {
-    let Some(tansu) = tansu() else {
+    let Some(tansu) = tansu_or_skip("readyz_follows_the_broker") else {
         return;
     };
     let broker = Broker::start(&tansu);
@@ -254,11 +242,7 @@ fn openmetrics_python() -> Option<String> {
         return Some(python);
     }
     let why = format!("{python} cannot import prometheus_client; install: {INSTALL}");
-    assert!(
-        !std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1"),
-        "MIRROR_INFRA_REQUIRE=1 but {why}"
-    );
-    eprintln!("SKIP: {why}");
+    skip(Need::Infra, "the OpenMetrics check", &why);
     None
 }
 

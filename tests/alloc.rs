@@ -7,10 +7,11 @@
 //!   buffer: far less than one allocation per packet.
 
 use mirror_receiver::pipeline::{Pipeline, PipelineConfig};
-use mirror_receiver::wire::{TcpFlags, TcpSegment};
+use mirror_receiver::testkit::{NO_FLAGS, SYN, segment};
+use mirror_receiver::wire::TcpSegment;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 struct Counting;
 
@@ -57,7 +58,7 @@ fn allocs() -> u64 {
 }
 
 fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)
+    SocketAddr::from((ip, port))
 }
 
 fn seg<'a>(
@@ -68,19 +69,8 @@ fn seg<'a>(
     syn: bool,
     payload: &'a [u8],
 ) -> TcpSegment<'a> {
-    TcpSegment {
-        src,
-        dst,
-        seq,
-        ack: Some(ack),
-        flags: TcpFlags {
-            syn,
-            fin: false,
-            rst: false,
-        },
-        payload,
-        missing: 0,
-    }
+    let flags = if syn { SYN } else { NO_FLAGS };
+    segment(src, dst, seq, Some(ack), flags, payload)
 }
 
 const SECOND: u64 = 1_000_000;

@@ -3,6 +3,9 @@
 //! of real programs, with nginx's own access log. Where the corpus report shows tshark is wrong,
 //! the right answer is pinned instead (see `PINNED`).
 
+mod common;
+
+use common::Need;
 use mirror_receiver::app::replay_capture;
 use mirror_receiver::capture::CaptureReader;
 use mirror_receiver::http::{Exchange, StartLine};
@@ -13,16 +16,14 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 fn corpus() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    if dir.join("oracle").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIP: {} not found; the conformance test needs the shared corpus beside the project",
-            dir.display()
-        );
-        None
-    }
+    common::corpus_dir(&[])
+        .ok()
+        .filter(|d| d.join("oracle").is_dir())
+        .or_else(|| {
+            let why = "the shared corpus (with its oracle/) is not beside the project";
+            common::skip(Need::Corpus, "conformance", why);
+            None
+        })
 }
 
 /// (client, server, method, uri, status): what identifies a pair across tools.

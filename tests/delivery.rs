@@ -40,10 +40,14 @@
 mod common;
 
 use common::{
-    Broker, Daemon, Msg, TopicReader, corpus_dir, free_tcp_port, skip, tansu_bin, wait_until,
+    Broker, Daemon, Msg, Need, TopicReader, free_tcp_port, kafka_prerequisites, skip, wait_until,
 };
+use mirror_receiver::sink::spool::parse_segment_name;
+use mirror_receiver::testkit::{FIN, NO_FLAGS, Pcap, Peers, SYN, outer_frame, vxlan_datagram};
+use mirror_receiver::wire::TcpFlags;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -71,10 +75,7 @@ struct Env {
 }
 
 fn prerequisites(test: &str) -> Option<Env> {
-    let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
-    let corpus = corpus_dir(&["replay_udp.py", LOAD_CAPTURE])
-        .map_err(|e| skip(test, &e))
-        .ok()?;
+    let (tansu, corpus) = kafka_prerequisites(test, &["replay_udp.py", LOAD_CAPTURE])?;
     if Command::new("python3")
         .arg("-V")
         .stdout(Stdio::null())
@@ -82,7 +83,11 @@ fn prerequisites(test: &str) -> Option<Env> {
         .status()
         .map_or(true, |s| !s.success())
     {
-        skip(test, "python3 not found (needed by replay_udp.py)");
+        skip(
+            Need::Kafka,
+            test,
+            "python3 not found (needed by replay_udp.py)",
+        );
         return None;
     }
     let _serial = serial();
@@ -259,8 +264,8 @@ fn synth_capture(
     let mut flows: Vec<Tcp> = (0..conns).map(Tcp::new).collect();
     for f in &mut flows {
         f.segment(&mut pcap, true, SYN, b"");
-        f.segment(&mut pcap, false, SYN | ACK, b"");
-        f.segment(&mut pcap, true, ACK, b"");
+        f.segment(&mut pcap, false, SYN, b"");
+        f.segment(&mut pcap, true, NO_FLAGS, b"");
     }
     for i in 0..per_conn {
         for (c, f) in (0..conns).zip(&mut flows) {
@@ -280,83 +285,18 @@ fn synth_capture(
         }
     }
     for f in &mut flows {
-        f.segment(&mut pcap, true, FIN | ACK, b"");
-        f.segment(&mut pcap, false, FIN | ACK, b"");
-        f.segment(&mut pcap, true, ACK, b"");
+        f.segment(&mut pcap, true, FIN, b"");
+        f.segment(&mut pcap, false, FIN, b"");
+        f.segment(&mut pcap, true, NO_FLAGS, b"");
     }
-    std::fs::write(path, pcap.bytes).expect("writing the capture");
+    std::fs::write(path, pcap.into_bytes()).expect("writing the capture");
 }
 
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
 const MSS: usize = 1448;
-
-/// A classic pcap (Ethernet) being written in memory.
-struct Pcap {
-    bytes: Vec<u8>,
-    ts_us: u64,
-}
-
-impl Default for Pcap {
-    fn default() -> Pcap {
-        let mut bytes = Vec::new();
-        bytes.extend(0xa1b2_c3d4u32.to_le_bytes());
-        bytes.extend(2u16.to_le_bytes());
-        bytes.extend(4u16.to_le_bytes());
-        bytes.extend([0; 8]); // thiszone, sigfigs
-        bytes.extend(65535u32.to_le_bytes());
-        bytes.extend(1u32.to_le_bytes()); // Ethernet
-        Pcap {
-            bytes,
-            ts_us: 1_750_000_000_000_000,
-        }
-    }
-}
-
-impl Pcap {
-    fn frame(&mut self, frame: &[u8]) {
-        self.ts_us += 50;
-        let len = u32::try_from(frame.len()).unwrap();
-        self.bytes
-            .extend(u32::try_from(self.ts_us / 1_000_000).unwrap().to_le_bytes());
-        self.bytes
-            .extend(u32::try_from(self.ts_us % 1_000_000).unwrap().to_le_bytes());
-        self.bytes.extend(len.to_le_bytes());
-        self.bytes.extend(len.to_le_bytes());
-        self.bytes.extend(frame);
-    }
-}
-
-fn ethernet(payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
-    f.extend(payload);
-    f
-}
-
-fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let total = u16::try_from(20 + payload.len()).unwrap().to_be_bytes();
-    let mut h = vec![0x45, 0, total[0], total[1], 0, 0, 0, 0, 64, proto, 0, 0];
-    h.extend(src);
-    h.extend(dst);
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    h.extend(payload);
-    h
-}
 
 /// One TCP connection of the synthetic capture.
 struct Tcp {
-    client: ([u8; 4], u16),
-    server: ([u8; 4], u16),
-    seq: [u32; 2],
+    peers: Peers,
     /// Outer UDP source port (AWS: one per flow).
     outer_sport: u16,
 }
@@ -364,58 +304,24 @@ struct Tcp {
 impl Tcp {
     fn new(c: u32) -> Tcp {
         let [_, _, hi, lo] = c.to_be_bytes();
+        let client = SocketAddr::from(([10, 1, hi, lo], 40000 + u16::try_from(c % 20000).unwrap()));
+        let server = SocketAddr::from(([10, 2, 0, 1], 80));
         Tcp {
-            client: ([10, 1, hi, lo], 40000 + u16::try_from(c % 20000).unwrap()),
-            server: ([10, 2, 0, 1], 80),
-            seq: [1_000_000 * c, 2_000_000 + 1_000_000 * c],
+            peers: Peers::with_isn(client, server, [1_000_000 * c, 2_000_000 + 1_000_000 * c]),
             outer_sport: 65280 + u16::try_from(c % 256).unwrap(),
         }
     }
 
-    fn segment(&mut self, pcap: &mut Pcap, from_client: bool, flags: u8, data: &[u8]) {
-        let (me, peer) = if from_client { (0, 1) } else { (1, 0) };
-        let (src, dst) = if from_client {
-            (self.client, self.server)
-        } else {
-            (self.server, self.client)
-        };
-        // Every segment but the client's SYN acknowledges the peer.
-        let ack = if flags & SYN == 0 || !from_client {
-            self.seq[peer]
-        } else {
-            0
-        };
-        let mut tcp = Vec::with_capacity(20 + data.len());
-        tcp.extend(src.1.to_be_bytes());
-        tcp.extend(dst.1.to_be_bytes());
-        tcp.extend(self.seq[me].to_be_bytes());
-        tcp.extend(ack.to_be_bytes());
-        tcp.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        tcp.extend(data);
-        let inner = ethernet(&ipv4(6, src.0, dst.0, &tcp));
-        let mut udp_payload = vec![0x08, 0, 0, 0, 0, 0, 7, 0]; // VXLAN, VNI 7
-        udp_payload.extend(&inner);
-        let udp_len = u16::try_from(8 + udp_payload.len()).unwrap();
-        let mut udp = Vec::new();
-        udp.extend(self.outer_sport.to_be_bytes());
-        udp.extend(4789u16.to_be_bytes());
-        udp.extend(udp_len.to_be_bytes());
-        udp.extend([0, 0]);
-        udp.extend(udp_payload);
-        pcap.frame(&ethernet(&ipv4(17, [10, 0, 0, 1], [10, 0, 0, 2], &udp)));
-        let advance = data.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
-        self.seq[me] = self.seq[me].wrapping_add(advance);
+    /// One segment, as the receiver's capture shows it: VXLAN (VNI 7) on UDP 4789.
+    fn segment(&mut self, pcap: &mut Pcap, from_client: bool, flags: TcpFlags, data: &[u8]) {
+        let seg = self.peers.seg(from_client, flags, data);
+        let datagram = vxlan_datagram(7, &seg.as_segment());
+        pcap.frame(&outer_frame(self.outer_sport, &datagram));
     }
 
     fn send(&mut self, pcap: &mut Pcap, from_client: bool, data: &[u8]) {
-        let chunks: Vec<&[u8]> = data.chunks(MSS).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            let flags = if n + 1 == chunks.len() {
-                PSH | ACK
-            } else {
-                ACK
-            };
-            self.segment(pcap, from_client, flags, chunk);
+        for chunk in data.chunks(MSS) {
+            self.segment(pcap, from_client, NO_FLAGS, chunk);
         }
     }
 }
@@ -544,11 +450,7 @@ fn spool_segment_bytes(dir: &Path) -> u64 {
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with("spool-") && name.ends_with(".log")
-                })
+                .filter(|e| parse_segment_name(&e.file_name()).is_some())
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.len())
                 .sum()
@@ -565,6 +467,82 @@ fn untimed_all(lines: &[String]) -> Vec<String> {
     lines.iter().map(|l| untimed(l)).collect()
 }
 
+/// What a delivery test starts from: its prerequisites, a work directory with the spool's place,
+/// a synthetic capture ([`synth_capture`]) and the JSON lines a replay of it writes (the
+/// reference for the daemon's records).
+struct Scenario {
+    test: &'static str,
+    env: Env,
+    _work: tempfile::TempDir,
+    capture: PathBuf,
+    spool: PathBuf,
+    lines: Vec<String>,
+}
+
+impl Scenario {
+    /// `None` when a prerequisite is missing: the test is skipped (see `common::skip`).
+    fn new(
+        test: &'static str,
+        tag: &str,
+        conns: u32,
+        per_conn: u32,
+        body: impl Fn(u32, u32) -> usize,
+    ) -> Option<Scenario> {
+        let env = prerequisites(test)?;
+        let work = tempfile::tempdir().unwrap();
+        let capture = work.path().join("traffic.pcap");
+        synth_capture(&capture, tag, conns, per_conn, body);
+        let lines = replay_json_lines(&capture);
+        Some(Scenario {
+            test,
+            env,
+            spool: work.path().join("spool"),
+            _work: work,
+            capture,
+            lines,
+        })
+    }
+
+    /// A daemon's settings: `brokers`, `topic`, this scenario's spool (1 GiB), `extra` flags.
+    fn daemon<'a>(&'a self, brokers: String, topic: &'a str, extra: &[&str]) -> DaemonConfig<'a> {
+        DaemonConfig {
+            brokers,
+            topic,
+            spool_dir: &self.spool,
+            spool_max_bytes: 1 << 30,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Bytes the spool frames of every record take.
+    fn frame_bytes(&self) -> u64 {
+        // `time` is ten digits in both, so a daemon's record is as long as the replay's.
+        self.lines.iter().map(|l| frame_bytes(l)).sum()
+    }
+
+    fn passed(&self) {
+        eprintln!(
+            "{}: passed in {:.1?}",
+            self.test,
+            self.env.started.elapsed()
+        );
+    }
+}
+
+/// The end of an outage test: every record was received, went through the spool and left it,
+/// none dropped or failed.
+fn assert_delivered_through_the_spool(summary: &Summary, want: &[String]) {
+    assert_eq!(
+        summary.get("records"),
+        want.len() as u64,
+        "records received"
+    );
+    assert!(summary.get("spooled") > 0, "nothing was spooled");
+    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
+    assert_eq!(summary.get("dropped_spool_full"), 0);
+    assert_eq!(summary.get("failed"), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -573,28 +551,18 @@ fn untimed_all(lines: &[String]) -> Vec<String> {
 #[test]
 fn broker_down_at_start() {
     let test = "broker_down_at_start";
-    let Some(env) = prerequisites(test) else {
+    let Some(sc) = Scenario::new(test, "down-at-start", 40, 100, |_, _| 400) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let capture = work.path().join("traffic.pcap");
-    synth_capture(&capture, "down-at-start", 40, 100, |_, _| 400);
-    let want = untimed_all(&replay_json_lines(&capture));
+    let (env, capture) = (&sc.env, &sc.capture);
+    let want = untimed_all(&sc.lines);
     assert_eq!(want.len(), 4000, "records of the synthetic capture");
 
     let kafka_port = free_tcp_port();
     let topic = "delivery.down.at.start";
-    let spool = work.path().join("spool");
-    let cfg = DaemonConfig {
-        brokers: format!("127.0.0.1:{kafka_port}"),
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: Vec::new(),
-    };
-    let mut daemon = start_daemon(&cfg);
+    let mut daemon = start_daemon(&sc.daemon(format!("127.0.0.1:{kafka_port}"), topic, &[]));
     let traffic_start = Instant::now();
-    send_all(&env, &capture, daemon.port, 10_000);
+    send_all(env, capture, daemon.port, 10_000);
     daemon.wait_for_line("kafka unavailable", Duration::from_secs(15));
 
     std::thread::sleep(Duration::from_secs(10).saturating_sub(traffic_start.elapsed()));
@@ -625,46 +593,27 @@ fn broker_down_at_start() {
         cmp.describe(),
         summary.show()
     );
-    assert_eq!(
-        summary.get("records"),
-        want.len() as u64,
-        "records received"
-    );
-    assert!(summary.get("spooled") > 0, "nothing was spooled");
-    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    assert_eq!(summary.get("dropped_spool_full"), 0);
-    assert_eq!(summary.get("failed"), 0);
+    assert_delivered_through_the_spool(&summary, &want);
     cmp.assert_exact("exactly the records sent");
-    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
+    sc.passed();
 }
 
 /// The broker is SIGSTOPped for 10 s while traffic flows: every record arrives at least once.
 #[test]
 fn broker_paused_while_traffic_flows() {
     let test = "broker_paused_while_traffic_flows";
-    let Some(env) = prerequisites(test) else {
+    let Some(sc) = Scenario::new(test, "paused", 60, 100, |_, _| 400) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let capture = work.path().join("traffic.pcap");
-    synth_capture(&capture, "paused", 60, 100, |_, _| 400);
-    let want = untimed_all(&replay_json_lines(&capture));
+    let want = untimed_all(&sc.lines);
     assert_eq!(want.len(), 6000, "records of the synthetic capture");
 
-    let broker = Broker::start(&env.tansu);
+    let broker = Broker::start(&sc.env.tansu);
     let topic = "delivery.paused";
     broker.create_topic(topic, 3);
-    let spool = work.path().join("spool");
-    let cfg = DaemonConfig {
-        brokers: broker.bootstrap(),
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: Vec::new(),
-    };
-    let mut daemon = start_daemon(&cfg);
+    let mut daemon = start_daemon(&sc.daemon(broker.bootstrap(), topic, &[]));
     // About 12,300 datagrams at 1,000 a second: the pause falls in the middle of the traffic.
-    let mut sender = Sender::start(&env, &capture, daemon.port, 1000);
+    let mut sender = Sender::start(&sc.env, &sc.capture, daemon.port, 1000);
     std::thread::sleep(Duration::from_secs(2));
     broker.pause();
     let paused = Instant::now();
@@ -701,22 +650,14 @@ fn broker_paused_while_traffic_flows() {
         cmp.describe(),
         summary.show()
     );
-    assert_eq!(
-        summary.get("records"),
-        want.len() as u64,
-        "records received"
-    );
     assert!(
         daemon.stderr().contains("kafka unavailable"),
         "the pause was not noticed"
     );
-    assert!(summary.get("spooled") > 0, "nothing was spooled");
-    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    assert_eq!(summary.get("dropped_spool_full"), 0);
-    assert_eq!(summary.get("failed"), 0);
+    assert_delivered_through_the_spool(&summary, &want);
     assert_eq!(cmp.missing, 0, "{}", cmp.describe());
     assert_eq!(cmp.unexpected, 0, "{}", cmp.describe());
-    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
+    sc.passed();
 }
 
 /// With the broker down and every record in the spool files, the daemon is SIGKILLed; restarted
@@ -724,39 +665,29 @@ fn broker_paused_while_traffic_flows() {
 #[test]
 fn receiver_killed_with_records_spooled() {
     let test = "receiver_killed_with_records_spooled";
-    let Some(env) = prerequisites(test) else {
+    let Some(sc) = Scenario::new(test, "killed", 40, 100, |_, _| 400) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let capture = work.path().join("traffic.pcap");
-    synth_capture(&capture, "killed", 40, 100, |_, _| 400);
-    let lines = replay_json_lines(&capture);
-    let want = untimed_all(&lines);
+    let (env, spool) = (&sc.env, &sc.spool);
+    let want = untimed_all(&sc.lines);
     assert_eq!(want.len(), 4000, "records of the synthetic capture");
-    // `time` is ten digits in both, so a daemon's record is as long as the replay's.
-    let want_bytes: u64 = lines.iter().map(|l| frame_bytes(l)).sum();
+    let want_bytes = sc.frame_bytes();
 
-    let spool = work.path().join("spool");
     let topic = "delivery.killed";
-    let mut first = start_daemon(&DaemonConfig {
-        brokers: format!("127.0.0.1:{}", free_tcp_port()),
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: Vec::new(),
-    });
-    send_all(&env, &capture, first.port, 10_000);
+    let down = format!("127.0.0.1:{}", free_tcp_port());
+    let mut first = start_daemon(&sc.daemon(down, topic, &[]));
+    send_all(env, &sc.capture, first.port, 10_000);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while spool_segment_bytes(&spool) < want_bytes {
+    while spool_segment_bytes(spool) < want_bytes {
         assert!(
             Instant::now() < deadline,
             "the spool holds {} bytes, {want_bytes} expected, 30 s after the traffic\n{}",
-            spool_segment_bytes(&spool),
+            spool_segment_bytes(spool),
             first.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let spooled = spool_segment_bytes(&spool);
+    let spooled = spool_segment_bytes(spool);
     first.kill();
     eprintln!("  killed with {spooled} bytes in the spool ({want_bytes} expected)");
     assert_eq!(spooled, want_bytes, "spool bytes: each record once");
@@ -764,13 +695,7 @@ fn receiver_killed_with_records_spooled() {
     let broker = Broker::start(&env.tansu);
     broker.create_topic(topic, 3);
     let restarted = Instant::now();
-    let mut second = start_daemon(&DaemonConfig {
-        brokers: broker.bootstrap(),
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: Vec::new(),
-    });
+    let mut second = start_daemon(&sc.daemon(broker.bootstrap(), topic, &[]));
     assert!(
         second
             .stderr()
@@ -800,7 +725,7 @@ fn receiver_killed_with_records_spooled() {
     assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
     cmp.assert_exact("exactly the records spooled");
-    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
+    sc.passed();
 }
 
 /// A 1 MiB spool and two outages. First `real-load-10k` (10,000 records of ~770 bytes) arrives
@@ -912,16 +837,13 @@ fn settled_spool_bytes(dir: &Path) -> u64 {
 #[test]
 fn oversized_record_fails_alone() {
     let test = "oversized_record_fails_alone";
-    let Some(env) = prerequisites(test) else {
+    let big = |c: u32, i: u32| c == 3 && i % 25 == 7;
+    let Some(sc) = Scenario::new(test, "oversized", 20, 100, |c, i| {
+        if big(c, i) { 60_000 } else { 400 }
+    }) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let capture = work.path().join("traffic.pcap");
-    let big = |c: u32, i: u32| c == 3 && i % 25 == 7;
-    synth_capture(&capture, "oversized", 20, 100, |c, i| {
-        if big(c, i) { 60_000 } else { 400 }
-    });
-    let lines = replay_json_lines(&capture);
+    let lines = &sc.lines;
     assert_eq!(lines.len(), 2000, "records of the synthetic capture");
     let limit = 32_768;
     let (large, small): (Vec<String>, Vec<String>) =
@@ -929,21 +851,13 @@ fn oversized_record_fails_alone() {
     assert_eq!(large.len(), 4, "records over {limit} bytes");
     let want = untimed_all(&small);
 
-    let broker = Broker::start(&env.tansu);
+    let broker = Broker::start(&sc.env.tansu);
     let topic = "delivery.oversized";
     broker.create_topic(topic, 3);
-    let spool = work.path().join("spool");
-    let mut daemon = start_daemon(&DaemonConfig {
-        brokers: broker.bootstrap(),
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: vec![
-            "--kafka-option".into(),
-            format!("message.max.bytes={limit}"),
-        ],
-    });
-    send_all(&env, &capture, daemon.port, 10_000);
+    let max_bytes = format!("message.max.bytes={limit}");
+    let cfg = sc.daemon(broker.bootstrap(), topic, &["--kafka-option", &max_bytes]);
+    let mut daemon = start_daemon(&cfg);
+    send_all(&sc.env, &sc.capture, daemon.port, 10_000);
     let mut reader = TopicReader::new(&broker.bootstrap(), topic);
     let complete = read_all_of(&mut reader, &want, Duration::from_secs(30));
     reader.linger(Duration::from_secs(2));
@@ -974,7 +888,7 @@ fn oversized_record_fails_alone() {
     assert_eq!(summary.get("delivered"), want.len() as u64, "delivered");
     assert_eq!(summary.get("spooled"), 0, "spooled");
     cmp.assert_exact("every record but the oversized ones, once");
-    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
+    sc.passed();
 }
 
 /// SIGTERM while the broker is down and a canary is in flight: the daemon exits 0 within
@@ -982,34 +896,24 @@ fn oversized_record_fails_alone() {
 #[test]
 fn sigterm_during_outage_keeps_spool() {
     let test = "sigterm_during_outage_keeps_spool";
-    let Some(env) = prerequisites(test) else {
+    let Some(sc) = Scenario::new(test, "sigterm", 20, 100, |_, _| 400) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let capture = work.path().join("traffic.pcap");
-    synth_capture(&capture, "sigterm", 20, 100, |_, _| 400);
-    let lines = replay_json_lines(&capture);
-    let want = untimed_all(&lines);
+    let (env, spool) = (&sc.env, &sc.spool);
+    let want = untimed_all(&sc.lines);
     assert_eq!(want.len(), 2000, "records of the synthetic capture");
-    let want_bytes: u64 = lines.iter().map(|l| frame_bytes(l)).sum();
+    let want_bytes = sc.frame_bytes();
 
-    let spool = work.path().join("spool");
     let topic = "delivery.sigterm";
-    let cfg = |brokers: String| DaemonConfig {
-        brokers,
-        topic,
-        spool_dir: &spool,
-        spool_max_bytes: 1 << 30,
-        extra: vec!["--shutdown-timeout".into(), "5".into()],
-    };
+    let cfg = |brokers: String| sc.daemon(brokers, topic, &["--shutdown-timeout", "5"]);
     let mut first = start_daemon(&cfg(format!("127.0.0.1:{}", free_tcp_port())));
-    send_all(&env, &capture, first.port, 10_000);
+    send_all(env, &sc.capture, first.port, 10_000);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while spool_segment_bytes(&spool) < want_bytes {
+    while spool_segment_bytes(spool) < want_bytes {
         assert!(
             Instant::now() < deadline,
             "the spool holds {} bytes, {want_bytes} expected, 30 s after the traffic",
-            spool_segment_bytes(&spool)
+            spool_segment_bytes(spool)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1066,5 +970,5 @@ fn sigterm_during_outage_keeps_spool() {
     assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
     cmp.assert_exact("exactly the records spooled");
-    eprintln!("{test}: passed in {:.1?}", env.started.elapsed());
+    sc.passed();
 }

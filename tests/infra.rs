@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::BIN;
+use common::{BIN, Need, skip};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -26,10 +26,6 @@ fn template() -> PathBuf {
 
 fn packer_template() -> PathBuf {
     Path::new(ROOT).join("packer/mirror-receiver.pkr.hcl")
-}
-
-fn required() -> bool {
-    std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1")
 }
 
 /// The tool's program (from `env_var` or `PATH`) if it runs, else a skip (or a panic when
@@ -58,10 +54,8 @@ fn tool(name: &str, env_var: &str, version_args: &[&str], install: &str) -> Opti
                 ),
                 Err(e) => format!("{program} not found ({e})"),
             };
-            if required() {
-                panic!("MIRROR_INFRA_REQUIRE=1 but {why}; install: {install}");
-            }
-            eprintln!("SKIP: {why}; install: {install} (or set {env_var})");
+            let why = format!("{why}; install: {install} (or set {env_var})");
+            skip(Need::Infra, name, &why);
             None
         }
     }
@@ -222,11 +216,10 @@ fn packer_template_validates() {
     let all = text(&out);
     if !out.status.success() && all.contains("amazon-ebs") && all.contains("plugin") {
         // Packer >= 1.10 without the amazon plugin.
-        let why = format!("packer lacks the amazon plugin: {all}");
-        if required() {
-            panic!("{why}; run `packer plugins install github.com/hashicorp/amazon`");
-        }
-        eprintln!("SKIP: {why}; run `packer plugins install github.com/hashicorp/amazon`");
+        let why = format!(
+            "packer lacks the amazon plugin: {all}; run `packer plugins install github.com/hashicorp/amazon`"
+        );
+        skip(Need::Infra, "packer_template_validates", &why);
         return;
     }
     assert!(out.status.success(), "packer validate: {all}");

@@ -15,7 +15,9 @@
 
 mod common;
 
-use common::{Broker, Daemon, Msg, TopicReader, corpus_dir, run_ok, skip, tansu_bin};
+use common::{
+    Broker, Daemon, Msg, Need, TopicReader, kafka_prerequisites, run_ok, skip, tansu_or_skip,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,14 +30,13 @@ use std::time::{Duration, Instant};
 
 /// tansu and the corpus, or `None` after reporting the skip.
 fn prerequisites(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
-    let corpus = corpus_dir(&[
-        "real/real-nginx-small.pcap",
-        "vxlan/real-nginx-small.vxlan.pcap",
-    ])
-    .map_err(|e| skip(test, &e))
-    .ok()?;
-    Some((tansu, corpus))
+    kafka_prerequisites(
+        test,
+        &[
+            "real/real-nginx-small.pcap",
+            "vxlan/real-nginx-small.vxlan.pcap",
+        ],
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,6 +243,7 @@ fn daemon_to_kafka_then_clean_shutdown() {
     let sender = corpus.join("replay_udp.py");
     if !sender.is_file() || Command::new("python3").arg("-V").output().is_err() {
         skip(
+            Need::Kafka,
             "daemon_to_kafka_then_clean_shutdown",
             "python3 or replay_udp.py missing",
         );
@@ -341,9 +343,8 @@ fn kafka_sink_record_size_limits() {
     use mirror_receiver::sink::kafka::{KafkaSettings, KafkaSink};
     use mirror_receiver::sink::{Sink, SinkStats};
     let test = "kafka_sink_record_size_limits";
-    let tansu = match tansu_bin() {
-        Ok(t) => t,
-        Err(e) => return skip(test, &e),
+    let Some(tansu) = tansu_or_skip(test) else {
+        return;
     };
     let broker = Broker::start(&tansu);
     let topic = "mirror.receiver.big.records";
@@ -620,7 +621,7 @@ fn broker_and_sink_settings(
     tempfile::TempDir,
     mirror_receiver::sink::kafka::KafkaSettings,
 )> {
-    let tansu = tansu_bin().map_err(|e| skip(test, &e)).ok()?;
+    let tansu = tansu_or_skip(test)?;
     let broker = Broker::start(&tansu);
     broker.create_topic(topic, 1);
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{Need, skip};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -19,17 +21,9 @@ const CI_VENV_PYTHON: &str = "/opt/mirror-receiver-ci-venv/bin/python";
 const INSTALL: &str = "python3 -m venv /opt/mirror-receiver-ci-venv && \
                        /opt/mirror-receiver-ci-venv/bin/pip install boto3 'moto[server]'";
 
-fn required() -> bool {
-    std::env::var("MIRROR_INFRA_REQUIRE").is_ok_and(|v| v == "1")
-}
-
 fn skip_or_fail(why: &str) {
-    if required() {
-        panic!(
-            "MIRROR_INFRA_REQUIRE=1 but {why}; install: {INSTALL} (or set MIRROR_SESSIONS_PYTHON)"
-        );
-    }
-    eprintln!("SKIP: {why}; install: {INSTALL} (or set MIRROR_SESSIONS_PYTHON)");
+    let why = format!("{why}; install: {INSTALL} (or set MIRROR_SESSIONS_PYTHON)");
+    skip(Need::Infra, "the sessions-sync tests", &why);
 }
 
 /// A Python that can import what the test needs and has `moto_server` beside it.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BIN, free_udp_port, receiver, signal};
+use common::{BIN, Need, free_udp_port, receiver, signal, skip};
 use std::process::Command;
 
 const UNIT: &str = concat!(
@@ -19,10 +19,11 @@ fn unit_copy() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: systemd-analyze not found (Debian package systemd)");
-        if std::env::var_os("MIRROR_SYSTEMD_REQUIRE").is_some() {
-            panic!("MIRROR_SYSTEMD_REQUIRE is set but systemd-analyze is missing");
-        }
+        skip(
+            Need::Systemd,
+            "the systemd unit checks",
+            "systemd-analyze not found (Debian package systemd)",
+        );
         return None;
     }
     let text = std::fs::read_to_string(UNIT).unwrap();

@@ -83,6 +83,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -305,125 +306,34 @@ impl Spool {
         fs::create_dir_all(&dir)?;
         let lock = lock_dir(&dir)?;
         let max_rest = segment_bytes.min(u64::from(u32::MAX) - FIXED_REST) + FIXED_REST;
-        let mut stats = SpoolStats::default();
-
-        let mut numbers = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            if let Some(n) = parse_segment_name(&entry?.file_name()) {
-                numbers.push(n);
-            }
-        }
-        numbers.sort_unstable();
-
+        let mut numbers = segment_numbers(&dir)?;
         let stored = read_cursor(&dir.join(CURSOR_FILE))?;
-        let mut cursor = stored.unwrap_or(SpoolPos {
-            segment: numbers.first().copied().unwrap_or(0),
-            offset: 0,
-        });
-        // Segments before the cursor were acknowledged; a crash may have kept them from going.
-        for &n in numbers.iter().filter(|&&n| n < cursor.segment) {
-            remove_if_exists(&segment_path(&dir, n))?;
-        }
-        numbers.retain(|&n| n >= cursor.segment);
-        match numbers.first() {
-            Some(&first) if first == cursor.segment => {}
-            Some(&first) => {
-                cursor = SpoolPos {
-                    segment: first,
-                    offset: 0,
-                }
-            }
-            None => cursor.offset = 0,
-        }
-
+        let mut cursor = place_cursor(&dir, &mut numbers, stored)?;
         let logged = read_ack_log(&dir.join(ACK_LOG_FILE), cursor)?;
-        let mut acked = BTreeSet::new();
-        let mut segments = BTreeMap::new();
-        let mut frames_total = 0u64;
-        let mut active = None;
+        let mut found = Found::default();
         for (i, &n) in numbers.iter().enumerate() {
             let last = i + 1 == numbers.len();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(last)
-                .open(segment_path(&dir, n))?;
-            let mut len = file.metadata()?.len();
-            let mut start = 0;
-            if n == cursor.segment {
-                if cursor.offset > len {
-                    tracing::warn!(
-                        segment = n,
-                        cursor = cursor.offset,
-                        len,
-                        "spool: the cursor is past the end of its segment"
-                    );
-                    cursor.offset = len;
-                }
-                start = cursor.offset;
-            }
-            let scan = scan_segment(&file, n, start, len, max_rest, last, &logged, &mut acked)?;
-            if last && scan.valid_end < len {
-                let torn = len - scan.valid_end;
-                tracing::warn!(
-                    segment = n,
-                    offset = scan.valid_end,
-                    bytes = torn,
-                    impossible_length = scan.impossible,
-                    "spool: truncating a torn or unreadable tail"
-                );
-                stats.torn_bytes += torn;
-                if scan.impossible {
-                    stats.corrupt_frames += 1;
-                }
-                file.set_len(scan.valid_end)?;
-                len = scan.valid_end;
-            }
-            frames_total += scan.frames;
-            segments.insert(
-                n,
-                Segment {
-                    len,
-                    frames: scan.frames,
-                    passed: 0,
-                },
-            );
-            if last {
-                active = Some((n, file));
-            }
+            found.segment(&dir, n, last, &mut cursor, max_rest, &logged)?;
         }
+        let Found {
+            acked,
+            mut segments,
+            frames,
+            active,
+            mut stats,
+        } = found;
         let mut dir_unsynced = false;
         let (active_segment, active_file) = match active {
             Some(a) => a,
             None => {
-                let n = cursor.segment;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(segment_path(&dir, n))?;
-                segments.insert(n, Segment::default());
                 dir_unsynced = true;
-                (n, file)
+                segments.insert(cursor.segment, Segment::default());
+                (cursor.segment, create_segment(&dir, cursor.segment)?)
             }
         };
-
-        // Keep only the entries that name a frame at or after the cursor: the others are dead, or
-        // name a position a truncated tail freed for new records.
-        let ack_log_path = dir.join(ACK_LOG_FILE);
-        let live_bytes = (acked.len() * POS_RECORD) as u64;
-        if fs::metadata(&ack_log_path).map_or(0, |m| m.len()) != live_bytes {
-            write_atomic(&dir, ACK_LOG_FILE, &encode_positions(&acked), false)?;
-            dir_unsynced = true;
-        }
-        let ack_log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&ack_log_path)?;
-
-        let unread = frames_total.saturating_sub(acked.len() as u64);
+        let (ack_log, live_bytes, rewritten) = open_ack_log(&dir, &acked)?;
+        dir_unsynced |= rewritten;
+        let unread = frames.saturating_sub(acked.len() as u64);
         stats.recovered_on_open = unread;
         let flushed_len = segments.get(&active_segment).map_or(0, |s| s.len);
         let bytes = segments.values().map(|s| s.len).sum();
@@ -563,98 +473,115 @@ impl Spool {
 
     fn read_inner(&mut self) -> io::Result<Option<SpooledRecord>> {
         loop {
-            // After a rewind: the records handed out and not acknowledged, in order.
-            if self.read_pos < self.frontier {
-                match self.handed.range(self.read_pos..).next().copied() {
-                    Some(p) if p < self.frontier => {
-                        let end = self.readable_end(p.segment);
-                        match self.frame_at(p, end, true)? {
-                            Frame::Record { key, payload, next } => {
-                                self.read_pos = SpoolPos {
-                                    segment: p.segment,
-                                    offset: next,
-                                };
-                                return Ok(Some(SpooledRecord {
-                                    pos: p,
-                                    key,
-                                    payload,
-                                }));
-                            }
-                            // Read fine before; damaged on disk since.
-                            _ => {
-                                tracing::warn!(
-                                    segment = p.segment,
-                                    offset = p.offset,
-                                    "spool: a record read before is damaged now"
-                                );
-                                self.handed.remove(&p);
-                                self.stats.corrupt_frames += 1;
-                                self.read_pos = SpoolPos {
-                                    segment: p.segment,
-                                    offset: p.offset + 1,
-                                };
-                            }
-                        }
-                    }
-                    _ => self.read_pos = self.frontier,
-                }
-                continue;
-            }
-
-            self.settle_frontier();
-            let f = self.frontier;
-            self.read_pos = f;
-            let end = self.readable_end(f.segment);
-            if f.offset >= end {
-                // Settled: only the active segment (or none) ends here.
-                return Ok(None);
-            }
-            let acked = self.acked.contains(&f);
-            match self.frame_at(f, end, !acked)? {
-                Frame::Record { key, payload, next } if !acked => {
-                    self.pass(f.segment, true);
-                    self.frontier.offset = next;
-                    self.read_pos = self.frontier;
-                    self.handed.insert(f);
-                    return Ok(Some(SpooledRecord {
-                        pos: f,
-                        key,
-                        payload,
-                    }));
-                }
-                Frame::Record { next, .. } | Frame::Skipped { next } => {
-                    // Acknowledged before a restart: counted out of `unread` on open.
-                    self.pass(f.segment, false);
-                    self.frontier.offset = next;
-                }
-                Frame::BadChecksum { next } => {
-                    tracing::warn!(
-                        segment = f.segment,
-                        offset = f.offset,
-                        "spool: skipping a frame with a bad checksum"
-                    );
-                    self.stats.corrupt_frames += 1;
-                    self.pass(f.segment, !acked);
-                    self.frontier.offset = next;
-                }
-                Frame::Unreadable => {
-                    if f.segment == self.writer.segment {
-                        // Appends must not land behind damage: carry the buffered frames to a
-                        // fresh segment.
-                        self.roll(true)?;
-                    }
-                    tracing::warn!(
-                        segment = f.segment,
-                        offset = f.offset,
-                        bytes = end - f.offset,
-                        "spool: the rest of a segment is unreadable"
-                    );
-                    self.stats.corrupt_frames += 1;
-                    self.stats.torn_bytes += end - f.offset;
-                    self.frontier.offset = end;
-                }
+            let step = if self.read_pos < self.frontier {
+                self.reread_step()?
+            } else {
+                self.frontier_step()?
+            };
+            if let ControlFlow::Break(next) = step {
+                return Ok(next);
             }
         }
+    }
+
+    /// After a rewind: the next record handed out and not acknowledged (`Break(Some)`), or a
+    /// step over a damaged one or back to the frontier (`Continue`).
+    fn reread_step(&mut self) -> io::Result<ControlFlow<Option<SpooledRecord>>> {
+        let Some(p) = self
+            .handed
+            .range(self.read_pos..)
+            .next()
+            .copied()
+            .filter(|p| *p < self.frontier)
+        else {
+            self.read_pos = self.frontier;
+            return Ok(ControlFlow::Continue(()));
+        };
+        let end = self.readable_end(p.segment);
+        if let Frame::Record { key, payload, next } = self.frame_at(p, end, true)? {
+            self.read_pos = SpoolPos {
+                segment: p.segment,
+                offset: next,
+            };
+            return Ok(ControlFlow::Break(Some(SpooledRecord {
+                pos: p,
+                key,
+                payload,
+            })));
+        }
+        // Read fine before; damaged on disk since.
+        tracing::warn!(
+            segment = p.segment,
+            offset = p.offset,
+            "spool: a record read before is damaged now"
+        );
+        self.handed.remove(&p);
+        self.stats.corrupt_frames += 1;
+        self.read_pos = SpoolPos {
+            segment: p.segment,
+            offset: p.offset + 1,
+        };
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// One frame at the frontier: a record not acknowledged (`Break(Some)`), the end of what was
+    /// flushed (`Break(None)`), or a frame passed over (acknowledged before a restart, damaged:
+    /// `Continue`).
+    fn frontier_step(&mut self) -> io::Result<ControlFlow<Option<SpooledRecord>>> {
+        self.settle_frontier();
+        let f = self.frontier;
+        self.read_pos = f;
+        let end = self.readable_end(f.segment);
+        if f.offset >= end {
+            // Settled: only the active segment (or none) ends here.
+            return Ok(ControlFlow::Break(None));
+        }
+        let acked = self.acked.contains(&f);
+        match self.frame_at(f, end, !acked)? {
+            Frame::Record { key, payload, next } if !acked => {
+                self.pass(f.segment, true);
+                self.frontier.offset = next;
+                self.read_pos = self.frontier;
+                self.handed.insert(f);
+                return Ok(ControlFlow::Break(Some(SpooledRecord {
+                    pos: f,
+                    key,
+                    payload,
+                })));
+            }
+            Frame::Record { next, .. } | Frame::Skipped { next } => {
+                // Acknowledged before a restart: counted out of `unread` on open.
+                self.pass(f.segment, false);
+                self.frontier.offset = next;
+            }
+            Frame::BadChecksum { next } => {
+                tracing::warn!(
+                    segment = f.segment,
+                    offset = f.offset,
+                    "spool: skipping a frame with a bad checksum"
+                );
+                self.stats.corrupt_frames += 1;
+                self.pass(f.segment, !acked);
+                self.frontier.offset = next;
+            }
+            Frame::Unreadable => {
+                if f.segment == self.writer.segment {
+                    // Appends must not land behind damage: carry the buffered frames to a
+                    // fresh segment.
+                    self.roll(true)?;
+                }
+                tracing::warn!(
+                    segment = f.segment,
+                    offset = f.offset,
+                    bytes = end - f.offset,
+                    "spool: the rest of a segment is unreadable"
+                );
+                self.stats.corrupt_frames += 1;
+                self.stats.torn_bytes += end - f.offset;
+                self.frontier.offset = end;
+            }
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Kafka acknowledged this record (a position from [`Spool::read_next`]). Acknowledgements may
@@ -1275,11 +1202,169 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+/// The segment numbers of the files in `dir`, in order.
+fn segment_numbers(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(n) = parse_segment_name(&entry?.file_name()) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Where reading resumes: the persisted cursor, else the first segment's start. Segments before
+/// it were acknowledged (a crash may have kept them from going): they are removed, and
+/// `numbers` keeps the others. A cursor in a segment that is gone moves to the next one's start.
+fn place_cursor(
+    dir: &Path,
+    numbers: &mut Vec<u64>,
+    stored: Option<SpoolPos>,
+) -> io::Result<SpoolPos> {
+    let mut cursor = stored.unwrap_or(SpoolPos {
+        segment: numbers.first().copied().unwrap_or(0),
+        offset: 0,
+    });
+    for &n in numbers.iter().filter(|&&n| n < cursor.segment) {
+        remove_if_exists(&segment_path(dir, n))?;
+    }
+    numbers.retain(|&n| n >= cursor.segment);
+    match numbers.first() {
+        Some(&first) if first == cursor.segment => {}
+        Some(&first) => {
+            cursor = SpoolPos {
+                segment: first,
+                offset: 0,
+            }
+        }
+        None => cursor.offset = 0,
+    }
+    Ok(cursor)
+}
+
+/// What recovery found in the segment files.
+#[derive(Default)]
+struct Found {
+    /// Frames at or after the cursor that the ack log names.
+    acked: BTreeSet<SpoolPos>,
+    segments: BTreeMap<u64, Segment>,
+    /// Frames at or after the cursor.
+    frames: u64,
+    /// The last segment, open for appending.
+    active: Option<(u64, File)>,
+    stats: SpoolStats,
+}
+
+impl Found {
+    /// Scans segment `n` (from the cursor, in its segment); the last one has a torn or unreadable
+    /// tail truncated, and stays open for appending.
+    fn segment(
+        &mut self,
+        dir: &Path,
+        n: u64,
+        last: bool,
+        cursor: &mut SpoolPos,
+        max_rest: u64,
+        logged: &BTreeSet<SpoolPos>,
+    ) -> Result<(), SpoolError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(last)
+            .open(segment_path(dir, n))?;
+        let mut len = file.metadata()?.len();
+        let mut start = 0;
+        if n == cursor.segment {
+            if cursor.offset > len {
+                tracing::warn!(
+                    segment = n,
+                    cursor = cursor.offset,
+                    len,
+                    "spool: the cursor is past the end of its segment"
+                );
+                cursor.offset = len;
+            }
+            start = cursor.offset;
+        }
+        let scan = scan_segment(
+            &file,
+            n,
+            start,
+            len,
+            max_rest,
+            last,
+            logged,
+            &mut self.acked,
+        )?;
+        if last && scan.valid_end < len {
+            let torn = len - scan.valid_end;
+            tracing::warn!(
+                segment = n,
+                offset = scan.valid_end,
+                bytes = torn,
+                impossible_length = scan.impossible,
+                "spool: truncating a torn or unreadable tail"
+            );
+            self.stats.torn_bytes += torn;
+            if scan.impossible {
+                self.stats.corrupt_frames += 1;
+            }
+            file.set_len(scan.valid_end)?;
+            len = scan.valid_end;
+        }
+        self.frames += scan.frames;
+        let segment = Segment {
+            len,
+            frames: scan.frames,
+            passed: 0,
+        };
+        self.segments.insert(n, segment);
+        if last {
+            self.active = Some((n, file));
+        }
+        Ok(())
+    }
+}
+
+/// A new, empty segment file `n`.
+fn create_segment(dir: &Path, n: u64) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(segment_path(dir, n))
+}
+
+/// Opens the ack log for appending, rewritten first when it holds more than the entries that
+/// name a frame at or after the cursor (`acked`): the others are dead, or name a position a
+/// truncated tail freed for new records. Returns the file, its length, and whether it was
+/// rewritten (the directory then needs a sync).
+fn open_ack_log(dir: &Path, acked: &BTreeSet<SpoolPos>) -> io::Result<(File, u64, bool)> {
+    let path = dir.join(ACK_LOG_FILE);
+    let live_bytes = (acked.len() * POS_RECORD) as u64;
+    let rewrite = fs::metadata(&path).map_or(0, |m| m.len()) != live_bytes;
+    if rewrite {
+        write_atomic(dir, ACK_LOG_FILE, &encode_positions(acked), false)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    Ok((file, live_bytes, rewrite))
+}
+
+/// The file of segment number `segment` in the spool directory `dir` (the `spool-<20 digits>.log`
+/// of the module documentation); public for the fuzz target, which writes segments itself.
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("spool-{segment:020}.log"))
 }
 
-fn parse_segment_name(name: &OsStr) -> Option<u64> {
+/// The segment number a file name in the spool directory names (`spool-<20 digits>.log`), if it
+/// names one.
+pub fn parse_segment_name(name: &OsStr) -> Option<u64> {
     let digits = name
         .to_str()?
         .strip_prefix("spool-")?

@@ -351,8 +351,8 @@ pub fn vxlan_payloads(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-/// One VXLAN datagram (VNI `vni`) carrying an Ethernet/IPv4/TCP frame (PSH, ACK `ack`) with
-/// `payload`.
+/// One VXLAN datagram (VNI `vni`) carrying an Ethernet/IPv4/TCP frame (ACK `ack`, PSH) with
+/// `payload` (built by `mirror_receiver::testkit`).
 pub fn vxlan_datagram(
     vni: u8,
     src: ([u8; 4], u16),
@@ -361,25 +361,73 @@ pub fn vxlan_datagram(
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, seq, 65535)
-        .ack(ack)
-        .psh();
-    let mut out = vec![0x08, 0, 0, 0, 0, 0, vni, 0];
-    builder.write(&mut out, payload).unwrap();
-    out
+    use mirror_receiver::testkit::{NO_FLAGS, segment, vxlan_datagram};
+    let (src, dst) = (SocketAddr::from(src), SocketAddr::from(dst));
+    vxlan_datagram(
+        vni.into(),
+        &segment(src, dst, seq, Some(ack), NO_FLAGS, payload),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Kafka: tansu, the corpus, and reading a topic back
 
-/// Skips (or, with `TANSU_REQUIRED=1`, fails) a test whose prerequisite is missing.
-pub fn skip(test: &str, why: &str) {
-    if std::env::var("TANSU_REQUIRED").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why} (TANSU_REQUIRED=1, so this is a failure, not a skip)");
+/// What a test needs that a machine may lack, each with the variable that turns its absence
+/// from a skip into a failure. CI (`.ci/run`) sets them all, so there nothing skips.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// tansu (and the corpus the Kafka tests replay).
+    Kafka,
+    /// Root, network namespaces and the real peers of the end-to-end tests.
+    E2e,
+    /// systemd-analyze.
+    Systemd,
+    /// cfn-lint, checkov, packer, moto, prometheus_client: the infrastructure checkers.
+    Infra,
+    /// The shared capture corpus (`../shared/corpus`, or `MIRROR_CORPUS_DIR`).
+    Corpus,
+}
+
+impl Need {
+    pub fn var(self) -> &'static str {
+        match self {
+            Need::Kafka => "TANSU_REQUIRED",
+            Need::E2e => "MIRROR_E2E_REQUIRE",
+            Need::Systemd => "MIRROR_SYSTEMD_REQUIRE",
+            Need::Infra => "MIRROR_INFRA_REQUIRE",
+            Need::Corpus => "MIRROR_CORPUS_REQUIRE",
+        }
     }
-    eprintln!("SKIPPED {test}: {why}");
+
+    /// The variable is set (to anything but empty or `0`).
+    pub fn required(self) -> bool {
+        std::env::var(self.var()).is_ok_and(|v| !v.is_empty() && v != "0")
+    }
+}
+
+/// The one skip rule of the tests: `test` cannot run because of `why` (what is missing, and how
+/// to install it). It is skipped, saying so on stderr, unless `need`'s variable is set, when it
+/// fails instead.
+pub fn skip(need: Need, test: &str, why: &str) {
+    let var = need.var();
+    if need.required() {
+        panic!("{test}: {why} ({var} is set, so this is a failure, not a skip)");
+    }
+    eprintln!("SKIPPED {test}: {why} (set {var}=1 to make this a failure)");
+}
+
+/// tansu, or `None` after [`skip`] said why `test` cannot run.
+pub fn tansu_or_skip(test: &str) -> Option<PathBuf> {
+    tansu_bin().map_err(|e| skip(Need::Kafka, test, &e)).ok()
+}
+
+/// tansu and the corpus holding `captures`, or `None` after [`skip`] said why `test` cannot run.
+pub fn kafka_prerequisites(test: &str, captures: &[&str]) -> Option<(PathBuf, PathBuf)> {
+    let tansu = tansu_or_skip(test)?;
+    let corpus = corpus_dir(captures)
+        .map_err(|e| skip(Need::Kafka, test, &e))
+        .ok()?;
+    Some((tansu, corpus))
 }
 
 /// The tansu binary: `TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.

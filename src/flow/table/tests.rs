@@ -1,7 +1,7 @@
 use super::*;
 use crate::flow::DataMeta;
+use crate::testkit::{FIN, NO_FLAGS, RST, SYN, addr, segment};
 use crate::wire::TcpFlags;
-use std::net::SocketAddr;
 
 /// Records what a flow's handler sees.
 #[derive(Default)]
@@ -30,39 +30,13 @@ impl StreamHandler for Recorder {
     }
 }
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn tcp<'a>(src: &str, dst: &str, seq: u32, payload: &'a [u8], flags: TcpFlags) -> TcpSegment<'a> {
-    TcpSegment {
-        src: addr(src),
-        dst: addr(dst),
-        seq,
-        ack: None,
-        flags,
-        payload,
-        missing: 0,
-    }
+    segment(addr(src), addr(dst), seq, None, flags, payload)
 }
 
 const C: &str = "10.0.0.1:40000";
 const S: &str = "10.0.0.2:80";
-const NONE: TcpFlags = TcpFlags {
-    syn: false,
-    fin: false,
-    rst: false,
-};
-const FIN: TcpFlags = TcpFlags {
-    syn: false,
-    fin: true,
-    rst: false,
-};
-const RST: TcpFlags = TcpFlags {
-    syn: false,
-    fin: false,
-    rst: true,
-};
+const NONE: TcpFlags = NO_FLAGS;
 
 #[test]
 fn both_directions_meet_in_one_flow_and_fin_closes_it() {
@@ -168,7 +142,7 @@ fn close_all_flushes_every_flow() {
 fn a_syn_with_a_new_isn_starts_a_new_connection_on_a_reused_tuple() {
     let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
     let mut log = Log::default();
-    let syn = TcpFlags { syn: true, ..NONE };
+    let syn = SYN;
     t.segment(0, &tcp(C, S, 100, b"", syn), 0, &mut log);
     t.segment(0, &tcp(C, S, 101, b"old", NONE), 1, &mut log);
     // The same SYN again is a retransmission, not a new connection.

@@ -1,28 +1,15 @@
 use super::*;
 use crate::flow::{FlowConfig, FlowTable};
 use crate::http::HttpConfig;
-use crate::wire::{TcpFlags, TcpSegment};
-use std::net::SocketAddr;
+use crate::testkit::{NO_FLAGS, Peers, Seg, addr};
 
-/// A connection between a client and a server, tracking each side's next sequence number so a
-/// test can send, reorder and drop segments as a mirror would deliver them.
+/// A connection between a client and a server (their sequence numbers kept by
+/// [`Peers`]), so a test can send, reorder and drop segments as a mirror would deliver them.
 struct Conn {
     table: FlowTable<Session>,
     ctx: HttpCtx,
-    client: SocketAddr,
-    server: SocketAddr,
-    /// Next sequence number of the client and of the server.
-    next: [u32; 2],
+    peers: Peers,
     now: u64,
-}
-
-/// A segment prepared but not yet delivered.
-struct Seg {
-    from_client: bool,
-    seq: u32,
-    ack: u32,
-    data: Vec<u8>,
-    fin: bool,
 }
 
 impl Conn {
@@ -30,48 +17,20 @@ impl Conn {
         Conn {
             table: FlowTable::new(FlowConfig::default()),
             ctx: HttpCtx::new(HttpConfig::default()),
-            client: client.parse().unwrap(),
-            server: server.parse().unwrap(),
-            next: [1000, 50_000],
+            peers: Peers::new(addr(client), addr(server)),
             now: 1_700_000_000_000_000,
         }
     }
 
     /// Prepares a segment from one side, acknowledging all the other side has sent so far.
     fn seg(&mut self, from_client: bool, data: &[u8]) -> Seg {
-        let (me, other) = if from_client { (0, 1) } else { (1, 0) };
-        let s = Seg {
-            from_client,
-            seq: self.next[me],
-            ack: self.next[other],
-            data: data.to_vec(),
-            fin: false,
-        };
-        self.next[me] = self.next[me].wrapping_add(data.len() as u32);
-        s
+        self.peers.seg(from_client, NO_FLAGS, data)
     }
 
     fn deliver(&mut self, s: &Seg) {
-        let (src, dst) = if s.from_client {
-            (self.client, self.server)
-        } else {
-            (self.server, self.client)
-        };
-        let seg = TcpSegment {
-            src,
-            dst,
-            seq: s.seq,
-            ack: Some(s.ack),
-            flags: TcpFlags {
-                syn: false,
-                fin: s.fin,
-                rst: false,
-            },
-            payload: &s.data,
-            missing: 0,
-        };
         self.now += 1000;
-        self.table.segment(9, &seg, self.now, &mut self.ctx);
+        self.table
+            .segment(9, &s.as_segment(), self.now, &mut self.ctx);
     }
 
     fn send(&mut self, from_client: bool, data: &[u8]) {
