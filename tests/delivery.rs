@@ -529,6 +529,51 @@ impl Scenario {
     }
 }
 
+/// What [`read_back`] found.
+struct ReadBack {
+    reader: TopicReader,
+    cmp: Comparison,
+    summary: Summary,
+}
+
+/// The end of every delivery test: reads `topic` until every record of `want` arrived (at most
+/// `timeout`; failing with the daemon's stderr and the broker's log otherwise), then stops the
+/// daemon (within `stop_timeout`) and reports what was read, and when, after `since`.
+fn read_back(
+    sc: &Scenario,
+    daemon: &mut Daemon,
+    (broker, topic): (&Broker, &str),
+    want: &[String],
+    (timeout, stop_timeout): (Duration, Duration),
+    (since, what): (Instant, &str),
+) -> ReadBack {
+    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
+    let complete = read_all_of(&mut reader, want, timeout);
+    let all_in = since.elapsed();
+    reader.linger(Duration::from_secs(2));
+    let cmp = Comparison::new(&records(&reader), want);
+    assert!(
+        complete,
+        "not every record arrived within {timeout:?}: {}\ndaemon stderr:\n{}\nbroker log:\n{:.3000}",
+        cmp.describe(),
+        daemon.stderr(),
+        broker.log_text()
+    );
+    let summary = stop(daemon, stop_timeout);
+    eprintln!(
+        "{}: {} records read, all in {all_in:.1?} after {what}; {}; summary {}",
+        sc.test,
+        reader.msgs.len(),
+        cmp.describe(),
+        summary.show()
+    );
+    ReadBack {
+        reader,
+        cmp,
+        summary,
+    }
+}
+
 /// The end of an outage test: every record was received, went through the spool and left it,
 /// none dropped or failed.
 fn assert_delivered_through_the_spool(summary: &Summary, want: &[String]) {
@@ -574,27 +619,16 @@ fn broker_down_at_start() {
         traffic_start.elapsed()
     );
 
-    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
-    let all_in = up.elapsed();
-    reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&records(&reader), &want);
-    assert!(
-        complete,
-        "not every record arrived within 45 s of the broker coming up: {}\ndaemon stderr:\n{}\nbroker log:\n{:.3000}",
-        cmp.describe(),
-        daemon.stderr(),
-        broker.log_text()
+    let got = read_back(
+        &sc,
+        &mut daemon,
+        (&broker, topic),
+        &want,
+        (Duration::from_secs(45), Duration::from_secs(25)),
+        (up, "the broker came up"),
     );
-    let summary = stop(&mut daemon, Duration::from_secs(25));
-    eprintln!(
-        "{test}: {} records read, every one in {all_in:.1?} after the broker came up; {}; summary {}",
-        reader.msgs.len(),
-        cmp.describe(),
-        summary.show()
-    );
-    assert_delivered_through_the_spool(&summary, &want);
-    cmp.assert_exact("exactly the records sent");
+    assert_delivered_through_the_spool(&got.summary, &want);
+    got.cmp.assert_exact("exactly the records sent");
     sc.passed();
 }
 
@@ -627,28 +661,27 @@ fn broker_paused_while_traffic_flows() {
     sender.finish(Duration::from_secs(30));
     let resumed = Instant::now();
 
-    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
-    let all_in = resumed.elapsed();
-    reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&records(&reader), &want);
-    assert!(
-        complete,
-        "not every record arrived: {}\ndaemon stderr:\n{}",
-        cmp.describe(),
-        daemon.stderr()
+    let ReadBack {
+        mut reader,
+        summary,
+        ..
+    } = read_back(
+        &sc,
+        &mut daemon,
+        (&broker, topic),
+        &want,
+        (Duration::from_secs(45), Duration::from_secs(25)),
+        (resumed, "the traffic ended"),
     );
-    let summary = stop(&mut daemon, Duration::from_secs(25));
+    // Records still reported at shutdown count too (at least once: duplicates are allowed).
     reader.linger(Duration::from_secs(1));
     let cmp = Comparison::new(&records(&reader), &want);
     eprintln!(
-        "{test}: {} records read for {} sent, all in {all_in:.1?} after the traffic ended; \
-         DUPLICATES (at least once): {}; {}; summary {}",
+        "{test}: {} records read for {} sent; DUPLICATES (at least once): {}; {}",
         reader.msgs.len(),
         want.len(),
         cmp.duplicates,
-        cmp.describe(),
-        summary.show()
+        cmp.describe()
     );
     assert!(
         daemon.stderr().contains("kafka unavailable"),
@@ -703,28 +736,19 @@ fn receiver_killed_with_records_spooled() {
         "no recovery logged:\n{}",
         second.stderr()
     );
-    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = read_all_of(&mut reader, &want, Duration::from_secs(45));
-    let all_in = restarted.elapsed();
-    reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&records(&reader), &want);
-    assert!(
-        complete,
-        "not every spooled record arrived: {}\ndaemon stderr:\n{}",
-        cmp.describe(),
-        second.stderr()
+    let got = read_back(
+        &sc,
+        &mut second,
+        (&broker, topic),
+        &want,
+        (Duration::from_secs(45), Duration::from_secs(25)),
+        (restarted, "the restart"),
     );
-    let summary = stop(&mut second, Duration::from_secs(25));
-    eprintln!(
-        "{test}: {} records read, all in {all_in:.1?} after the restart; {}; summary {}",
-        reader.msgs.len(),
-        cmp.describe(),
-        summary.show()
-    );
+    let summary = &got.summary;
     assert_eq!(summary.get("records"), 0, "no new traffic");
     assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
     assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    cmp.assert_exact("exactly the records spooled");
+    got.cmp.assert_exact("exactly the records spooled");
     sc.passed();
 }
 
@@ -857,24 +881,17 @@ fn oversized_record_fails_alone() {
     let max_bytes = format!("message.max.bytes={limit}");
     let cfg = sc.daemon(broker.bootstrap(), topic, &["--kafka-option", &max_bytes]);
     let mut daemon = start_daemon(&cfg);
+    let started = Instant::now();
     send_all(&sc.env, &sc.capture, daemon.port, 10_000);
-    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = read_all_of(&mut reader, &want, Duration::from_secs(30));
-    reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&records(&reader), &want);
-    assert!(
-        complete,
-        "not every record arrived: {}\ndaemon stderr:\n{}",
-        cmp.describe(),
-        daemon.stderr()
+    let got = read_back(
+        &sc,
+        &mut daemon,
+        (&broker, topic),
+        &want,
+        (Duration::from_secs(30), Duration::from_secs(25)),
+        (started, "the traffic started"),
     );
-    let summary = stop(&mut daemon, Duration::from_secs(25));
-    eprintln!(
-        "{test}: {} records read; {}; summary {}",
-        reader.msgs.len(),
-        cmp.describe(),
-        summary.show()
-    );
+    let (summary, cmp) = (&got.summary, &got.cmp);
     assert!(
         daemon.stderr().contains("record refused by kafka for good"),
         "permanent failure not logged"
@@ -949,26 +966,18 @@ fn sigterm_during_outage_keeps_spool() {
 
     let broker = Broker::start(&env.tansu);
     broker.create_topic(topic, 3);
+    let restarted = Instant::now();
     let mut second = start_daemon(&cfg(broker.bootstrap()));
-    let mut reader = TopicReader::new(&broker.bootstrap(), topic);
-    let complete = read_all_of(&mut reader, &want, Duration::from_secs(30));
-    reader.linger(Duration::from_secs(2));
-    let cmp = Comparison::new(&records(&reader), &want);
-    assert!(
-        complete,
-        "not every spooled record arrived: {}\ndaemon stderr:\n{}",
-        cmp.describe(),
-        second.stderr()
+    let got = read_back(
+        &sc,
+        &mut second,
+        (&broker, topic),
+        &want,
+        (Duration::from_secs(30), Duration::from_secs(10)),
+        (restarted, "the restart"),
     );
-    let summary = stop(&mut second, Duration::from_secs(10));
-    eprintln!(
-        "{test}: {} records read; {}; summary {}",
-        reader.msgs.len(),
-        cmp.describe(),
-        summary.show()
-    );
-    assert_eq!(summary.get("replayed"), want.len() as u64, "replayed");
-    assert_eq!(summary.get("spool_pending"), 0, "left in the spool");
-    cmp.assert_exact("exactly the records spooled");
+    assert_eq!(got.summary.get("replayed"), want.len() as u64, "replayed");
+    assert_eq!(got.summary.get("spool_pending"), 0, "left in the spool");
+    got.cmp.assert_exact("exactly the records spooled");
     sc.passed();
 }
