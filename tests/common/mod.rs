@@ -7,6 +7,8 @@
 //! one binary leaves unused is not dead code.
 #![allow(dead_code)]
 
+pub mod secure_broker;
+
 use mirror_receiver::capture::CaptureReader;
 use mirror_receiver::wire::{CaptureFrame, decode_capture_frame};
 use rdkafka::consumer::{BaseConsumer, Consumer};
