@@ -100,7 +100,9 @@ fn sample(kind: Kind, v: u64, m: MetricEncoder<'_>) -> fmt::Result {
 impl Families<'_> {
     /// A family of one sample without labels.
     fn one(&mut self, kind: Kind, name: &str, help: &str, v: u64) -> fmt::Result {
-        let m = self.0.encode_descriptor(name, help, None, metric_type(kind))?;
+        let m = self
+            .0
+            .encode_descriptor(name, help, None, metric_type(kind))?;
         sample(kind, v, m)
     }
 
@@ -182,14 +184,15 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
         out.labelled(family.kind, family.metric, family.help, series)?;
     }
     for family in counters::JOINED {
-        let mut m = out.0.encode_descriptor(
-            family.metric,
-            family.help,
-            None,
-            metric_type(family.kind),
-        )?;
+        let mut m =
+            out.0
+                .encode_descriptor(family.metric, family.help, None, metric_type(family.kind))?;
         (family.each)(&snap, &mut |value, n| {
-            sample(family.kind, n, m.encode_family(&label(family.label, value))?)
+            sample(
+                family.kind,
+                n,
+                m.encode_family(&label(family.label, value))?,
+            )
         })?;
     }
     per_vni(out, p)

@@ -61,7 +61,8 @@ pub struct Labelled {
 }
 
 /// Calls `f(label value, n)` for each series of a [`Joined`] family.
-pub type EachSeries = fn(&Snapshot<'_>, &mut dyn FnMut(&'static str, u64) -> fmt::Result) -> fmt::Result;
+pub type EachSeries =
+    fn(&Snapshot<'_>, &mut dyn FnMut(&'static str, u64) -> fmt::Result) -> fmt::Result;
 
 /// A family with one series per value of an enum (a reason, a kind); in the summary line, the
 /// non-zero ones joined under one key: `decode_drops=not_tcp=3,vxlan_too_short=1`.
@@ -284,7 +285,11 @@ mod tests {
             assert!(metrics.insert(j.metric), "{} twice", j.metric);
             assert!(keys.insert(j.key), "summary key {} twice", j.key);
         }
-        assert!(metrics.iter().all(|m| m.starts_with("mirror_") && !m.ends_with("_total")));
+        assert!(
+            metrics
+                .iter()
+                .all(|m| m.starts_with("mirror_") && !m.ends_with("_total"))
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub use replay::{ReplayError, replay, replay_capture};
 pub use send::send;
 pub use status::add_stats;
 
-use crate::counters::ProcessCounters;
 use crate::config::{PipelineSettings, RunArgs, RunSettings};
+use crate::counters::ProcessCounters;
 use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
 use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;

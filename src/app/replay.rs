@@ -77,9 +77,13 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
     let mut buf = Vec::with_capacity(64 * 1024);
     let too_large = AtomicU64::new(0);
     let mut send = |id: u64, record: &[u8]| sink.send(id, record);
-    let stats = replay_capture(&mut reader, args.vni, &settings.pipeline, Some(settings.filter), |ex| {
-        deliver_record(&ex, &encoder, &mut buf, &too_large, &mut send)
-    })
+    let stats = replay_capture(
+        &mut reader,
+        args.vni,
+        &settings.pipeline,
+        Some(settings.filter),
+        |ex| deliver_record(&ex, &encoder, &mut buf, &too_large, &mut send),
+    )
     .with_context(|| format!("replaying {}", args.file.display()))?;
     let flushed = sink.flush(Duration::from_secs(30));
     crate::counters::log_summary(

@@ -1,9 +1,9 @@
 //! What the daemon reports: the admin endpoint's view of it, and the summary log line.
 
 use super::Shared;
+use crate::counters::{ProcessCounters, Snapshot};
 use crate::ingest::SHARD_QUEUE_BATCHES;
 use crate::pipeline::PipelineStats;
-use crate::counters::{ProcessCounters, Snapshot};
 use crate::sink::SinkStats;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,7 +47,14 @@ impl crate::admin::Status for DaemonStatus {
 pub(super) fn log_daemon_summary(what: &str, shared: &Shared, sink: &SinkStats) {
     let process = shared.process();
     let p = total_stats(shared);
-    crate::counters::log_summary(what, &Snapshot { p: &p, sink, process });
+    crate::counters::log_summary(
+        what,
+        &Snapshot {
+            p: &p,
+            sink,
+            process,
+        },
+    );
 }
 
 /// The sum of every worker's last published counters.

@@ -171,12 +171,13 @@ fn every_alias_names_a_setting_of_run() {
             .any(|a| a.get_id().as_str() == *id && a.get_long() == Some(&id.replace('_', "-")));
         assert!(found, "{id} ({names:?}) is not a setting of run");
         // The help names the aliases (log_level's is in the README alone).
-        let arg = run
-            .get_arguments()
-            .find(|a| a.get_id().as_str() == *id);
+        let arg = run.get_arguments().find(|a| a.get_id().as_str() == *id);
         if let Some(help) = arg.and_then(|a| a.get_help()) {
             for name in *names {
-                assert!(help.to_string().contains(name), "--{id}'s help omits {name}");
+                assert!(
+                    help.to_string().contains(name),
+                    "--{id}'s help omits {name}"
+                );
             }
         }
     }
@@ -194,7 +195,10 @@ fn akto_booleans_and_megabytes_are_converted() {
     )
     .unwrap();
     assert!(a.pipeline.ignore_ip_traffic);
-    assert!(!a.pipeline.ignore_cloud_metadata_calls, "only \"true\" is true");
+    assert!(
+        !a.pipeline.ignore_cloud_metadata_calls,
+        "only \"true\" is true"
+    );
     assert_eq!(a.pipeline.memory_budget, 64 << 20);
     // TRAFFIC_BUFFER_THRESHOLD comes first.
     let a = parse(
@@ -229,7 +233,10 @@ fn an_alias_wins_over_the_config_file_and_a_false_one_still_hides_it() {
         .map(std::ffi::OsString::from)
         .to_vec();
     let cli = Cli::try_parse_from(layered_argv(argv, &env).unwrap()).unwrap();
-    assert_eq!(cli.log_level, "DBEUG", "a global setting layers the same way");
+    assert_eq!(
+        cli.log_level, "DBEUG",
+        "a global setting layers the same way"
+    );
     let Command::Run(a) = cli.command else {
         unreachable!()
     };

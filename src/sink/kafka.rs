@@ -31,10 +31,10 @@
 
 mod health;
 
-use health::{Change, ErrorClass, Fate, Health, Now, Route, Seen};
 use super::spool::{Spool, SpoolConfig, SpoolError, SpoolPos};
 use super::{Flushed, RateLimit, Sink, SinkError, SinkStats};
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use health::{Change, ErrorClass, Fate, Health, Now, Route, Seen};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
@@ -353,7 +353,9 @@ impl KafkaSink {
                 }
                 Err((error, _)) => error,
             };
-            let fate = self.health.not_produced(ErrorClass::of(&error), pos.is_some());
+            let fate = self
+                .health
+                .not_produced(ErrorClass::of(&error), pos.is_some());
             self.settle(fate, key, payload, pos, Some(&error))?;
             return match fate {
                 Fate::Refused(_) => Ok(()),
@@ -386,7 +388,10 @@ impl KafkaSink {
                 }
                 if self.fail_log.ready() {
                     let error = error.map(ToString::to_string).unwrap_or_default();
-                    tracing::warn!(error, "record refused by kafka for good; counted, not retried");
+                    tracing::warn!(
+                        error,
+                        "record refused by kafka for good; counted, not retried"
+                    );
                 }
                 Ok(())
             }

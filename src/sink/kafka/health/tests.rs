@@ -43,10 +43,18 @@ fn errors_are_classified_once() {
         C::InvalidMessageSize,
         C::MessageBatchTooLarge,
     ] {
-        assert_eq!(ErrorClass::of(&kafka(code)), ErrorClass::TooLarge, "{code:?}");
+        assert_eq!(
+            ErrorClass::of(&kafka(code)),
+            ErrorClass::TooLarge,
+            "{code:?}"
+        );
     }
     for code in [C::InvalidMessage, C::InvalidRecord] {
-        assert_eq!(ErrorClass::of(&kafka(code)), ErrorClass::Invalid, "{code:?}");
+        assert_eq!(
+            ErrorClass::of(&kafka(code)),
+            ErrorClass::Invalid,
+            "{code:?}"
+        );
     }
     for code in [C::ProducerFenced, C::InvalidProducerEpoch] {
         assert_eq!(ErrorClass::of(&kafka(code)), ErrorClass::Fenced, "{code:?}");
@@ -59,7 +67,11 @@ fn errors_are_classified_once() {
         C::NotEnoughReplicas,
         C::QueueFull,
     ] {
-        assert_eq!(ErrorClass::of(&kafka(code)), ErrorClass::Retriable, "{code:?}");
+        assert_eq!(
+            ErrorClass::of(&kafka(code)),
+            ErrorClass::Retriable,
+            "{code:?}"
+        );
     }
     assert_eq!(
         ErrorClass::of(&KafkaError::Canceled),
@@ -78,7 +90,11 @@ fn records_are_produced_while_healthy_and_spooled_with_spool_always() {
     assert_eq!(h.route(), Route::Produce);
     assert_eq!(h.drain_budget(clock.t(0)), DRAIN_IN_FLIGHT);
     let always = Health::new(GRACE, true, clock.t(0));
-    assert_eq!(always.route(), Route::Spool, "--spool-always spools every record");
+    assert_eq!(
+        always.route(),
+        Route::Spool,
+        "--spool-always spools every record"
+    );
     assert!(always.healthy());
 }
 
@@ -91,7 +107,11 @@ fn outage_at_start_spools_then_one_canary_a_grace_recovers() {
         h.brokers_down(clock.t(100)),
         Some(Change::Unavailable(Why::BrokersDown))
     );
-    assert_eq!(h.brokers_down(clock.t(200)), None, "one transition, not one a report");
+    assert_eq!(
+        h.brokers_down(clock.t(200)),
+        None,
+        "one transition, not one a report"
+    );
     assert!(!h.healthy());
     assert_eq!(h.route(), Route::Spool);
     // No canary before a grace has passed since the last progress (the start).
@@ -128,7 +148,11 @@ fn outage_mid_stream_spools_new_records_and_rewinds_spooled_ones() {
         h.before_produce(clock.t(i), i as usize);
         h.produced(clock.t(i), false);
     }
-    assert_eq!(h.delivered(clock.t(10), false), None, "healthy stays healthy");
+    assert_eq!(
+        h.delivered(clock.t(10), false),
+        None,
+        "healthy stays healthy"
+    );
     // Two spooled records in flight too (a drain was running).
     h.produced(clock.t(11), true);
     h.produced(clock.t(11), true);
@@ -144,7 +168,11 @@ fn outage_mid_stream_spools_new_records_and_rewinds_spooled_ones() {
     let (fate, _) = h.failed(clock.t(22), true, ErrorClass::Retriable);
     assert_eq!(fate, Fate::Rewind);
     assert!(!h.take_rewind(), "a spooled record is still in flight");
-    assert_eq!(h.drain_budget(clock.t(grace_ms() * 5)), 0, "no canary before the rewind");
+    assert_eq!(
+        h.drain_budget(clock.t(grace_ms() * 5)),
+        0,
+        "no canary before the rewind"
+    );
     let (fate, _) = h.failed(clock.t(23), true, ErrorClass::Retriable);
     assert_eq!(fate, Fate::Rewind);
     assert_eq!(h.drained_in_flight(), 0);
@@ -162,13 +190,25 @@ fn a_stalled_broker_is_taken_as_unavailable_after_the_grace() {
     // Records in flight, no acknowledgement: unavailable only once the grace is over.
     assert_eq!(h.check_grace(clock.t(1000 + grace_ms()), 7), None);
     assert_eq!(
-        h.tick(clock.t(1000 + grace_ms()), Seen { in_flight: 7, ..Seen::default() }),
+        h.tick(
+            clock.t(1000 + grace_ms()),
+            Seen {
+                in_flight: 7,
+                ..Seen::default()
+            }
+        ),
         None
     );
     // A full queue while healthy means wait (backpressure, not loss).
     assert_eq!(h.queue_full(false), None);
     assert_eq!(
-        h.tick(clock.t(1001 + grace_ms()), Seen { in_flight: 7, ..Seen::default() }),
+        h.tick(
+            clock.t(1001 + grace_ms()),
+            Seen {
+                in_flight: 7,
+                ..Seen::default()
+            }
+        ),
         Some(Change::Unavailable(Why::NoAckWithinGrace))
     );
     // Now a full queue sends the record to the spool (or back to it).
@@ -273,13 +313,24 @@ fn a_fenced_producer_is_replaced_once_nothing_is_in_flight() {
     h.produced(clock.t(1), true);
     h.produced(clock.t(1), true);
     let (fate, c) = h.failed(clock.t(2), true, ErrorClass::Fenced);
-    assert_eq!(fate, Fate::Rewind, "the record is retried by the next instance");
+    assert_eq!(
+        fate,
+        Fate::Rewind,
+        "the record is retried by the next instance"
+    );
     assert_eq!(
         changes(c),
         [Change::Fenced, Change::Unavailable(Why::DeliveryFailed)]
     );
-    assert_eq!(h.drain_budget(clock.t(grace_ms() * 3)), 0, "no canary while fenced");
-    assert!(!h.replace_producer(0), "a spooled record is still in flight");
+    assert_eq!(
+        h.drain_budget(clock.t(grace_ms() * 3)),
+        0,
+        "no canary while fenced"
+    );
+    assert!(
+        !h.replace_producer(0),
+        "a spooled record is still in flight"
+    );
     let (_, c) = h.failed(clock.t(3), true, ErrorClass::Fenced);
     assert_eq!(changes(c), [], "fenced is told once");
     assert!(!h.replace_producer(4), "librdkafka still holds records");
@@ -308,7 +359,10 @@ fn oversized_and_invalid_records_fail_alone() {
     assert_eq!(fate, Fate::Refused(ErrorClass::Invalid));
     assert_eq!(changes(c), []);
     assert!(h.healthy(), "a refused record says nothing about Kafka");
-    assert!(!h.take_rewind(), "a refused spooled record is acknowledged, not handed out again");
+    assert!(
+        !h.take_rewind(),
+        "a refused spooled record is acknowledged, not handed out again"
+    );
     assert_eq!(h.drained_in_flight(), 0);
     // Refused when handed to librdkafka: the same, and no rewind.
     assert_eq!(
@@ -328,7 +382,10 @@ fn shutdown_during_an_outage_stops_waiting() {
     let mut h = start(&clock);
     h.before_produce(clock.t(0), 0);
     h.produced(clock.t(0), false);
-    assert!(!h.flush_may_stop(1, 0), "healthy: wait for the acknowledgement");
+    assert!(
+        !h.flush_may_stop(1, 0),
+        "healthy: wait for the acknowledgement"
+    );
     assert!(h.brokers_down(clock.t(10)).is_some());
     // Kafka away: waiting is pointless, whatever librdkafka holds or the spool keeps.
     assert!(h.flush_may_stop(1, 100));
