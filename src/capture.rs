@@ -161,9 +161,26 @@ impl<R: Read> CaptureReader<R> {
                         u64::try_from(p.timestamp.as_nanos()).ok(),
                         p.data,
                     ),
-                    Block::SimplePacket(p) => (Some(0), None, p.data),
+                    // pcap-file hands out the rest of the block, padding included: the data is
+                    // as long as the original packet or interface 0's snap length (0: none),
+                    // whichever is less.
+                    Block::SimplePacket(p) => {
+                        let snaplen = parser.interfaces().first().map_or(0, |i| i.snaplen);
+                        let mut len = usize::try_from(p.original_len).unwrap_or(usize::MAX);
+                        if snaplen != 0 {
+                            len = len.min(usize::try_from(snaplen).unwrap_or(usize::MAX));
+                        }
+                        (Some(0), None, cut(p.data, len))
+                    }
+                    // The obsolete packet block: pcap-file reads the timestamp's two 32-bit
+                    // halves (high first) as one u64 in the section's byte order, which in a
+                    // little-endian section swaps them.
                     Block::Packet(p) => {
-                        (Some(u32::from(p.interface_id)), Some(p.timestamp), p.data)
+                        let ticks = match parser.section().endianness {
+                            Endianness::Little => p.timestamp.rotate_left(32),
+                            Endianness::Big => p.timestamp,
+                        };
+                        (Some(u32::from(p.interface_id)), Some(ticks), p.data)
                     }
                     // The block type said a packet.
                     _ => return Err(pcap_file::PcapError::InvalidField("pcapng block type").into()),
@@ -178,6 +195,17 @@ impl<R: Read> CaptureReader<R> {
                     .unwrap_or(u64::MAX);
                 Ok(Some(Frame { link, ts, data }))
             }
+        }
+    }
+}
+
+/// The first `len` bytes of `data` (all of it when shorter).
+fn cut(data: std::borrow::Cow<'_, [u8]>, len: usize) -> std::borrow::Cow<'_, [u8]> {
+    match data {
+        std::borrow::Cow::Borrowed(d) => std::borrow::Cow::Borrowed(&d[..len.min(d.len())]),
+        std::borrow::Cow::Owned(mut d) => {
+            d.truncate(len);
+            std::borrow::Cow::Owned(d)
         }
     }
 }
@@ -496,6 +524,65 @@ mod tests {
             assert_eq!(frames(&file[..]).unwrap(), want, "{endianness:?}");
             assert_eq!(frames(Trickle(&file, 0)).unwrap(), want, "{endianness:?}");
         }
+    }
+
+    /// A little-endian pcapng block: type, total length, the body padded to 4 bytes, length.
+    fn ng_block(ty: u32, body: &[u8]) -> Vec<u8> {
+        let padded = body.len().next_multiple_of(4);
+        let total = (padded + 12) as u32;
+        let mut b = Vec::new();
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&total.to_le_bytes());
+        b.extend_from_slice(body);
+        b.resize(8 + padded, 0);
+        b.extend_from_slice(&total.to_le_bytes());
+        b
+    }
+
+    /// A little-endian pcapng file: a section header, an Ethernet interface of snap length
+    /// `snaplen` (0: none), then `blocks`.
+    fn ng_file(snaplen: u32, blocks: &[Vec<u8>]) -> Vec<u8> {
+        let mut shb = 0x1a2b_3c4d_u32.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&(-1i64).to_le_bytes());
+        let mut idb = vec![1, 0, 0, 0];
+        idb.extend_from_slice(&snaplen.to_le_bytes());
+        let mut file = ng_block(0x0a0d_0d0a, &shb);
+        file.extend(ng_block(1, &idb));
+        for b in blocks {
+            file.extend_from_slice(b);
+        }
+        file
+    }
+
+    #[test]
+    fn pcapng_simple_packets_end_at_their_length() {
+        // The data is as long as the original packet or the snap length, without the padding
+        // (fuzz/regressions/capture/simple-packet-*).
+        let mut spb = 1u32.to_le_bytes().to_vec();
+        spb.push(0xab);
+        let got = frames(&ng_file(0, &[ng_block(3, &spb)])[..]).unwrap();
+        assert_eq!(got, vec![(Some(LinkType::Ethernet), 0, vec![0xab])]);
+        let mut spb = 5u32.to_le_bytes().to_vec();
+        spb.extend_from_slice(&[0xcd, 0xef]);
+        let got = frames(&ng_file(2, &[ng_block(3, &spb)])[..]).unwrap();
+        assert_eq!(got, vec![(Some(LinkType::Ethernet), 0, vec![0xcd, 0xef])]);
+    }
+
+    #[test]
+    fn pcapng_packet_block_timestamp_is_high_half_first() {
+        // The obsolete packet block: interface u16, drops u16, timestamp high and low u32,
+        // captured and original length (fuzz/regressions/capture/packet-block-timestamp-le).
+        let mut pb = vec![0, 0, 0, 0];
+        for w in [1u32, 2, 3, 3] {
+            pb.extend_from_slice(&w.to_le_bytes());
+        }
+        pb.extend_from_slice(b"abc");
+        let got = frames(&ng_file(0, &[ng_block(2, &pb)])[..]).unwrap();
+        assert_eq!(
+            got,
+            vec![(Some(LinkType::Ethernet), (1 << 32) + 2, b"abc".to_vec())]
+        );
     }
 
     proptest! {
