@@ -9,6 +9,10 @@ writes, one file per seed (named by content hash):
   pipeline/      runs of datagrams (and of capture frames) in the pipeline target's record format
   http_session/  client and server byte streams of TCP flows, in the http_session target's format
   reassembly/    one direction's captured segments, in the reassembly target's `arbitrary` layout
+  capture/       capture files: the first records of some captures (cut at a record boundary
+                 and inside a record), and a few packets rewritten as pcap in both byte orders
+                 and resolutions and as pcapng with nanosecond ticks, simple and obsolete packet
+                 blocks, both byte orders
 """
 import hashlib
 import os
@@ -282,6 +286,91 @@ def seeds_reassembly(flows, budget):
             n += 1
 
 
+# --- capture: whole records of the files themselves, and rewritten variants
+
+def records_end(raw, n):
+    """The offset after the first n records (pcap) or blocks (pcapng) of raw, or None."""
+    if raw[:4] == b"\x0a\x0d\x0d\x0a":
+        e = "<" if raw[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        off = 0
+        for _ in range(n):
+            if off + 12 > len(raw):
+                return None
+            off += struct.unpack(e + "I", raw[off + 4:off + 8])[0]
+        return off if off <= len(raw) else None
+    e = "<" if raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    off = 24
+    for _ in range(n):
+        if off + 16 > len(raw):
+            return None
+        off += 16 + struct.unpack(e + "I", raw[off + 8:off + 12])[0]
+    return off if off <= len(raw) else None
+
+
+def pcap_bytes(packets, e, ns, linktype, snaplen=65535):
+    magic = 0xA1B23C4D if ns else 0xA1B2C3D4
+    out = bytearray(struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+    for p in packets:
+        sec, frac = divmod(p.ts_ns, 1_000_000_000)
+        frac = frac if ns else frac // 1000
+        data = p.data[:snaplen]
+        out += struct.pack(e + "IIII", sec & 0xFFFFFFFF, frac, len(data), p.orig_len) + data
+    return bytes(out)
+
+
+def ng_block(e, ty, body):
+    body = body + b"\x00" * (-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack(e + "II", ty, n) + body + struct.pack(e + "I", n)
+
+
+def pcapng_bytes(packets, e, linktype, tsresol):
+    """SHB, an IDB (if_tsresol when tsresol), then one EPB per packet except the second (a
+    simple packet block) and the third (an obsolete packet block), then a statistics block."""
+    per_second = 10 ** (tsresol or 6)
+    out = ng_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = b""
+    if tsresol:
+        opts = struct.pack(e + "HH", 9, 1) + bytes([tsresol]) + b"\x00" * 3 + b"\x00" * 4
+    out += ng_block(e, 1, struct.pack(e + "HHI", linktype, 0, 0) + opts)
+    for i, p in enumerate(packets):
+        ticks = p.ts_ns * per_second // 1_000_000_000
+        hi, lo = ticks >> 32, ticks & 0xFFFFFFFF
+        if i == 1:
+            out += ng_block(e, 3, struct.pack(e + "I", p.orig_len) + p.data)
+        elif i == 2:
+            out += ng_block(e, 2, struct.pack(e + "HHIIII", 0, 0, hi, lo, len(p.data), p.orig_len) + p.data)
+        else:
+            out += ng_block(e, 6, struct.pack(e + "IIIII", 0, hi, lo, len(p.data), p.orig_len) + p.data)
+    out += ng_block(e, 5, struct.pack(e + "III", 0, hi, lo))
+    return out
+
+
+capture_files = 0
+
+
+def seeds_capture(path, packets):
+    global capture_files
+    with open(path, "rb") as f:
+        raw = f.read(64 * 1024)
+    small = [p for p in packets if len(p.data) <= 600][:6]
+    # Every capture of another link type or format; every fourth of the rest.
+    kind = raw[:4] == b"\x0a\x0d\x0d\x0a" or (packets and packets[0].linktype != 1)
+    if kind or capture_files % 4 == 0:
+        end = records_end(raw, 6)
+        if end is not None and end <= 8192:
+            put("capture", raw[:end])
+            put("capture", raw[:end - 5])  # ends inside a record
+    capture_files += 1
+    if small and (kind or capture_files % 8 == 1):
+        lt = small[0].linktype
+        same = [p for p in small if p.linktype == lt]
+        for e in "<>":
+            for ns in (False, True):
+                put("capture", pcap_bytes(same, e, ns, lt, 65535 if ns else 96))
+            put("capture", pcapng_bytes(same, e, lt, 9 if e == ">" else None))
+
+
 def main():
     for sub, path in captures():
         try:
@@ -296,6 +385,7 @@ def main():
         flows = directions(decoded)
         seeds_http(flows, 6)
         seeds_reassembly(flows, 4)
+        seeds_capture(path, packets)
     for t in sorted(counts):
         print(f"{t}: {counts[t]} new seed files")
 
