@@ -107,96 +107,116 @@ impl<R: Read> CaptureReader<R> {
     }
 
     fn try_next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
-        let input = &mut self.input;
         match &mut self.format {
-            Format::Pcap(parser, link) => {
-                // A record: 16 bytes of header, the 4 at offset 8 its captured length.
-                if !input.another(16)? {
-                    return Ok(None);
-                }
-                let caplen =
-                    peek_u32(input.available(), 8, parser.header().endianness).unwrap_or(0);
-                input.fill_record(caplen.saturating_add(16))?;
-                let Input {
-                    buf, start, end, ..
-                } = input;
-                // Raw: pcap-file's checked packet refuses a frame longer on the wire than the
-                // snap length, which is every cut frame of `tcpdump -s N`.
-                let (rem, packet) = parser.next_raw_packet(&buf[*start..*end])?;
-                *start = *end - rem.len();
-                let frac_us = match parser.header().ts_resolution {
-                    TsResolution::MicroSecond => u64::from(packet.ts_frac),
-                    TsResolution::NanoSecond => u64::from(packet.ts_frac) / 1000,
-                };
-                Ok(Some(Frame {
-                    link: *link,
-                    ts: u64::from(packet.ts_sec) * 1_000_000 + frac_us,
-                    data: packet.data,
-                }))
-            }
-            Format::PcapNg(parser) => {
-                // Blocks other than packets (section and interface descriptions, statistics...)
-                // are parsed for the parser's state and passed over.
-                loop {
-                    if !input.another(12)? {
-                        return Ok(None);
-                    }
-                    let endianness = parser.section().endianness;
-                    let need = block_len(input.available(), endianness);
-                    input.fill_record(need)?;
-                    if matches!(peek_u32(input.available(), 0, endianness), Some(2 | 3 | 6)) {
-                        break;
-                    }
-                    let (rem, _) = parser.next_block(input.available())?;
-                    input.start = input.end - rem.len();
-                }
-                let Input {
-                    buf, start, end, ..
-                } = input;
-                let (rem, block) = parser.next_block(&buf[*start..*end])?;
-                *start = *end - rem.len();
-                let (interface_id, raw_ts, data) = match block {
-                    Block::EnhancedPacket(p) => (
-                        Some(p.interface_id),
-                        u64::try_from(p.timestamp.as_nanos()).ok(),
-                        p.data,
-                    ),
-                    // pcap-file hands out the rest of the block, padding included: the data is
-                    // as long as the original packet or interface 0's snap length (0: none),
-                    // whichever is less.
-                    Block::SimplePacket(p) => {
-                        let snaplen = parser.interfaces().first().map_or(0, |i| i.snaplen);
-                        let mut len = usize::try_from(p.original_len).unwrap_or(usize::MAX);
-                        if snaplen != 0 {
-                            len = len.min(usize::try_from(snaplen).unwrap_or(usize::MAX));
-                        }
-                        (Some(0), None, cut(p.data, len))
-                    }
-                    // The obsolete packet block: pcap-file reads the timestamp's two 32-bit
-                    // halves (high first) as one u64 in the section's byte order, which in a
-                    // little-endian section swaps them.
-                    Block::Packet(p) => {
-                        let ticks = match parser.section().endianness {
-                            Endianness::Little => p.timestamp.rotate_left(32),
-                            Endianness::Big => p.timestamp,
-                        };
-                        (Some(u32::from(p.interface_id)), Some(ticks), p.data)
-                    }
-                    // The block type said a packet.
-                    _ => return Err(pcap_file::PcapError::InvalidField("pcapng block type").into()),
-                };
-                let interface = interface_id.and_then(|i| parser.interfaces().get(i as usize));
-                let link = interface.and_then(|i| LinkType::from_pcap(u32::from(i.linktype)));
-                // pcap-file reads the raw 64-bit timestamp as nanoseconds; its unit is really
-                // the interface's if_tsresol (default microseconds).
-                let ticks = raw_ts.unwrap_or(0);
-                let per_second = interface.map_or(1_000_000, ticks_per_second);
-                let ts = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second))
-                    .unwrap_or(u64::MAX);
-                Ok(Some(Frame { link, ts, data }))
-            }
+            Format::Pcap(parser, link) => next_pcap(&mut self.input, parser, *link),
+            Format::PcapNg(parser) => next_pcapng(&mut self.input, parser),
         }
     }
+}
+
+/// The next record of a pcap file.
+fn next_pcap<'a, R: Read>(
+    input: &'a mut Input<R>,
+    parser: &PcapParser,
+    link: Option<LinkType>,
+) -> Result<Option<Frame<'a>>, CaptureError> {
+    // A record: 16 bytes of header, the 4 at offset 8 its captured length.
+    if !input.another(16)? {
+        return Ok(None);
+    }
+    let caplen = peek_u32(input.available(), 8, parser.header().endianness).unwrap_or(0);
+    input.fill_record(caplen.saturating_add(16))?;
+    let Input {
+        buf, start, end, ..
+    } = input;
+    // Raw: pcap-file's checked packet refuses a frame longer on the wire than the snap length,
+    // which is every cut frame of `tcpdump -s N`.
+    let (rem, packet) = parser.next_raw_packet(&buf[*start..*end])?;
+    *start = *end - rem.len();
+    let frac_us = match parser.header().ts_resolution {
+        TsResolution::MicroSecond => u64::from(packet.ts_frac),
+        TsResolution::NanoSecond => u64::from(packet.ts_frac) / 1000,
+    };
+    Ok(Some(Frame {
+        link,
+        ts: u64::from(packet.ts_sec) * 1_000_000 + frac_us,
+        data: packet.data,
+    }))
+}
+
+/// The next packet block of a pcapng file. Blocks other than packets (section and interface
+/// descriptions, statistics...) are parsed for the parser's state and passed over.
+fn next_pcapng<'a, R: Read>(
+    input: &'a mut Input<R>,
+    parser: &mut PcapNgParser,
+) -> Result<Option<Frame<'a>>, CaptureError> {
+    loop {
+        if !input.another(12)? {
+            return Ok(None);
+        }
+        let endianness = parser.section().endianness;
+        let need = block_len(input.available(), endianness);
+        input.fill_record(need)?;
+        if matches!(peek_u32(input.available(), 0, endianness), Some(2 | 3 | 6)) {
+            break;
+        }
+        let (rem, _) = parser.next_block(input.available())?;
+        input.start = input.end - rem.len();
+    }
+    let Input {
+        buf, start, end, ..
+    } = input;
+    let (rem, block) = parser.next_block(&buf[*start..*end])?;
+    *start = *end - rem.len();
+    let (interface_id, raw_ts, data) = packet_block(block, parser)?;
+    let interface = interface_id.and_then(|i| parser.interfaces().get(i as usize));
+    let link = interface.and_then(|i| LinkType::from_pcap(u32::from(i.linktype)));
+    // pcap-file reads the raw 64-bit timestamp as nanoseconds; its unit is really the
+    // interface's if_tsresol (default microseconds).
+    let ticks = raw_ts.unwrap_or(0);
+    let per_second = interface.map_or(1_000_000, ticks_per_second);
+    let ts = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second))
+        .unwrap_or(u64::MAX);
+    Ok(Some(Frame { link, ts, data }))
+}
+
+/// A packet block's interface, raw timestamp (in the interface's ticks) and frame.
+type PacketBlock<'a> = (Option<u32>, Option<u64>, std::borrow::Cow<'a, [u8]>);
+
+/// What a packet block (enhanced, simple or obsolete) holds.
+fn packet_block<'a>(
+    block: Block<'a>,
+    parser: &PcapNgParser,
+) -> Result<PacketBlock<'a>, CaptureError> {
+    Ok(match block {
+        Block::EnhancedPacket(p) => (
+            Some(p.interface_id),
+            u64::try_from(p.timestamp.as_nanos()).ok(),
+            p.data,
+        ),
+        // pcap-file hands out the rest of the block, padding included: the data is as long as
+        // the original packet or interface 0's snap length (0: none), whichever is less.
+        Block::SimplePacket(p) => {
+            let snaplen = parser.interfaces().first().map_or(0, |i| i.snaplen);
+            let mut len = usize::try_from(p.original_len).unwrap_or(usize::MAX);
+            if snaplen != 0 {
+                len = len.min(usize::try_from(snaplen).unwrap_or(usize::MAX));
+            }
+            (Some(0), None, cut(p.data, len))
+        }
+        // The obsolete packet block: pcap-file reads the timestamp's two 32-bit halves (high
+        // first) as one u64 in the section's byte order, which in a little-endian section
+        // swaps them.
+        Block::Packet(p) => {
+            let ticks = match parser.section().endianness {
+                Endianness::Little => p.timestamp.rotate_left(32),
+                Endianness::Big => p.timestamp,
+            };
+            (Some(u32::from(p.interface_id)), Some(ticks), p.data)
+        }
+        // The block type said a packet.
+        _ => return Err(pcap_file::PcapError::InvalidField("pcapng block type").into()),
+    })
 }
 
 /// The first `len` bytes of `data` (all of it when shorter).
