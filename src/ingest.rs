@@ -19,7 +19,7 @@ use crossbeam_channel::Sender;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -276,93 +276,140 @@ pub struct Ingest<'a> {
     pub stop: &'a AtomicBool,
 }
 
-/// Receives until `stop` is set or every worker is gone.
+/// Receives until `stop` is set or every worker is gone: takes a call's worth of datagrams
+/// (`Receiver::receive`), sorts each into its shard's batch (`Ingest::admit`) and hands the
+/// batches on (`Ingest::send_pending`).
 pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
     let fd = socket.as_raw_fd();
-    // A longer datagram arrives cut to its slot; the decoder sees the truncation (IP length
-    // past the bytes present) and counts it.
-    let slot = MAX_DATAGRAM;
-    // Written through once here, so all of it is resident from the start: left to the first
-    // burst deep enough to fill each slot, the process's RSS would creep up by up to its size.
-    let mut buf = vec![0u8; RECV_BATCH * slot];
-    // (The compiler may not know what the opaque reference points to, so the writes stay.)
-    std::hint::black_box(buf.as_mut_slice()).fill(0);
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let mut rx = Receiver::new();
     let mut pending: Vec<Batch> = to.shards.iter().map(|_| to.pool.take()).collect();
     let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
-    // Per datagram of a call: length and source.
-    let mut got = [(0usize, None::<IpAddr>); RECV_BATCH];
     while !to.stop.load(Ordering::Relaxed) {
-        let received = {
-            // On the stack: no allocation per call.
-            let mut chunks = buf.chunks_exact_mut(slot);
-            let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
-                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-            // MSG_WAITFORONE: block (up to the socket's receive timeout) for the first datagram,
-            // then take whatever else is queued without waiting.
-            let flags = MsgFlags::MSG_WAITFORONE;
-            match recvmmsg(fd, &mut headers, &mut slices, flags, None) {
-                Ok(results) => {
-                    let mut n = 0;
-                    for (msg, entry) in results.zip(got.iter_mut()) {
-                        *entry = (msg.bytes.min(slot), source_ip(msg.address.as_ref()));
-                        n += 1;
-                    }
-                    n
-                }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
-                Err(e) => {
-                    if error_log.ready() {
-                        tracing::error!(error = %e, "receive failed (logged at most every 10 s)");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    0
-                }
-            }
-        };
-        for (i, &(len, from)) in got[..received].iter().enumerate() {
-            let datagram = &buf[i * slot..i * slot + len];
-            // A source the kernel did not report cannot pass a source allow-list: it is taken
-            // as the unspecified address.
-            let from = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-            match to.admission.check(from, datagram) {
-                Verdict::Accept => {}
-                Verdict::SourceNotAllowed => {
-                    to.refused_source.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Verdict::VniNotAllowed => {
-                    to.refused_vni.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
-            // One shard needs no hash (and no decode here).
-            let shard = match to.shards.len() {
-                1 => 0,
-                n => shard_of(datagram, n),
-            };
-            pending[shard].push(datagram);
-        }
+        let received = rx.receive(fd, &error_log);
         if received == 0 {
             // Nothing for a receive timeout (100 ms): keep a batch per shard for the next
             // datagrams, free the rest.
             to.pool.shrink(to.shards.len());
             continue;
         }
+        for (datagram, from) in rx.datagrams(received) {
+            to.admit(datagram, from, &mut pending);
+        }
         to.counters
             .received
             .fetch_add(received as u64, Ordering::Relaxed);
+        if !to.send_pending(&mut pending) {
+            return;
+        }
+    }
+}
+
+/// A receive thread's buffers, allocated once and reused by every `recvmmsg` call.
+struct Receiver {
+    /// [`RECV_BATCH`] slots of [`MAX_DATAGRAM`] bytes, one per datagram of a call. A longer
+    /// datagram arrives cut to its slot; the decoder sees the truncation (IP length past the
+    /// bytes present) and counts it.
+    buf: Vec<u8>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Per datagram of the latest call: length and source.
+    got: [(usize, Option<IpAddr>); RECV_BATCH],
+}
+
+impl Receiver {
+    /// The buffers, the datagram slots written through once here so that all of them are
+    /// resident from the start: left to the first burst deep enough to fill each slot, the
+    /// process's RSS would creep up by up to their size.
+    fn new() -> Receiver {
+        let mut buf = vec![0u8; RECV_BATCH * MAX_DATAGRAM];
+        // (The compiler may not know what the opaque reference points to, so the writes stay.)
+        std::hint::black_box(buf.as_mut_slice()).fill(0);
+        Receiver {
+            buf,
+            headers: MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None),
+            got: [(0, None); RECV_BATCH],
+        }
+    }
+
+    /// One `recvmmsg` call on `fd`: blocks (up to the socket's receive timeout) for the first
+    /// datagram, then takes whatever else is queued without waiting. Returns how many datagrams
+    /// it took, 0 on a timeout or an error (logged through `error_log`, then a pause).
+    fn receive(&mut self, fd: RawFd, error_log: &crate::sink::RateLimit) -> usize {
+        // On the stack: no allocation per call.
+        let mut chunks = self.buf.chunks_exact_mut(MAX_DATAGRAM);
+        let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let flags = MsgFlags::MSG_WAITFORONE;
+        match recvmmsg(fd, &mut self.headers, &mut slices, flags, None) {
+            Ok(results) => {
+                let mut n = 0;
+                for (msg, entry) in results.zip(self.got.iter_mut()) {
+                    *entry = (msg.bytes.min(MAX_DATAGRAM), source_ip(msg.address.as_ref()));
+                    n += 1;
+                }
+                n
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                if error_log.ready() {
+                    tracing::error!(error = %e, "receive failed (logged at most every 10 s)");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                0
+            }
+        }
+    }
+
+    /// The first `n` datagrams of the latest call, each with its source (`None` when the
+    /// kernel did not report it).
+    fn datagrams(&self, n: usize) -> impl Iterator<Item = (&[u8], Option<IpAddr>)> {
+        self.got[..n].iter().enumerate().map(|(i, &(len, from))| {
+            let start = i * MAX_DATAGRAM;
+            (&self.buf[start..start + len], from)
+        })
+    }
+}
+
+impl Ingest<'_> {
+    /// Passes one datagram from `from` through admission (counting what it refuses) and packs
+    /// it into the pending batch of the shard that owns its flow.
+    fn admit(&self, datagram: &[u8], from: Option<IpAddr>, pending: &mut [Batch]) {
+        // A source the kernel did not report cannot pass a source allow-list: it is taken
+        // as the unspecified address.
+        let from = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        match self.admission.check(from, datagram) {
+            Verdict::Accept => {}
+            Verdict::SourceNotAllowed => {
+                self.refused_source.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Verdict::VniNotAllowed => {
+                self.refused_vni.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        // One shard needs no hash (and no decode here).
+        let shard = match self.shards.len() {
+            1 => 0,
+            n => shard_of(datagram, n),
+        };
+        pending[shard].push(datagram);
+    }
+
+    /// Sends every non-empty pending batch to its worker, replacing it with one from the pool.
+    /// False once a worker is gone.
+    fn send_pending(&self, pending: &mut [Batch]) -> bool {
         for (shard, batch) in pending.iter_mut().enumerate() {
             if batch.is_empty() {
                 continue;
             }
-            let full = std::mem::replace(batch, to.pool.take());
+            let full = std::mem::replace(batch, self.pool.take());
             // Blocks while the worker's queue is full: the socket's queue fills behind it and
             // the kernel counts what it drops (kernel_drops), so nothing is lost uncounted.
-            if to.shards[shard].send(full).is_err() {
-                return;
+            if self.shards[shard].send(full).is_err() {
+                return false;
             }
         }
+        true
     }
 }
 

@@ -59,97 +59,138 @@ impl Encoder {
     ///
     /// The JSON is written by hand, field by field, in the order and form `serde_json` would give
     /// a struct of string fields (the tests keep such a struct as the reference): no
-    /// intermediate strings, headers escaped twice in one pass.
+    /// intermediate strings, headers escaped twice in one pass. The fields before the payloads
+    /// are the same in every attempt to fit the record in `max_record_bytes`: they are written
+    /// once (`push_head`), and each attempt writes the rest after them (`Encoder::push_tail`).
     pub fn encode(&self, ex: &Exchange, buf: &mut Vec<u8>) -> Result<(), RecordError> {
         buf.clear();
-        let (method, path) = match &ex.request.start {
-            StartLine::Request { method, target } => (method.as_str(), target.as_str()),
-            StartLine::Response { .. } => ("", ""),
-        };
         let resp = ex.response.as_ref();
-        let (status_code, status) = match resp.map(|r| &r.start) {
-            Some(StartLine::Response { status, reason }) => (*status, reason.as_str()),
-            _ => (0, ""),
-        };
         let req_body = body_text(&ex.request.body);
         let resp_body = resp.map_or(Cow::Borrowed(""), |r| body_text(&r.body));
-
-        // Everything before the payloads is the same in every attempt below: written once.
-        buf.extend_from_slice(b"{\"path\":\"");
-        push_escaped(buf, path, false);
-        buf.extend_from_slice(b"\",\"method\":\"");
-        push_escaped(buf, method, false);
-        buf.extend_from_slice(b"\",\"requestHeaders\":\"");
-        push_headers(buf, &ex.request, true);
-        buf.extend_from_slice(b"\",\"responseHeaders\":\"");
-        match resp {
-            Some(r) => push_headers(buf, r, true),
-            None => buf.extend_from_slice(b"{}"),
-        }
-        buf.extend_from_slice(b"\",\"requestPayload\":\"");
+        push_head(buf, ex);
         let head = buf.len();
-        // The rest of the record, from the payloads on. Addresses and numbers need no escaping.
-        let finish = |buf: &mut Vec<u8>, req: &str, resp_payload: &str, truncated: &str| {
-            buf.truncate(head);
-            push_escaped(buf, req, false);
-            buf.extend_from_slice(b"\",\"responsePayload\":\"");
-            push_escaped(buf, resp_payload, false);
-            buf.extend_from_slice(b"\",\"ip\":\"");
-            push_ip(buf, ex.client.ip());
-            buf.extend_from_slice(b"\",\"destIp\":\"");
-            push_ip(buf, ex.server.ip());
-            buf.extend_from_slice(b"\",\"time\":\"");
-            push_decimal(buf, ex.request.ts / 1_000_000);
-            buf.extend_from_slice(b"\",\"statusCode\":\"");
-            push_decimal(buf, u64::from(status_code));
-            buf.extend_from_slice(b"\",\"status\":\"");
-            push_escaped(buf, status, false);
-            buf.extend_from_slice(b"\",\"type\":\"");
-            push_escaped(buf, ex.request.version_str(), false);
-            buf.extend_from_slice(b"\",\"akto_account_id\":\"");
-            push_escaped(buf, &self.cfg.account_id, false);
-            buf.extend_from_slice(b"\",\"akto_vxlan_id\":\"");
-            push_decimal(buf, u64::from(ex.vni));
-            buf.extend_from_slice(b"\",\"is_pending\":\"");
-            buf.extend_from_slice(if resp.is_some() { b"false" } else { b"true" });
-            buf.extend_from_slice(b"\",\"source\":\"MIRRORING\"");
-            if !truncated.is_empty() {
-                buf.extend_from_slice(b",\"truncated\":\"");
-                push_escaped(buf, truncated, false);
-                buf.push(b'"');
-            }
-            buf.push(b'}');
-        };
-
-        let label = |req_cut: bool, resp_cut: bool| {
-            truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp))
-        };
-        let mut req_cut = ex.request.body_truncated;
-        let mut resp_cut = resp.is_some_and(|r| r.body_truncated);
+        let req_cut = ex.request.body_truncated;
+        let resp_cut = resp.is_some_and(|r| r.body_truncated);
         // An escaped payload is never shorter than its text: when the payloads alone pass the
         // limit, the whole record cannot fit and is not written in full only to be thrown away.
         if req_body.len() + resp_body.len() <= self.cfg.max_record_bytes {
-            finish(buf, &req_body, &resp_body, &label(req_cut, resp_cut));
+            let label = truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp));
+            self.push_tail(buf, head, ex, (&req_body, &resp_body), &label);
             if buf.len() <= self.cfg.max_record_bytes {
                 return Ok(());
             }
         }
-        // Too large: find what the record costs without payloads, then share the rest.
-        finish(buf, "", "", &label(true, true));
+        self.encode_cut(ex, buf, head, (&req_body, &resp_body), (req_cut, resp_cut))
+    }
+
+    /// The record of `ex` with its payloads too large, the fields before them in `buf` up to
+    /// `head`: finds what the record costs without payloads, then shares the rest between them
+    /// and cuts each to its share. `(req_cut, resp_cut)`: whether each payload was cut at the
+    /// body cap already.
+    fn encode_cut(
+        &self,
+        ex: &Exchange,
+        buf: &mut Vec<u8>,
+        head: usize,
+        (req_body, resp_body): (&str, &str),
+        (mut req_cut, mut resp_cut): (bool, bool),
+    ) -> Result<(), RecordError> {
+        let resp = ex.response.as_ref();
+        let label = |req_cut: bool, resp_cut: bool| {
+            truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp))
+        };
+        self.push_tail(buf, head, ex, ("", ""), &label(true, true));
         let room = self
             .cfg
             .max_record_bytes
             .checked_sub(buf.len())
             .ok_or(RecordError::TooLarge)?;
-        let (req_room, resp_room) = share(escaped_len(&req_body), escaped_len(&resp_body), room);
-        let req_fit = cut_to_escaped(&req_body, req_room);
-        let resp_fit = cut_to_escaped(&resp_body, resp_room);
+        let (req_room, resp_room) = share(escaped_len(req_body), escaped_len(resp_body), room);
+        let req_fit = cut_to_escaped(req_body, req_room);
+        let resp_fit = cut_to_escaped(resp_body, resp_room);
         req_cut |= req_fit.len() < req_body.len();
         resp_cut |= resp_fit.len() < resp_body.len();
-        finish(buf, req_fit, resp_fit, &label(req_cut, resp_cut));
+        self.push_tail(
+            buf,
+            head,
+            ex,
+            (req_fit, resp_fit),
+            &label(req_cut, resp_cut),
+        );
         debug_assert!(buf.len() <= self.cfg.max_record_bytes);
         Ok(())
     }
+
+    /// Writes the rest of the record from the payloads on, over whatever `buf` holds past `head`
+    /// (the end of [`push_head`]'s fields): the payloads given, addresses, time, status, the
+    /// fixed fields, and `truncated` unless it is empty. Addresses and numbers need no escaping.
+    fn push_tail(
+        &self,
+        buf: &mut Vec<u8>,
+        head: usize,
+        ex: &Exchange,
+        (req, resp): (&str, &str),
+        truncated: &str,
+    ) {
+        let (status_code, status) = match ex.response.as_ref().map(|r| &r.start) {
+            Some(StartLine::Response { status, reason }) => (*status, reason.as_str()),
+            _ => (0, ""),
+        };
+        buf.truncate(head);
+        push_escaped(buf, req, false);
+        buf.extend_from_slice(b"\",\"responsePayload\":\"");
+        push_escaped(buf, resp, false);
+        buf.extend_from_slice(b"\",\"ip\":\"");
+        push_ip(buf, ex.client.ip());
+        buf.extend_from_slice(b"\",\"destIp\":\"");
+        push_ip(buf, ex.server.ip());
+        buf.extend_from_slice(b"\",\"time\":\"");
+        push_decimal(buf, ex.request.ts / 1_000_000);
+        buf.extend_from_slice(b"\",\"statusCode\":\"");
+        push_decimal(buf, u64::from(status_code));
+        buf.extend_from_slice(b"\",\"status\":\"");
+        push_escaped(buf, status, false);
+        buf.extend_from_slice(b"\",\"type\":\"");
+        push_escaped(buf, ex.request.version_str(), false);
+        buf.extend_from_slice(b"\",\"akto_account_id\":\"");
+        push_escaped(buf, &self.cfg.account_id, false);
+        buf.extend_from_slice(b"\",\"akto_vxlan_id\":\"");
+        push_decimal(buf, u64::from(ex.vni));
+        buf.extend_from_slice(b"\",\"is_pending\":\"");
+        buf.extend_from_slice(if ex.response.is_some() {
+            b"false"
+        } else {
+            b"true"
+        });
+        buf.extend_from_slice(b"\",\"source\":\"MIRRORING\"");
+        if !truncated.is_empty() {
+            buf.extend_from_slice(b",\"truncated\":\"");
+            push_escaped(buf, truncated, false);
+            buf.push(b'"');
+        }
+        buf.push(b'}');
+    }
+}
+
+/// Appends the record's fields before the payloads, up to the opening quote of
+/// `requestPayload`: path, method and both messages' headers (`{}` without a response).
+fn push_head(buf: &mut Vec<u8>, ex: &Exchange) {
+    let (method, path) = match &ex.request.start {
+        StartLine::Request { method, target } => (method.as_str(), target.as_str()),
+        StartLine::Response { .. } => ("", ""),
+    };
+    buf.extend_from_slice(b"{\"path\":\"");
+    push_escaped(buf, path, false);
+    buf.extend_from_slice(b"\",\"method\":\"");
+    push_escaped(buf, method, false);
+    buf.extend_from_slice(b"\",\"requestHeaders\":\"");
+    push_headers(buf, &ex.request, true);
+    buf.extend_from_slice(b"\",\"responseHeaders\":\"");
+    match &ex.response {
+        Some(r) => push_headers(buf, r, true),
+        None => buf.extend_from_slice(b"{}"),
+    }
+    buf.extend_from_slice(b"\",\"requestPayload\":\"");
 }
 
 /// The `truncated` value for the two payloads, each given as (cut at a size cap, message): see

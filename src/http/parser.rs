@@ -29,6 +29,16 @@ pub enum Role {
     Response,
 }
 
+impl Role {
+    /// The kind of start line that begins this direction's messages.
+    fn start_kind(self) -> StartKind {
+        match self {
+            Role::Request => StartKind::Request,
+            Role::Response => StartKind::Response,
+        }
+    }
+}
+
 /// Why a message was given up. `Copy`, string-free: a metric label.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ParseError {
@@ -278,13 +288,13 @@ impl Parser {
         self.after_gap = true;
     }
 
-    /// True while a gap's damage to framing is being recovered from.
     /// True once after the latest message completed by recovery when the next message's
     /// head was lost: its tail ("ET /x HTTP/1.1") follows the gap.
     pub fn take_lost_head(&mut self) -> bool {
         std::mem::take(&mut self.lost_head)
     }
 
+    /// True while a gap's damage to framing is being recovered from.
     pub fn recovering(&self) -> bool {
         self.state == State::Recover
     }
@@ -419,7 +429,7 @@ impl Parser {
             return None;
         }
         let found = matches!(detect::scan(&avail[mark..], Some(want)), Scan::Found(0, _));
-        // After a gap a request line must name a registered method (see `step`).
+        // After a gap a request line must name a registered method (see `step_seek`).
         (found && (want == StartKind::Response || detect::known_method(&avail[mark..])))
             .then_some(mark)
     }
@@ -481,192 +491,243 @@ impl Parser {
         Ok(())
     }
 
-    /// Advances as far as the buffered bytes allow.
+    /// Advances as far as the buffered bytes allow: runs the state machine, one state's step at
+    /// a time, until a state needs more bytes or has something to report.
     pub fn step(&mut self, cfg: &HttpConfig) -> Step {
         loop {
-            match self.state {
+            // States that always report return their step at once; the others say whether
+            // stepping goes on (`Progress`, small: a message is moved once, not through it).
+            let progress = match self.state {
                 State::Tunnel => {
                     self.pos = self.buf.len();
                     return Step::NeedMore;
                 }
-                State::Seek => {
-                    let want = match self.role {
-                        Role::Request => StartKind::Request,
-                        Role::Response => StartKind::Response,
-                    };
-                    let mut scan = detect::scan(&self.buf[self.pos..], Some(want));
-                    let line_start = match scan {
-                        Scan::Found(off, _) | Scan::Partial(off) => Some(off),
-                        Scan::None => None,
-                    };
-                    // The newest segment starts a message inside the line found (or after every
-                    // line start): it wins, unless that line is a start line that counts after
-                    // a gap itself ("GET /a HTTP/1.1" sent as "G" and "ET /a HTTP/1.1").
-                    if let Some(mark) = self.start_at_segment(want) {
-                        let avail = &self.buf[self.pos..];
-                        let line_counts = match scan {
-                            Scan::Found(o, StartKind::Request) => detect::known_method(&avail[o..]),
-                            Scan::Found(..) => true,
-                            _ => false,
-                        };
-                        if line_start.is_none_or(|o| {
-                            o < mark && !avail[o..mark].contains(&b'\n') && !line_counts
-                        }) {
-                            scan = Scan::Found(mark, want);
-                        }
-                    }
-                    match scan {
-                        // After a gap, the line found may be the tail of one whose start was
-                        // lost ("ET /x HTTP/1.1"): a request line must name a registered
-                        // method to count.
-                        Scan::Found(off, StartKind::Request)
-                            if self.after_gap
-                                && !detect::known_method(&self.buf[self.pos + off..]) =>
-                        {
-                            self.skip(off + 1);
-                        }
-                        Scan::Found(off, _) => {
-                            self.skip(off);
-                            self.state = State::Head;
-                        }
-                        Scan::Partial(off) => {
-                            self.skip(off);
-                            return Step::NeedMore;
-                        }
-                        Scan::None => {
-                            let n = self.buffered();
-                            self.skip(n);
-                            return Step::NeedMore;
-                        }
-                    }
-                }
-                State::Head => {
-                    // Empty lines between messages are allowed (RFC 9112 2.2).
-                    let blank = self.buf[self.pos..]
-                        .iter()
-                        .take_while(|&&b| b == b'\r' || b == b'\n')
-                        .count();
-                    if self.msg.is_none() {
-                        self.consume(blank);
-                    }
-                    if self.buffered() == 0 {
-                        return Step::NeedMore;
-                    }
-                    match self.parse_head(cfg) {
-                        Ok(Some(())) => {
-                            self.state = State::AwaitBody;
-                            return Step::Head;
-                        }
-                        Ok(None) => return Step::NeedMore,
-                        Err(e) => {
-                            // Skip past this line start so seeking finds the next one.
-                            self.skip(1);
-                            return self.abandon(DropReason::Parse(e), false);
-                        }
-                    }
-                }
-                State::AwaitBody => {
-                    // The caller did not choose the framing (a response whose request is
-                    // unknown): decide once the bytes after the head show whether a body
-                    // follows (see `start_body`).
-                    if self.role == Role::Response && self.buffered() == 0 {
-                        return Step::NeedMore;
-                    }
-                    if let Err(e) = self.start_body(None) {
-                        return self.abandon(DropReason::Parse(e), true);
-                    }
-                }
+                State::Head => return self.step_head(cfg),
                 State::Length(0) => return self.finish_message(cfg),
-                State::Length(rest) => {
-                    let n = self.take_body(rest, cfg);
-                    if n == 0 {
-                        return Step::NeedMore;
-                    }
-                    self.state = State::Length(rest - n);
-                }
-                State::Chunked(Chunk::Size) => {
-                    match httparse::parse_chunk_size(&self.buf[self.pos..]) {
-                        Ok(httparse::Status::Complete((n, size))) => {
-                            self.consume(n);
-                            self.state = State::Chunked(if size == 0 {
-                                Chunk::Trailers
-                            } else {
-                                Chunk::Data(size)
-                            });
-                        }
-                        Ok(httparse::Status::Partial) if self.buffered() <= MAX_CHUNK_LINE => {
-                            return Step::NeedMore;
-                        }
-                        _ => return self.abandon(DropReason::Parse(ParseError::Chunk), true),
-                    }
-                }
-                State::Chunked(Chunk::Data(rest)) => {
-                    let n = self.take_body(rest, cfg);
-                    if n == 0 {
-                        return Step::NeedMore;
-                    }
-                    self.state = State::Chunked(if n == rest {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(rest - n)
-                    });
-                }
-                State::Chunked(Chunk::DataEnd) => {
-                    let avail = &self.buf[self.pos..];
-                    if avail.starts_with(b"\r\n") {
-                        self.consume(2);
-                    } else if avail.starts_with(b"\n") {
-                        self.consume(1);
-                    } else if avail.is_empty() || avail == b"\r" {
-                        return Step::NeedMore;
-                    } else {
-                        return self.abandon(DropReason::Parse(ParseError::Chunk), true);
-                    }
-                    self.state = State::Chunked(Chunk::Size);
-                }
-                State::Chunked(Chunk::Trailers) => {
-                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let avail = &self.buf[self.pos..];
-                    match httparse::parse_headers(avail, &mut storage) {
-                        Ok(httparse::Status::Complete((n, fields))) => {
-                            if let Some(msg) = &mut self.msg {
-                                copy_headers(fields, &avail[..n], &mut msg.headers);
-                            }
-                            self.consume(n);
-                            return self.finish_message(cfg);
-                        }
-                        Ok(httparse::Status::Partial) if self.buffered() <= cfg.max_head_bytes => {
-                            return Step::NeedMore;
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            return self.abandon(DropReason::Parse(ParseError::HeadTooLarge), true);
-                        }
-                        Err(e) => return self.abandon(DropReason::Parse(e.into()), true),
-                    }
-                }
-                State::Close => {
-                    let n = self.take_body(u64::MAX, cfg);
-                    if n == 0 {
-                        return Step::NeedMore;
-                    }
-                }
+                State::Chunked(Chunk::Trailers) => return self.step_trailers(cfg),
                 State::Recover => match self.recover() {
-                    Recovered::Wait => return Step::NeedMore,
-                    Recovered::Chunk => {}
-                    Recovered::End(by) => {
-                        if let Some(msg) = &mut self.msg {
-                            msg.recovered = Some(by);
-                        }
-                        let step = self.finish_message(cfg);
-                        if by == Recovery::Peer || self.lost_head {
-                            // Where the next message starts is known only roughly.
-                            self.state = State::Seek;
-                        }
-                        return step;
-                    }
+                    Recovered::Wait => Progress::NeedMore,
+                    Recovered::Chunk => Progress::Again,
+                    Recovered::End(by) => return self.finish_recovered(by, cfg),
                 },
+                State::Seek => self.step_seek(),
+                State::AwaitBody => self.step_await_body(),
+                State::Length(rest) => self.step_length(rest, cfg),
+                State::Chunked(Chunk::Size) => self.step_chunk_size(),
+                State::Chunked(Chunk::Data(rest)) => self.step_chunk_data(rest, cfg),
+                State::Chunked(Chunk::DataEnd) => self.step_chunk_end(),
+                State::Close => self.step_close(cfg),
+            };
+            match progress {
+                Progress::Again => {}
+                Progress::NeedMore => return Step::NeedMore,
+                Progress::Malformed(e) => return self.abandon(DropReason::Parse(e), true),
             }
         }
+    }
+
+    /// [`State::Seek`]: skips to the next line that starts a message of this direction, and
+    /// goes on in [`State::Head`] there.
+    fn step_seek(&mut self) -> Progress {
+        match self.seek_start() {
+            // After a gap, the line found may be the tail of one whose start was lost
+            // ("ET /x HTTP/1.1"): a request line must name a registered method to count.
+            Scan::Found(off, StartKind::Request)
+                if self.after_gap && !detect::known_method(&self.buf[self.pos + off..]) =>
+            {
+                self.skip(off + 1);
+                Progress::Again
+            }
+            Scan::Found(off, _) => {
+                self.skip(off);
+                self.state = State::Head;
+                Progress::Again
+            }
+            Scan::Partial(off) => {
+                self.skip(off);
+                Progress::NeedMore
+            }
+            Scan::None => {
+                let n = self.buffered();
+                self.skip(n);
+                Progress::NeedMore
+            }
+        }
+    }
+
+    /// Where in the buffered bytes the next message of this direction may start: the first line
+    /// start that begins a start line, or the newest segment's start when a message starts
+    /// there inside the line found (or after every line start). The segment wins unless that
+    /// line is a start line that counts after a gap itself ("GET /a HTTP/1.1" sent as "G" and
+    /// "ET /a HTTP/1.1").
+    fn seek_start(&self) -> Scan {
+        let want = self.role.start_kind();
+        let avail = &self.buf[self.pos..];
+        let scan = detect::scan(avail, Some(want));
+        let Some(mark) = self.start_at_segment(want) else {
+            return scan;
+        };
+        let line_start = match scan {
+            Scan::Found(off, _) | Scan::Partial(off) => Some(off),
+            Scan::None => None,
+        };
+        let line_counts = match scan {
+            Scan::Found(o, StartKind::Request) => detect::known_method(&avail[o..]),
+            Scan::Found(..) => true,
+            _ => false,
+        };
+        if line_start.is_none_or(|o| o < mark && !avail[o..mark].contains(&b'\n') && !line_counts) {
+            Scan::Found(mark, want)
+        } else {
+            scan
+        }
+    }
+
+    /// [`State::Head`]: parses the head at the buffered bytes (after the empty lines allowed
+    /// between messages) and reports it, or abandons it when it is malformed.
+    fn step_head(&mut self, cfg: &HttpConfig) -> Step {
+        // Empty lines between messages are allowed (RFC 9112 2.2).
+        let blank = self.buf[self.pos..]
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if self.msg.is_none() {
+            self.consume(blank);
+        }
+        if self.buffered() == 0 {
+            return Step::NeedMore;
+        }
+        match self.parse_head(cfg) {
+            Ok(Some(())) => {
+                self.state = State::AwaitBody;
+                Step::Head
+            }
+            Ok(None) => Step::NeedMore,
+            Err(e) => {
+                // Skip past this line start so seeking finds the next one.
+                self.skip(1);
+                self.abandon(DropReason::Parse(e), false)
+            }
+        }
+    }
+
+    /// [`State::AwaitBody`], the caller having not chosen the framing (a response whose request
+    /// is unknown): decides it once the bytes after the head show whether a body follows (see
+    /// [`Parser::start_body`]).
+    fn step_await_body(&mut self) -> Progress {
+        if self.role == Role::Response && self.buffered() == 0 {
+            return Progress::NeedMore;
+        }
+        match self.start_body(None) {
+            Ok(()) => Progress::Again,
+            Err(e) => Progress::Malformed(e),
+        }
+    }
+
+    /// [`State::Length`] with `rest` bytes of the body to come: takes what is buffered of them.
+    fn step_length(&mut self, rest: u64, cfg: &HttpConfig) -> Progress {
+        let n = self.take_body(rest, cfg);
+        if n == 0 {
+            return Progress::NeedMore;
+        }
+        self.state = State::Length(rest - n);
+        Progress::Again
+    }
+
+    /// [`Chunk::Size`]: parses a chunk-size line; a size of zero is the last chunk, its trailers
+    /// follow.
+    fn step_chunk_size(&mut self) -> Progress {
+        match httparse::parse_chunk_size(&self.buf[self.pos..]) {
+            Ok(httparse::Status::Complete((n, size))) => {
+                self.consume(n);
+                self.state = State::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+                Progress::Again
+            }
+            Ok(httparse::Status::Partial) if self.buffered() <= MAX_CHUNK_LINE => {
+                Progress::NeedMore
+            }
+            _ => Progress::Malformed(ParseError::Chunk),
+        }
+    }
+
+    /// [`Chunk::Data`] with `rest` bytes of the chunk to come: takes what is buffered of them.
+    fn step_chunk_data(&mut self, rest: u64, cfg: &HttpConfig) -> Progress {
+        let n = self.take_body(rest, cfg);
+        if n == 0 {
+            return Progress::NeedMore;
+        }
+        self.state = State::Chunked(if n == rest {
+            Chunk::DataEnd
+        } else {
+            Chunk::Data(rest - n)
+        });
+        Progress::Again
+    }
+
+    /// [`Chunk::DataEnd`]: the line end after a chunk's data (CRLF, or a bare LF).
+    fn step_chunk_end(&mut self) -> Progress {
+        let avail = &self.buf[self.pos..];
+        if avail.starts_with(b"\r\n") {
+            self.consume(2);
+        } else if avail.starts_with(b"\n") {
+            self.consume(1);
+        } else if avail.is_empty() || avail == b"\r" {
+            return Progress::NeedMore;
+        } else {
+            return Progress::Malformed(ParseError::Chunk);
+        }
+        self.state = State::Chunked(Chunk::Size);
+        Progress::Again
+    }
+
+    /// [`Chunk::Trailers`]: the trailer fields after the last chunk, kept with the headers; the
+    /// message is complete after them.
+    fn step_trailers(&mut self, cfg: &HttpConfig) -> Step {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let avail = &self.buf[self.pos..];
+        match httparse::parse_headers(avail, &mut storage) {
+            Ok(httparse::Status::Complete((n, fields))) => {
+                if let Some(msg) = &mut self.msg {
+                    copy_headers(fields, &avail[..n], &mut msg.headers);
+                }
+                self.consume(n);
+                self.finish_message(cfg)
+            }
+            Ok(httparse::Status::Partial) if self.buffered() <= cfg.max_head_bytes => {
+                Step::NeedMore
+            }
+            Ok(httparse::Status::Partial) => {
+                self.abandon(DropReason::Parse(ParseError::HeadTooLarge), true)
+            }
+            Err(e) => self.abandon(DropReason::Parse(e.into()), true),
+        }
+    }
+
+    /// [`State::Close`]: every byte is the body's until the stream ends ([`Parser::finish`]).
+    fn step_close(&mut self, cfg: &HttpConfig) -> Progress {
+        if self.take_body(u64::MAX, cfg) == 0 {
+            Progress::NeedMore
+        } else {
+            Progress::Again
+        }
+    }
+
+    /// Completes the message recover mode found the end of, marked with how it was found
+    /// (`by`); the parser seeks the next message when where it starts is known only roughly.
+    fn finish_recovered(&mut self, by: Recovery, cfg: &HttpConfig) -> Step {
+        if let Some(msg) = &mut self.msg {
+            msg.recovered = Some(by);
+        }
+        let step = self.finish_message(cfg);
+        if by == Recovery::Peer || self.lost_head {
+            // Where the next message starts is known only roughly.
+            self.state = State::Seek;
+        }
+        step
     }
 
     /// One pass of recover mode over the buffered bytes: finds where the damaged message ends, or
@@ -675,71 +736,15 @@ impl Parser {
     /// (its line or chunk not all buffered yet) makes the parser wait, bounded by
     /// [`RECOVER_WINDOW`].
     fn recover(&mut self) -> Recovered {
-        let want = match self.role {
-            Role::Request => StartKind::Request,
-            Role::Response => StartKind::Response,
-        };
-        let avail = &self.buf[self.pos..];
+        let avail = self.buffered();
         // Bytes up to the peer's acknowledgement, when it is known, are this message's: the
         // message ends there at the latest.
         let hint = self.end_hint.zip(self.seq).map(|(h, s)| h.diff(s));
-        let reached_hint = hint.is_some_and(|h| h <= avail.len() as i64);
-        let limit = hint.map_or(avail.len(), |h| h.clamp(0, avail.len() as i64) as usize);
-        let seg = self.start_at_segment(want).filter(|&m| m < limit);
-        let mut at = 0;
-        let mut last_line_start = 0;
-        let found = loop {
-            if at >= limit {
-                break None;
-            }
-            last_line_start = at;
-            let rest = &avail[at..];
-            match recover_candidate(rest, want) {
-                Candidate::No => {}
-                found => break Some((at, found)),
-            }
-            let eol = rest.iter().position(|&b| b == b'\n');
-            // The newest segment starts a message inside this line.
-            if let Some(mark) = seg
-                && mark > at
-                && eol.is_none_or(|e| mark <= at + e)
-            {
-                break Some((mark, Candidate::Start));
-            }
-            match eol {
-                Some(eol) => at += eol + 1,
-                None => break None,
-            }
-        };
+        let reached_hint = hint.is_some_and(|h| h <= avail as i64);
+        let limit = hint.map_or(avail, |h| h.clamp(0, avail as i64) as usize);
+        let (found, last_line_start) = self.recover_scan(limit);
         match found {
-            Some((at, Candidate::Start)) => {
-                self.consume(at);
-                Recovered::End(Recovery::StartLine)
-            }
-            Some((at, Candidate::Tail)) => {
-                // The next request began inside the gap: this message ended there. What
-                // remains of that request's head is skipped in `State::Seek`.
-                self.consume(at);
-                self.lost_head = true;
-                Recovered::End(Recovery::StartLine)
-            }
-            Some((at, Candidate::Last(len))) => {
-                self.consume(at + len);
-                Recovered::End(Recovery::ChunkSize)
-            }
-            Some((at, Candidate::Chunk { line, size })) => {
-                self.consume(at + line);
-                self.state = State::Chunked(Chunk::Data(size));
-                if let Some(msg) = &mut self.msg {
-                    msg.recovered = Some(Recovery::ChunkSize);
-                }
-                Recovered::Chunk
-            }
-            Some((at, _)) => {
-                // Undecided: keep it and what follows.
-                self.consume(at);
-                Recovered::Wait
-            }
+            Some((at, candidate)) => self.recover_at(at, candidate),
             None if reached_hint => {
                 self.consume(limit);
                 self.end_hint = None;
@@ -748,12 +753,80 @@ impl Parser {
             None => {
                 // Keep a last line that may still become a candidate, if it is not too long.
                 let keep_from =
-                    if avail.len() - last_line_start <= MAX_CHUNK_LINE && last_line_start < limit {
+                    if avail - last_line_start <= MAX_CHUNK_LINE && last_line_start < limit {
                         last_line_start
                     } else {
-                        avail.len()
+                        avail
                     };
                 self.consume(keep_from);
+                Recovered::Wait
+            }
+        }
+    }
+
+    /// The first candidate among the line starts of the buffered bytes before `limit` (and the
+    /// newest segment's start, when a message starts there inside a line), with its offset; and
+    /// the offset of the last line start looked at.
+    fn recover_scan(&self, limit: usize) -> (Option<(usize, Candidate)>, usize) {
+        let want = self.role.start_kind();
+        let avail = &self.buf[self.pos..];
+        let seg = self.start_at_segment(want).filter(|&m| m < limit);
+        let mut at = 0;
+        let mut last_line_start = 0;
+        while at < limit {
+            last_line_start = at;
+            let rest = &avail[at..];
+            match recover_candidate(rest, want) {
+                Candidate::No => {}
+                found => return (Some((at, found)), last_line_start),
+            }
+            let eol = rest.iter().position(|&b| b == b'\n');
+            // The newest segment starts a message inside this line.
+            if let Some(mark) = seg
+                && mark > at
+                && eol.is_none_or(|e| mark <= at + e)
+            {
+                return (Some((mark, Candidate::Start)), last_line_start);
+            }
+            match eol {
+                Some(eol) => at += eol + 1,
+                None => break,
+            }
+        }
+        (None, last_line_start)
+    }
+
+    /// Acts on the candidate recover mode found `at` bytes into the buffer: the message ends
+    /// before or after it, chunked framing resumes after it, or (undecided) the parser waits
+    /// with it first in the buffer.
+    fn recover_at(&mut self, at: usize, candidate: Candidate) -> Recovered {
+        match candidate {
+            Candidate::Start => {
+                self.consume(at);
+                Recovered::End(Recovery::StartLine)
+            }
+            Candidate::Tail => {
+                // The next request began inside the gap: this message ended there. What
+                // remains of that request's head is skipped in `State::Seek`.
+                self.consume(at);
+                self.lost_head = true;
+                Recovered::End(Recovery::StartLine)
+            }
+            Candidate::Last(len) => {
+                self.consume(at + len);
+                Recovered::End(Recovery::ChunkSize)
+            }
+            Candidate::Chunk { line, size } => {
+                self.consume(at + line);
+                self.state = State::Chunked(Chunk::Data(size));
+                if let Some(msg) = &mut self.msg {
+                    msg.recovered = Some(Recovery::ChunkSize);
+                }
+                Recovered::Chunk
+            }
+            Candidate::Undecided | Candidate::No => {
+                // Undecided: keep it and what follows.
+                self.consume(at);
                 Recovered::Wait
             }
         }
@@ -1022,6 +1095,16 @@ impl Parser {
     }
 }
 
+/// What the step of a state that may go on to another did (see [`Parser::step`]).
+enum Progress {
+    /// The state changed or took bytes: step again.
+    Again,
+    /// Nothing more to do until more bytes arrive.
+    NeedMore,
+    /// The message whose head was reported is malformed: it is abandoned.
+    Malformed(ParseError),
+}
+
 /// What one pass of recover mode found.
 enum Recovered {
     /// Nothing decided yet: more bytes are needed.
@@ -1059,7 +1142,7 @@ fn recover_candidate(rest: &[u8], want: StartKind) -> Candidate {
         Some(eol) => {
             let line = rest[..eol].strip_suffix(b"\r").unwrap_or(&rest[..eol]);
             // Recovering follows a gap: a request line must name a registered method (see
-            // `Parser::step`).
+            // `Parser::step_seek`).
             if detect::classify_line(line) == Some(want) {
                 return if want == StartKind::Response || detect::known_method(line) {
                     Candidate::Start

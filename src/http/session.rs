@@ -320,78 +320,11 @@ impl Session {
         self.now = self.now.max(event_ts(&ev));
         let now = match ev {
             StreamEvent::Data(bytes, meta) => {
-                let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
-                if side == client {
-                    if let GapAt::Unplaced(len) = self.client_gap_at {
-                        // The first client bytes: the gap before them ends where they start.
-                        let start = Seq(meta.seq.0.wrapping_sub(len));
-                        self.client_gap_at = GapAt::At(start, meta.seq);
-                    }
-                    self.client_end = end;
-                } else {
-                    if let LostStart::Unplaced(back) = self.head_lost {
-                        // The first server bytes after the gap: it ended where they start.
-                        self.head_lost = LostStart::At(Seq(meta.seq.0.wrapping_sub(back)));
-                    }
-                    self.server_end = end;
-                }
-                if meta.midstream {
-                    self.parser(client, side).mark_gap();
-                }
-                let skipped = self.responses.skipped_bytes;
-                self.parser(client, side).feed(bytes, meta, &ctx.cfg);
-                self.drive(ctx, key, client, side);
-                if side != client && self.responses.skipped_bytes > skipped {
-                    // Server bytes that begin no response: the head of one was lost (or the
-                    // capture began inside it). Responses after them pair by their ack.
-                    self.resynced = self.resynced.or(Resync::From(meta.seq));
-                }
+                self.process_data(ctx, key, client, side, bytes, meta);
                 meta.ts
             }
             StreamEvent::Gap { len, ts } => {
-                if side == client {
-                    self.client_gap_at = match self.client_end {
-                        Some(e) => GapAt::At(e, e.wrapping_add(len)),
-                        // Truncation is harmless: a gap is far shorter than 2^32 bytes.
-                        None => GapAt::Unplaced(len as u32),
-                    };
-                    self.client_end = self.client_end.map(|e| e.wrapping_add(len));
-                    self.client_gap = true;
-                    // A gap after the latest complete request may have held the next one.
-                    if let Some(p) = self.pending.back_mut()
-                        && p.end.is_some()
-                    {
-                        p.gap_after = true;
-                    }
-                } else {
-                    self.server_end = self.server_end.map(|e| e.wrapping_add(len));
-                    // The held head's body framing must be chosen before its bytes go on.
-                    self.resume_held(ctx, key, client, ts, true);
-                }
-                let peer_ack = self.last_acks[usize::from(side == client)];
-                let parser = self.parser(client, side);
-                let takes_start = parser.gap_takes_start(len);
-                let (step, lost_framing) = parser.gap(len, &ctx.cfg);
-                // The other direction's latest message may already say where this one ended.
-                parser.end_by(peer_ack);
-                let recovering = parser.recovering();
-                if let Some(step) = step {
-                    self.apply(ctx, key, client, side, step);
-                }
-                // Responses may have been lost whole: the next one is paired by its ack.
-                if side != client && (lost_framing || recovering) {
-                    let from = self.server_end.map_or(Resync::Any, Resync::From);
-                    self.resynced = self.resynced.or(from);
-                    if let Some(back) = takes_start {
-                        // Sequence numbers are 32 bits: so is the distance back.
-                        let back = back as u32;
-                        self.head_lost = match self.server_end {
-                            Some(end) => LostStart::At(Seq(end.0.wrapping_sub(back))),
-                            None => LostStart::Unplaced(back),
-                        };
-                    }
-                }
-                self.drive(ctx, key, client, side);
+                self.process_gap(ctx, key, client, side, len, ts);
                 ts
             }
             StreamEvent::End { ts } => {
@@ -406,6 +339,112 @@ impl Session {
             }
         };
         self.resume_held(ctx, key, client, now, false);
+    }
+
+    /// Bytes of a side: noted as delivered, then framed by the side's parser.
+    fn process_data(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        side: Side,
+        bytes: &[u8],
+        meta: DataMeta,
+    ) {
+        let end = Some(meta.seq.wrapping_add(bytes.len() as u64));
+        if side == client {
+            if let GapAt::Unplaced(len) = self.client_gap_at {
+                // The first client bytes: the gap before them ends where they start.
+                let start = Seq(meta.seq.0.wrapping_sub(len));
+                self.client_gap_at = GapAt::At(start, meta.seq);
+            }
+            self.client_end = end;
+        } else {
+            if let LostStart::Unplaced(back) = self.head_lost {
+                // The first server bytes after the gap: it ended where they start.
+                self.head_lost = LostStart::At(Seq(meta.seq.0.wrapping_sub(back)));
+            }
+            self.server_end = end;
+        }
+        if meta.midstream {
+            self.parser(client, side).mark_gap();
+        }
+        let skipped = self.responses.skipped_bytes;
+        self.parser(client, side).feed(bytes, meta, &ctx.cfg);
+        self.drive(ctx, key, client, side);
+        if side != client && self.responses.skipped_bytes > skipped {
+            // Server bytes that begin no response: the head of one was lost (or the
+            // capture began inside it). Responses after them pair by their ack.
+            self.resynced = self.resynced.or(Resync::From(meta.seq));
+        }
+    }
+
+    /// `len` bytes of a side were never seen: noted where they lie, then given to the side's
+    /// parser, whose message in progress may end or lose its framing.
+    fn process_gap(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        side: Side,
+        len: u64,
+        ts: u64,
+    ) {
+        if side == client {
+            self.note_client_gap(len);
+        } else {
+            self.server_end = self.server_end.map(|e| e.wrapping_add(len));
+            // The held head's body framing must be chosen before its bytes go on.
+            self.resume_held(ctx, key, client, ts, true);
+        }
+        let peer_ack = self.last_acks[usize::from(side == client)];
+        let parser = self.parser(client, side);
+        let takes_start = parser.gap_takes_start(len);
+        let (step, lost_framing) = parser.gap(len, &ctx.cfg);
+        // The other direction's latest message may already say where this one ended.
+        parser.end_by(peer_ack);
+        let recovering = parser.recovering();
+        if let Some(step) = step {
+            self.apply(ctx, key, client, side, step);
+        }
+        if side != client && (lost_framing || recovering) {
+            self.resync_after_gap(takes_start);
+        }
+        self.drive(ctx, key, client, side);
+    }
+
+    /// A gap of `len` bytes in the client stream: where it lies, and that requests may have
+    /// been lost in it.
+    fn note_client_gap(&mut self, len: u64) {
+        self.client_gap_at = match self.client_end {
+            Some(e) => GapAt::At(e, e.wrapping_add(len)),
+            // Truncation is harmless: a gap is far shorter than 2^32 bytes.
+            None => GapAt::Unplaced(len as u32),
+        };
+        self.client_end = self.client_end.map(|e| e.wrapping_add(len));
+        self.client_gap = true;
+        // A gap after the latest complete request may have held the next one.
+        if let Some(p) = self.pending.back_mut()
+            && p.end.is_some()
+        {
+            p.gap_after = true;
+        }
+    }
+
+    /// A gap in the server stream cost the response parser its framing: responses may have been
+    /// lost whole, so the next one is paired by its ack; and when the gap took a response's
+    /// start (`takes_start`: how far before the gap's end it lay), that start is noted.
+    fn resync_after_gap(&mut self, takes_start: Option<u64>) {
+        let from = self.server_end.map_or(Resync::Any, Resync::From);
+        self.resynced = self.resynced.or(from);
+        if let Some(back) = takes_start {
+            // Sequence numbers are 32 bits: so is the distance back.
+            let back = back as u32;
+            self.head_lost = match self.server_end {
+                Some(end) => LostStart::At(Seq(end.0.wrapping_sub(back))),
+                None => LostStart::Unplaced(back),
+            };
+        }
     }
 
     /// Whether a server event waits behind a held head: its first gap (the framing that
@@ -458,7 +497,8 @@ impl Session {
         }
     }
 
-    /// Buffers bytes until one side shows a request line or a status line.
+    /// Buffers bytes until one side shows a request line or a status line, which tells the
+    /// client side (see `start_sides`).
     fn probe(
         &mut self,
         ctx: &mut HttpCtx,
@@ -508,6 +548,12 @@ impl Session {
                 }
             };
         };
+        self.start_sides(ctx, key, client);
+    }
+
+    /// The client side is now known: each side's probed bytes go to its parser, which frames
+    /// them as one after a gap where the side had one (or began mid-connection).
+    fn start_sides(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side) {
         self.client = Some(client);
         // Messages may have been lost whole in a gap before this, or their heads among the
         // bytes skipped: responses pair by their acknowledgement numbers.
@@ -557,86 +603,12 @@ impl Session {
         }
     }
 
+    /// What the request parser reported.
     fn apply_request(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, step: Step) {
         match step {
             Step::NeedMore => {}
-            Step::Head => {
-                if let Err(e) = self.requests.start_body(None) {
-                    ctx.bump(key.vni, |s| s.count_parse_error(e));
-                    return;
-                }
-                let Some(msg) = self.requests.current() else {
-                    return;
-                };
-                ctx.bump(key.vni, |s| s.requests += 1);
-                let (seq, ack, since) = (msg.seq, msg.ack, msg.ts);
-                self.client_gap = false;
-                self.last_acks[0] = ack;
-                // A client that never gets answers: the oldest is reported unanswered. Not while
-                // its response may only lag (the directions drained out of step: a receiver
-                // behind its sockets' queues), unless the hard cap is reached too.
-                let oldest_waited = self
-                    .pending
-                    .front()
-                    .is_some_and(|p| since.saturating_sub(p.since) >= ctx.cfg.hold_timeout_us);
-                let n = self.pending.len();
-                if n >= ctx.cfg.max_pending_requests
-                    && (oldest_waited || n >= ctx.cfg.max_pending_requests * LAGGING_PENDING)
-                {
-                    ctx.bump(key.vni, |s| s.pending_overflow += 1);
-                    if let Some(p) = self.pending.pop_front()
-                        && let ReqState::Complete(req) = p.request
-                    {
-                        ctx.bump(key.vni, |s| s.unanswered += 1);
-                        emit(ctx, key, client, req, None);
-                    }
-                }
-                if self.pending.capacity() == 0 {
-                    // Most connections have one request outstanding at a time: room for one
-                    // (VecDeque would start at four).
-                    self.pending.reserve_exact(1);
-                }
-                let method = match self.requests.current().and_then(Message::method) {
-                    Some(m) => m.to_owned(),
-                    None => String::new(),
-                };
-                self.pending.push_back(Pending {
-                    method,
-                    seq,
-                    ack,
-                    since,
-                    end: None,
-                    gap_after: false,
-                    request: ReqState::InProgress,
-                    response: RespSlot::Waiting,
-                });
-                // The client sends a request once the response before it has arrived: a response
-                // whose framing a gap destroyed ends where this request acknowledges.
-                if self.responses.recovering() {
-                    self.responses.end_by(ack);
-                    self.drive(ctx, key, client, client.other());
-                }
-                // A held response that may answer it is looked at once the event is through
-                // (`event`): by then a request without a body is complete, and where it ends
-                // tells whether the response acknowledges more than it.
-            }
-            Step::Complete(msg) => {
-                let end = self.requests.position();
-                if let Some(p) = self
-                    .pending
-                    .iter_mut()
-                    .rev()
-                    .find(|p| p.request == ReqState::InProgress)
-                {
-                    count_body(ctx, key, &msg);
-                    p.end = end;
-                    // A request whose head was lost followed: responses past this one's end
-                    // are not its own.
-                    p.gap_after |= self.requests.take_lost_head();
-                    p.request = ReqState::Complete(msg);
-                }
-                self.emit_ready(ctx, key, client);
-            }
+            Step::Head => self.request_head(ctx, key, client),
+            Step::Complete(msg) => self.request_complete(ctx, key, client, msg),
             Step::Dropped {
                 had_head, reason, ..
             } => {
@@ -655,70 +627,100 @@ impl Session {
         }
     }
 
+    /// A request head: its body framing is chosen, and it joins the queue of requests waiting
+    /// for their responses.
+    fn request_head(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side) {
+        if let Err(e) = self.requests.start_body(None) {
+            ctx.bump(key.vni, |s| s.count_parse_error(e));
+            return;
+        }
+        let Some(msg) = self.requests.current() else {
+            return;
+        };
+        ctx.bump(key.vni, |s| s.requests += 1);
+        let (seq, ack, since) = (msg.seq, msg.ack, msg.ts);
+        self.client_gap = false;
+        self.last_acks[0] = ack;
+        self.evict_unanswered(ctx, key, client, since);
+        if self.pending.capacity() == 0 {
+            // Most connections have one request outstanding at a time: room for one
+            // (VecDeque would start at four).
+            self.pending.reserve_exact(1);
+        }
+        let method = match self.requests.current().and_then(Message::method) {
+            Some(m) => m.to_owned(),
+            None => String::new(),
+        };
+        self.pending.push_back(Pending {
+            method,
+            seq,
+            ack,
+            since,
+            end: None,
+            gap_after: false,
+            request: ReqState::InProgress,
+            response: RespSlot::Waiting,
+        });
+        // The client sends a request once the response before it has arrived: a response
+        // whose framing a gap destroyed ends where this request acknowledges.
+        if self.responses.recovering() {
+            self.responses.end_by(ack);
+            self.drive(ctx, key, client, client.other());
+        }
+        // A held response that may answer it is looked at once the event is through
+        // (`event`): by then a request without a body is complete, and where it ends
+        // tells whether the response acknowledges more than it.
+    }
+
+    /// Makes room in the queue for a request whose head was seen at `since`: a client that never
+    /// gets answers has its oldest request reported unanswered. Not while its response may only
+    /// lag (the directions drained out of step: a receiver behind its sockets' queues), unless
+    /// the hard cap is reached too.
+    fn evict_unanswered(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, since: u64) {
+        let oldest_waited = self
+            .pending
+            .front()
+            .is_some_and(|p| since.saturating_sub(p.since) >= ctx.cfg.hold_timeout_us);
+        let n = self.pending.len();
+        if n >= ctx.cfg.max_pending_requests
+            && (oldest_waited || n >= ctx.cfg.max_pending_requests * LAGGING_PENDING)
+        {
+            ctx.bump(key.vni, |s| s.pending_overflow += 1);
+            if let Some(p) = self.pending.pop_front()
+                && let ReqState::Complete(req) = p.request
+            {
+                ctx.bump(key.vni, |s| s.unanswered += 1);
+                emit(ctx, key, client, req, None);
+            }
+        }
+    }
+
+    /// A complete request: it takes its place in the queue, and the pairs now complete at the
+    /// queue's front are emitted.
+    fn request_complete(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, msg: Message) {
+        let end = self.requests.position();
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .rev()
+            .find(|p| p.request == ReqState::InProgress)
+        {
+            count_body(ctx, key, &msg);
+            p.end = end;
+            // A request whose head was lost followed: responses past this one's end
+            // are not its own.
+            p.gap_after |= self.requests.take_lost_head();
+            p.request = ReqState::Complete(msg);
+        }
+        self.emit_ready(ctx, key, client);
+    }
+
+    /// What the response parser reported.
     fn apply_response(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, step: Step) {
         match step {
             Step::NeedMore => {}
-            Step::Head => {
-                let Some((ack, ts, seq)) = self.responses.current().map(|m| (m.ack, m.ts, m.seq))
-                else {
-                    return;
-                };
-                self.last_acks[1] = ack;
-                // A server answers once the request has arrived: a request whose framing a gap
-                // destroyed ends where this response acknowledges (at the latest: whether this
-                // response is its own is decided apart, see `lost_head_was`).
-                if self.requests.recovering() {
-                    self.requests.end_by(ack);
-                    self.drive(ctx, key, client, client);
-                }
-                match self.target(ack, seq) {
-                    Some(i) => {
-                        self.claim(ctx, key, i, seq);
-                        let method = self.pending[i].method.clone();
-                        self.start_response_body(ctx, key, Some(&method));
-                    }
-                    None if self.request_may_follow(ack) => {
-                        ctx.bump(key.vni, |s| s.responses_held += 1);
-                        self.held_since = Some(ts);
-                        self.head_held = true;
-                    }
-                    // Its request is unknown: the parser frames it from the bytes after it.
-                    None => {}
-                }
-            }
-            Step::Complete(msg) => {
-                let status = msg.status().unwrap_or_default();
-                if (100..200).contains(&status) && status != 101 {
-                    ctx.bump(key.vni, |s| s.interim_responses += 1);
-                    return;
-                }
-                ctx.bump(key.vni, |s| s.responses += 1);
-                count_body(ctx, key, &msg);
-                // Found again by a start line or the peer, responses may have been lost whole
-                // before the next one.
-                let gave_up = std::mem::take(&mut self.gave_up);
-                let head_held = std::mem::take(&mut self.head_held);
-                // Responses waiting before it go first: paired, or let go if they cannot wait
-                // behind one that cannot.
-                self.expire_early(ctx, key, self.now, false);
-                let may_wait = !gave_up && self.request_may_follow(msg.ack);
-                if !self.early.is_empty() && !may_wait {
-                    self.expire_early(ctx, key, self.now, true);
-                }
-                if self.early.is_empty() && self.target(msg.ack, msg.seq).is_some() {
-                    self.attach(ctx, key, msg);
-                } else if may_wait {
-                    // Its request may still come: it waits, after any that wait already.
-                    if !head_held {
-                        ctx.bump(key.vni, |s| s.responses_held += 1);
-                    }
-                    let since = msg.ts;
-                    self.early.push_back((msg, since));
-                } else {
-                    self.count_unmatched(ctx, key, msg.ack);
-                }
-                self.emit_ready(ctx, key, client);
-            }
+            Step::Head => self.response_head(ctx, key, client),
+            Step::Complete(msg) => self.response_complete(ctx, key, client, msg),
             Step::Dropped {
                 had_head,
                 ack,
@@ -731,6 +733,72 @@ impl Session {
                 self.emit_ready(ctx, key, client);
             }
         }
+    }
+
+    /// A response head: paired with the request it answers, whose method chooses its body
+    /// framing; or held while its request may still arrive; or framed from the bytes after it.
+    fn response_head(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side) {
+        let Some((ack, ts, seq)) = self.responses.current().map(|m| (m.ack, m.ts, m.seq)) else {
+            return;
+        };
+        self.last_acks[1] = ack;
+        // A server answers once the request has arrived: a request whose framing a gap
+        // destroyed ends where this response acknowledges (at the latest: whether this
+        // response is its own is decided apart, see `lost_head_was`).
+        if self.requests.recovering() {
+            self.requests.end_by(ack);
+            self.drive(ctx, key, client, client);
+        }
+        match self.target(ack, seq) {
+            Some(i) => {
+                self.claim(ctx, key, i, seq);
+                let method = self.pending[i].method.clone();
+                self.start_response_body(ctx, key, Some(&method));
+            }
+            None if self.request_may_follow(ack) => {
+                ctx.bump(key.vni, |s| s.responses_held += 1);
+                self.held_since = Some(ts);
+                self.head_held = true;
+            }
+            // Its request is unknown: the parser frames it from the bytes after it.
+            None => {}
+        }
+    }
+
+    /// A complete response (interim ones are only counted): attached to its request, left
+    /// waiting for a request that may still come, or counted unmatched.
+    fn response_complete(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, msg: Message) {
+        let status = msg.status().unwrap_or_default();
+        if (100..200).contains(&status) && status != 101 {
+            ctx.bump(key.vni, |s| s.interim_responses += 1);
+            return;
+        }
+        ctx.bump(key.vni, |s| s.responses += 1);
+        count_body(ctx, key, &msg);
+        // Found again by a start line or the peer, responses may have been lost whole
+        // before the next one.
+        let gave_up = std::mem::take(&mut self.gave_up);
+        let head_held = std::mem::take(&mut self.head_held);
+        // Responses waiting before it go first: paired, or let go if they cannot wait
+        // behind one that cannot.
+        self.expire_early(ctx, key, self.now, false);
+        let may_wait = !gave_up && self.request_may_follow(msg.ack);
+        if !self.early.is_empty() && !may_wait {
+            self.expire_early(ctx, key, self.now, true);
+        }
+        if self.early.is_empty() && self.target(msg.ack, msg.seq).is_some() {
+            self.attach(ctx, key, msg);
+        } else if may_wait {
+            // Its request may still come: it waits, after any that wait already.
+            if !head_held {
+                ctx.bump(key.vni, |s| s.responses_held += 1);
+            }
+            let since = msg.ts;
+            self.early.push_back((msg, since));
+        } else {
+            self.count_unmatched(ctx, key, msg.ack);
+        }
+        self.emit_ready(ctx, key, client);
     }
 
     fn count_unmatched(&mut self, ctx: &mut HttpCtx, key: &FlowKey, ack: Option<Seq>) {
