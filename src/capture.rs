@@ -175,8 +175,8 @@ fn next_pcapng<'a, R: Read>(
     // interface's if_tsresol (default microseconds).
     let ticks = raw_ts.unwrap_or(0);
     let per_second = interface.map_or(1_000_000, ticks_per_second);
-    let ts = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second))
-        .unwrap_or(u64::MAX);
+    let ts =
+        u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(per_second)).unwrap_or(u64::MAX);
     Ok(Some(Frame { link, ts, data }))
 }
 

@@ -75,13 +75,16 @@ pub struct Joined {
     pub each: EachSeries,
 }
 
-/// A joined family's summary value.
-struct JoinedValue<'a>(&'a Joined, &'a Snapshot<'a>);
+/// A joined family's summary value (empty for no family).
+struct JoinedValue<'a>(Option<&'a Joined>, &'a Snapshot<'a>);
 
 impl fmt::Display for JoinedValue<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(family) = self.0 else {
+            return Ok(());
+        };
         let mut first = true;
-        (self.0.each)(self.1, &mut |label, n| {
+        (family.each)(self.1, &mut |label, n| {
             if n == 0 {
                 return Ok(());
             }
@@ -93,12 +96,8 @@ impl fmt::Display for JoinedValue<'_> {
 }
 
 /// The summary value of the joined family with summary key `key`.
-fn joined<'a>(key: &str, snap: &'a Snapshot<'a>) -> impl fmt::Display + 'a {
-    let family = JOINED.iter().find(|j| j.key == key);
-    fmt::from_fn(move |f| match family {
-        Some(j) => fmt::Display::fmt(&JoinedValue(j, snap), f),
-        None => Ok(()),
-    })
+fn joined<'a>(key: &str, snap: &'a Snapshot<'a>) -> JoinedValue<'a> {
+    JoinedValue(JOINED.iter().find(|j| j.key == key), snap)
 }
 
 macro_rules! metric_name {
@@ -304,11 +303,11 @@ mod tests {
             process: ProcessCounters::default(),
         };
         let drops = JOINED.iter().find(|j| j.key == "decode_drops").unwrap();
-        let text = JoinedValue(drops, &snap).to_string();
+        let text = JoinedValue(Some(drops), &snap).to_string();
         let mut parts: Vec<&str> = text.split(',').collect();
         parts.sort();
         assert_eq!(parts, ["not_tcp=3", "vxlan_too_short=1"]);
         let closed = JOINED.iter().find(|j| j.key == "flows_closed").unwrap();
-        assert_eq!(JoinedValue(closed, &snap).to_string(), "");
+        assert_eq!(JoinedValue(Some(closed), &snap).to_string(), "");
     }
 }

@@ -18,6 +18,28 @@ use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::IpAddr;
 
+/// The fields every record has, in the order they are written (`truncated`, when payloads were
+/// cut, comes last): the contract with Akto's consumer. The encoder writes them as byte literals;
+/// the tests and fuzz targets check its output against this list.
+pub const FIELDS: [&str; 16] = [
+    "path",
+    "method",
+    "requestHeaders",
+    "responseHeaders",
+    "requestPayload",
+    "responsePayload",
+    "ip",
+    "destIp",
+    "time",
+    "statusCode",
+    "status",
+    "type",
+    "akto_account_id",
+    "akto_vxlan_id",
+    "is_pending",
+    "source",
+];
+
 /// Record settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordConfig {

@@ -2,7 +2,7 @@
 
 use mirror_receiver::http::{Exchange, StartLine};
 use mirror_receiver::pipeline::{Pipeline, PipelineStats};
-use mirror_receiver::record::{Encoder, RecordConfig, RecordError};
+use mirror_receiver::record::{Encoder, FIELDS, RecordConfig, RecordError};
 
 /// True when `part` is a sub-slice of `whole` (same allocation, inside its bounds).
 pub fn within(part: &[u8], whole: &[u8]) -> bool {
@@ -13,25 +13,6 @@ pub fn within(part: &[u8], whole: &[u8]) -> bool {
 /// Record size limit used by the targets: small, so payload cutting is exercised.
 pub const MAX_RECORD_BYTES: usize = 2048;
 
-/// The fields every record has (`truncated` is optional).
-const FIELDS: [&str; 16] = [
-    "path",
-    "method",
-    "requestHeaders",
-    "responseHeaders",
-    "requestPayload",
-    "responsePayload",
-    "ip",
-    "destIp",
-    "time",
-    "statusCode",
-    "status",
-    "type",
-    "akto_account_id",
-    "akto_vxlan_id",
-    "is_pending",
-    "source",
-];
 
 /// Checks every exchange the pipeline finished ([`check_exchange`]) and that they match the
 /// pair and unanswered counters of `stats` (taken before draining).

@@ -83,24 +83,7 @@ fn record_follows_the_akto_contract() {
     assert_eq!(r["is_pending"], "false");
     assert_eq!(r["source"], "MIRRORING");
     assert!(obj.get("truncated").is_none());
-    let expected_keys = [
-        "path",
-        "method",
-        "requestHeaders",
-        "responseHeaders",
-        "requestPayload",
-        "responsePayload",
-        "ip",
-        "destIp",
-        "time",
-        "statusCode",
-        "status",
-        "type",
-        "akto_account_id",
-        "akto_vxlan_id",
-        "is_pending",
-        "source",
-    ];
+    let expected_keys = FIELDS;
     assert_eq!(obj.len(), expected_keys.len());
     for k in expected_keys {
         assert!(obj.contains_key(k), "{k}");
