@@ -16,7 +16,8 @@
 mod common;
 
 use common::{
-    Broker, Daemon, Msg, Need, TopicReader, kafka_prerequisites, run_ok, skip, tansu_or_skip,
+    Broker, Daemon, Msg, Need, TopicReader, kafka_prerequisites, parse_record, run_ok, skip,
+    tansu_or_skip,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -59,20 +60,6 @@ fn receiver() -> Command {
 /// The JSON lines a replay of `capture` writes (the reference for the Kafka runs).
 fn replay_json_lines(capture: &Path) -> Vec<String> {
     common::replay_json_lines(capture, Duration::from_secs(30))
-}
-
-/// Parses a record and checks the shape every record has: an object of strings from mirroring.
-fn parse_record(payload: &str) -> serde_json::Map<String, Value> {
-    let v: Value = serde_json::from_str(payload)
-        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {payload:.300}"));
-    let Value::Object(map) = v else {
-        panic!("record is not a JSON object: {payload:.300}");
-    };
-    for (k, v) in &map {
-        assert!(v.is_string(), "field {k} is not a string: {v}");
-    }
-    assert_eq!(map["source"], "MIRRORING", "source of {payload:.300}");
-    map
 }
 
 fn field<'a>(rec: &'a serde_json::Map<String, Value>, name: &str) -> &'a str {

@@ -30,8 +30,7 @@
 mod common;
 
 use common::secure_broker::{PASSWORD, SecureBroker, openssl_bin, stunnel_bin};
-use common::{Msg, Need, TopicReader, kafka_prerequisites, run, skip};
-use serde_json::Value;
+use common::{Msg, Need, TopicReader, kafka_prerequisites, parse_record, run, skip};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,9 +40,9 @@ const TOPIC: &str = "akto.api.logs";
 /// A replay that cannot deliver gives up within its 30 s flush; past this it hangs.
 const REPLAY_LIMIT: Duration = Duration::from_secs(90);
 
-/// The capture, and a broker with TLS and SCRAM and topic [`TOPIC`]; `None` after reporting the
-/// skip when a prerequisite is missing.
-fn prerequisites(test: &str) -> Option<(PathBuf, SecureBroker)> {
+/// The capture, a broker with TLS and SCRAM and topic [`TOPIC`], and the JSON lines a replay of
+/// the capture writes; `None` after reporting the skip when a prerequisite is missing.
+fn prerequisites(test: &str) -> Option<(PathBuf, SecureBroker, Vec<String>)> {
     let (tansu, corpus) = kafka_prerequisites(test, &["real/real-nginx-small.pcap"])?;
     let stunnel = stunnel_bin()
         .map_err(|e| skip(Need::Kafka, test, &e))
@@ -54,7 +53,9 @@ fn prerequisites(test: &str) -> Option<(PathBuf, SecureBroker)> {
     let broker = SecureBroker::start(&tansu, &stunnel, &openssl, TOPIC, 3)
         .map_err(|e| skip(Need::Kafka, test, &e))
         .ok()?;
-    Some((corpus.join("real/real-nginx-small.pcap"), broker))
+    let capture = corpus.join("real/real-nginx-small.pcap");
+    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
+    Some((capture, broker, want))
 }
 
 /// `replay CAPTURE --kafka-brokers BROKER --spool-dir SPOOL` with `--kafka-option K=V` for
@@ -75,20 +76,6 @@ fn replay(
         cmd.args(["--kafka-option", &format!("{k}={v}")]);
     }
     cmd
-}
-
-/// Parses a record: a JSON object of strings from mirroring.
-fn parse_record(payload: &str) -> serde_json::Map<String, Value> {
-    let v: Value = serde_json::from_str(payload)
-        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {payload:.300}"));
-    let Value::Object(map) = v else {
-        panic!("record is not a JSON object: {payload:.300}");
-    };
-    for (k, v) in &map {
-        assert!(v.is_string(), "field {k} is not a string: {v}");
-    }
-    assert_eq!(map["source"], "MIRRORING", "source of {payload:.300}");
-    map
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -192,11 +179,10 @@ fn assert_refused(
 #[test]
 fn replay_over_sasl_ssl_matches_json_lines() {
     let test = "replay_over_sasl_ssl_matches_json_lines";
-    let Some((capture, broker)) = prerequisites(test) else {
+    let Some((capture, broker, want)) = prerequisites(test) else {
         return;
     };
     let started = Instant::now();
-    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
     assert!(
         want.len() >= 16,
         "JSON-lines replay gave {} records",
@@ -255,10 +241,9 @@ fn replay_over_sasl_ssl_matches_json_lines() {
 #[test]
 fn wrong_ca_spools_and_says_why() {
     let test = "wrong_ca_spools_and_says_why";
-    let Some((capture, broker)) = prerequisites(test) else {
+    let Some((capture, broker, want)) = prerequisites(test) else {
         return;
     };
-    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
     let spool = assert_refused(
         test,
         &capture,
@@ -307,10 +292,9 @@ fn wrong_ca_spools_and_says_why() {
 #[test]
 fn wrong_password_spools_and_says_why() {
     let test = "wrong_password_spools_and_says_why";
-    let Some((capture, broker)) = prerequisites(test) else {
+    let Some((capture, broker, want)) = prerequisites(test) else {
         return;
     };
-    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
     assert_refused(
         test,
         &capture,
@@ -324,10 +308,9 @@ fn wrong_password_spools_and_says_why() {
 #[test]
 fn no_sasl_is_refused() {
     let test = "no_sasl_is_refused";
-    let Some((capture, broker)) = prerequisites(test) else {
+    let Some((capture, broker, want)) = prerequisites(test) else {
         return;
     };
-    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
     let options: Vec<(String, String)> = [
         ("security.protocol".to_owned(), "SSL".to_owned()),
         (
@@ -356,10 +339,9 @@ fn no_sasl_is_refused() {
 #[test]
 fn plaintext_to_the_tls_port_spools_and_says_why() {
     let test = "plaintext_to_the_tls_port_spools_and_says_why";
-    let Some((capture, broker)) = prerequisites(test) else {
+    let Some((capture, broker, want)) = prerequisites(test) else {
         return;
     };
-    let want = common::replay_json_lines(&capture, Duration::from_secs(30));
     assert_refused(
         test,
         &capture,

@@ -476,6 +476,20 @@ pub fn corpus_dir(needed: &[&str]) -> Result<PathBuf, String> {
     }
 }
 
+/// Parses a record and checks the shape every record has: an object of strings from mirroring.
+pub fn parse_record(payload: &str) -> serde_json::Map<String, serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(payload)
+        .unwrap_or_else(|e| panic!("record is not JSON ({e}): {payload:.300}"));
+    let serde_json::Value::Object(map) = v else {
+        panic!("record is not a JSON object: {payload:.300}");
+    };
+    for (k, v) in &map {
+        assert!(v.is_string(), "field {k} is not a string: {v}");
+    }
+    assert_eq!(map["source"], "MIRRORING", "source of {payload:.300}");
+    map
+}
+
 /// The JSON lines `replay` of `capture` writes, within `timeout`.
 pub fn replay_json_lines(capture: &Path, timeout: Duration) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
@@ -628,23 +642,37 @@ pub struct TopicReader {
 impl TopicReader {
     /// A consumer of `topic` with every partition assigned from its start.
     pub fn new(bootstrap: &str, topic: &str) -> TopicReader {
+        TopicReader::with_options(bootstrap, topic, &[], "")
+    }
+
+    /// The same with librdkafka `options` (TLS, SASL...); `logs` is shown when the topic's
+    /// metadata cannot be read.
+    pub fn with_options(
+        bootstrap: &str,
+        topic: &str,
+        options: &[(String, String)],
+        logs: &str,
+    ) -> TopicReader {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
             .set(
                 "group.id",
                 format!("mirror-receiver-test-{}-{nanos}", std::process::id()),
             )
             .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("creating the consumer");
+            .set("enable.auto.commit", "false");
+        for (k, v) in options {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().expect("creating the consumer");
         let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("topic metadata: {e}\n{logs}"));
         let partitions = metadata
             .topics()
             .iter()

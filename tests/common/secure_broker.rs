@@ -14,8 +14,6 @@
 //! with it.
 
 use super::{TopicReader, free_tcp_port, run};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -347,44 +345,8 @@ impl SecureBroker {
 
     /// A reader of `topic` from the start of every partition, with the right credentials.
     pub fn reader(&self, topic: &str) -> TopicReader {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.bootstrap())
-            .set(
-                "group.id",
-                format!("mirror-receiver-test-{}-{nanos}", std::process::id()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false");
-        for (k, v) in self.client_options(PASSWORD, &self.ca) {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().expect("creating the consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .unwrap_or_else(|e| panic!("topic metadata over SASL_SSL: {e}\n{}", self.logs()));
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        assert!(partitions > 0, "topic {topic} has no partitions");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, i32::try_from(p).unwrap(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).expect("assigning partitions");
-        TopicReader {
-            consumer,
-            topic: topic.to_owned(),
-            msgs: Vec::new(),
-        }
+        let options = self.client_options(PASSWORD, &self.ca);
+        TopicReader::with_options(&self.bootstrap(), topic, &options, &self.logs())
     }
 
     /// The tansu binary this broker runs.
