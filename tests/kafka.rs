@@ -16,8 +16,8 @@
 mod common;
 
 use common::{
-    Broker, Daemon, Msg, Need, TopicReader, kafka_prerequisites, parse_record, run_ok, skip,
-    tansu_or_skip,
+    Broker, Daemon, Msg, Need, TopicReader, assert_same_records, kafka_prerequisites, parse_record,
+    run_ok, skip, tansu_or_skip,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -148,22 +148,6 @@ fn check_keys(msgs: &[Msg], corpus: &Path, oracle: &str) {
             );
         }
         None => eprintln!("  oracle/{oracle}.json absent: key grouping not checked"),
-    }
-}
-
-/// Asserts two multisets of records are equal, reporting the first difference readably.
-fn assert_same_records(got: Vec<String>, want: Vec<String>, what: &str) {
-    let (got, want) = (sorted(got), sorted(want));
-    if got != want {
-        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
-        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
-        panic!(
-            "{what}: {} records, expected {}; first unexpected: {:.400}; first missing: {:.400}",
-            got.len(),
-            want.len(),
-            extra.first().map_or("-", |s| s.as_str()),
-            missing.first().map_or("-", |s| s.as_str()),
-        );
     }
 }
 

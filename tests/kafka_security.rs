@@ -30,7 +30,9 @@
 mod common;
 
 use common::secure_broker::{PASSWORD, SecureBroker, openssl_bin, stunnel_bin};
-use common::{Msg, Need, TopicReader, kafka_prerequisites, parse_record, run, skip};
+use common::{
+    Msg, Need, TopicReader, assert_same_records, kafka_prerequisites, parse_record, run, skip,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,11 +80,6 @@ fn replay(
     cmd
 }
 
-fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
-    v.sort();
-    v
-}
-
 /// Asserts the payloads read are `want` as a multiset, and the keys connection ids each in one
 /// partition.
 fn assert_records(msgs: &[Msg], want: &[String], what: &str) {
@@ -90,18 +87,7 @@ fn assert_records(msgs: &[Msg], want: &[String], what: &str) {
     for p in &got {
         parse_record(p);
     }
-    let (got, want) = (sorted(got), sorted(want.to_vec()));
-    if got != want {
-        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
-        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
-        panic!(
-            "{what}: {} records, expected {}; first unexpected: {:.400}; first missing: {:.400}",
-            got.len(),
-            want.len(),
-            extra.first().map_or("-", |s| s.as_str()),
-            missing.first().map_or("-", |s| s.as_str()),
-        );
-    }
+    assert_same_records(got, want.to_vec(), what);
     let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
     for m in msgs {
         let key = String::from_utf8(m.key.clone().expect("message without key")).unwrap();

@@ -490,6 +490,24 @@ pub fn parse_record(payload: &str) -> serde_json::Map<String, serde_json::Value>
     map
 }
 
+/// Asserts two multisets of records are equal, reporting the first difference readably.
+pub fn assert_same_records(got: Vec<String>, want: Vec<String>, what: &str) {
+    let (mut got, mut want) = (got, want);
+    got.sort();
+    want.sort();
+    if got != want {
+        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
+        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+        panic!(
+            "{what}: {} records, expected {}; first unexpected: {:.400}; first missing: {:.400}",
+            got.len(),
+            want.len(),
+            extra.first().map_or("-", |s| s.as_str()),
+            missing.first().map_or("-", |s| s.as_str()),
+        );
+    }
+}
+
 /// The JSON lines `replay` of `capture` writes, within `timeout`.
 pub fn replay_json_lines(capture: &Path, timeout: Duration) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
