@@ -488,13 +488,10 @@ mod tests {
         assert_eq!(got + drops, sent, "received {got} + dropped {drops}");
     }
 
-    fn vxlan(vni: u8, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
-        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(src.0, dst.0, 64)
-            .tcp(src.1, dst.1, 1, 65535);
-        let mut out = vec![0x08, 0, 0, 0, 0, 0, vni, 0];
-        builder.write(&mut out, payload).unwrap();
-        out
+    fn vxlan(vni: u32, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        use crate::testkit::{NO_FLAGS, segment, vxlan_datagram};
+        let (src, dst) = (SocketAddr::from(src), SocketAddr::from(dst));
+        vxlan_datagram(vni, &segment(src, dst, 1, None, NO_FLAGS, payload))
     }
 
     #[test]
