@@ -43,7 +43,7 @@ use common::{
     Broker, Daemon, Msg, Need, TopicReader, free_tcp_port, kafka_prerequisites, skip, wait_until,
 };
 use mirror_receiver::sink::spool::parse_segment_name;
-use mirror_receiver::testkit::{FIN, NO_FLAGS, Pcap, Peers, SYN, outer_frame, vxlan_datagram};
+use mirror_receiver::testkit::{FIN, NO_FLAGS, Pcap, Peers, SYN, Seg, outer_frame, vxlan_datagram};
 use mirror_receiver::wire::TcpFlags;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -315,14 +315,18 @@ impl Tcp {
     /// One segment, as the receiver's capture shows it: VXLAN (VNI 7) on UDP 4789.
     fn segment(&mut self, pcap: &mut Pcap, from_client: bool, flags: TcpFlags, data: &[u8]) {
         let seg = self.peers.seg(from_client, flags, data);
-        let datagram = vxlan_datagram(7, &seg.as_segment());
-        pcap.frame(&outer_frame(self.outer_sport, &datagram));
+        self.write(pcap, &seg);
     }
 
     fn send(&mut self, pcap: &mut Pcap, from_client: bool, data: &[u8]) {
-        for chunk in data.chunks(MSS) {
-            self.segment(pcap, from_client, NO_FLAGS, chunk);
+        for seg in self.peers.send(from_client, data, MSS) {
+            self.write(pcap, &seg);
         }
+    }
+
+    fn write(&self, pcap: &mut Pcap, seg: &Seg) {
+        let datagram = vxlan_datagram(7, &seg.as_segment());
+        pcap.frame(&outer_frame(self.outer_sport, &datagram));
     }
 }
 

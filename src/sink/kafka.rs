@@ -321,8 +321,9 @@ impl KafkaSink {
         payload: &[u8],
         pos: Option<SpoolPos>,
     ) -> Result<(), SinkError> {
+        let mut now = Now::read();
         self.health
-            .before_produce(Now::read(), self.producer.in_flight_count() as usize);
+            .before_produce(now, self.producer.in_flight_count() as usize);
         // The key as decimal text, formatted on the stack (not a String per record).
         let mut key_buf = itoa::Buffer::new();
         let key_text = key_buf.format(key);
@@ -334,7 +335,7 @@ impl KafkaSink {
             let error = match self.producer.send(record) {
                 Ok(()) => {
                     SinkStats::add(&self.stats.produced, 1);
-                    self.health.produced(Now::read(), pos.is_some());
+                    self.health.produced(now, pos.is_some());
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -349,6 +350,7 @@ impl KafkaSink {
                         None => std::thread::sleep(Duration::from_millis(5)),
                         Some(fate) => return self.settle(fate, key, payload, pos, None),
                     }
+                    now = Now::read();
                     continue;
                 }
                 Err((error, _)) => error,
@@ -441,8 +443,9 @@ impl KafkaSink {
     fn pump(&mut self) -> Result<(), SinkError> {
         // Spooled records acknowledged by Kafka: marked in the spool's ack log with one write.
         let mut acked = Vec::new();
+        // One clock reading for the reports at hand: they are applied without waiting.
+        let now = Now::read();
         while let Ok(event) = self.events.try_recv() {
-            let now = Now::read();
             match event {
                 Event::Delivered { pos } => {
                     SinkStats::add(&self.stats.delivered, 1);

@@ -214,16 +214,8 @@ fn error_labels_are_distinct() {
 
 /// A VXLAN datagram to port 4789 in an Ethernet frame, as a capture holds it.
 fn outer_frame() -> Vec<u8> {
-    let inner = frame(&ETH, &IPV4, &TCP, PAYLOAD);
-    let udp_len = (8 + VXLAN.len() + inner.len()) as u16;
-    let total = 20 + udp_len;
-    let mut ip = IPV4;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[9] = 17;
-    let mut udp = vec![0xd4, 0x31, 0x12, 0xb5];
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    [&ETH[..], &ip, &udp, &VXLAN, &inner].concat()
+    let datagram = [&VXLAN[..], &frame(&ETH, &IPV4, &TCP, PAYLOAD)].concat();
+    crate::testkit::outer_frame(54321, &datagram)
 }
 
 #[test]
