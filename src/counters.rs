@@ -31,6 +31,10 @@ pub struct ProcessCounters {
     /// Datagrams refused by `--allow-source`, by `--allow-vni`.
     pub refused_source: u64,
     pub refused_vni: u64,
+    /// Datagrams a worker received for a flow another worker owns, and handed to it.
+    pub handed_off: u64,
+    /// 1 while the kernel steers datagrams to the worker of their flow.
+    pub steering: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +177,7 @@ counters! {
     plain {
         Counter "mirror_received_datagrams" => received, "Datagrams taken off the receive sockets.", |s| s.process.received;
         Counter "mirror_kernel_drops" => kernel_drops, "Datagrams the kernel dropped because a receive queue was full.", |s| s.process.kernel_drops;
+        Counter "mirror_ingest_handed_off" => handed_off, "Datagrams a worker received for a flow another worker owns and handed to it (what the kernel's steering could not classify: QinQ, IPv6 extension headers; everything while the steering is off).", |s| s.process.handed_off;
         Counter "mirror_datagrams" => datagrams, "Datagrams processed.", |s| s.p.wire.datagrams;
         Counter "mirror_datagram_bytes" => datagram_bytes, "Bytes of the datagrams processed.", |s| s.p.wire.bytes;
         Counter "mirror_segments" => segments, "TCP segments decoded from the datagrams.", |s| s.p.wire.segments;
@@ -204,6 +209,7 @@ counters! {
         Counter "mirror_sink_queue_full" => queue_full, "Times the destination's queue was full.", |s| SinkStats::get(&s.sink.queue_full);
         Counter "mirror_spool_corrupt_frames" => spool_corrupt_frames, "Spool frames skipped because they failed their checksum.", |s| SinkStats::get(&s.sink.spool_corrupt_frames);
         Counter "mirror_spool_torn_bytes" => spool_torn_bytes, "Bytes of a torn last spool write truncated.", |s| SinkStats::get(&s.sink.spool_torn_bytes);
+        Gauge "mirror_ingest_kernel_steering" => kernel_steering, "1 while the kernel steers each datagram to the socket of the worker that owns its inner flow (more than one worker, program attached).", |s| s.process.steering;
         Gauge "mirror_flows_active" => flows_active, "TCP connections being tracked.", |s| s.p.flows_active;
         Gauge "mirror_memory_budget_used_bytes" => buffered_bytes, "Stream bytes buffered across all connections (what --memory-budget bounds).", |s| s.p.buffered_bytes;
         Gauge "mirror_spool_bytes" => spool_bytes, "Bytes in the disk spool.", |s| SinkStats::get(&s.sink.spool_bytes);

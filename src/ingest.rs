@@ -1,38 +1,47 @@
-//! Ingest: the receive sockets and the hand-off of datagrams to the workers.
+//! Ingest: the receive sockets, the kernel's steering of datagrams to them, and the hand-off of
+//! what it could not steer.
 //!
-//! Each receive thread owns one of `--workers` sockets bound to the same port with SO_REUSEPORT,
-//! takes up to [`RECV_BATCH`] datagrams per `recvmmsg(2)` call into one reused buffer, and packs
-//! each datagram into the [`Batch`] of the shard that owns its inner flow. Batches travel to the
-//! workers over bounded channels and come back through a [`BatchPool`] once processed, so in the
-//! steady state no memory is allocated per datagram.
+//! `--workers` sockets are bound to the same port with SO_REUSEPORT, and a classic BPF program
+//! on the group ([`steer`]) sends each datagram to the socket of the worker that owns its inner
+//! TCP connection. Each worker takes its own socket's datagrams, up to [`RECV_BATCH`] per
+//! `recvmmsg(2)` call into one reused buffer, and runs them to completion on its core
+//! ([`Inlet::receive`]): decode, reassembly, pairing, encoding, with no queue in between.
+//! What the program could not classify (QinQ, IPv6 extension headers, or every datagram where
+//! the program could not be attached) lands on any socket; the worker that received it decodes
+//! it, and if another worker owns its flow, packs it into a [`Batch`] for that worker
+//! ([`Link`]), counted as handed off. Batches come back through a [`BatchPool`] once
+//! processed, so in the steady state no memory is allocated per datagram on either path.
 //!
 //! The kernel's own drop count for each socket (datagrams it discarded because the receive queue
 //! was full) is read with `getsockopt(SO_MEMINFO)`, which returns the same `sk_drops` counter that
 //! `SO_RXQ_OVFL` reports with each datagram, but exactly and at any time, not only when a later
 //! datagram arrives.
 
+pub mod steer;
+
 use crate::admission::{Admission, Verdict};
-use crate::flow::FlowKey;
-use crate::wire;
+use crate::wire::Datagram;
 use anyhow::{Context, Result};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver as Inbox, Sender, TryRecvError, TrySendError};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Largest datagram taken: a 9001-byte jumbo frame mirrored with its VXLAN encapsulation.
 pub const MAX_DATAGRAM: usize = 9216;
+/// How long a worker waits on a quiet socket before it looks at its inbox and the stop flag.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_millis(20);
 /// Datagrams taken per `recvmmsg` call.
 pub const RECV_BATCH: usize = 64;
 /// Room a new batch of datagrams has per datagram: a standard-MTU frame with its VXLAN
 /// encapsulation (1500 + 14 + 50 bytes) and some to spare, so only jumbo frames make it grow.
 pub const BATCH_BYTES_PER_DATAGRAM: usize = 1600;
-/// Batches a worker's queue holds: up to 4 Ki datagrams, enough to ride out the worker being
-/// descheduled. Bursts beyond that wait in the socket's receive queue (`--recv-buffer`, 64 MiB by
-/// default), which is not the process's memory and whose drops the kernel counts.
+/// Batches of handed-off datagrams a worker's inbox holds: up to 4 Ki datagrams. A worker whose
+/// hand-off finds an inbox full serves its own inbox while it waits, so two workers handing off
+/// to each other never wait on each other.
 pub const SHARD_QUEUE_BATCHES: usize = 64;
 
 /// Byte strings packed back to back in one buffer, each with a tag: the datagrams on their way
@@ -166,16 +175,21 @@ impl BatchPool {
     }
 }
 
-/// Counters of one receive socket.
+/// Counters of one receive socket and its worker's ingest.
 #[derive(Debug, Default)]
 pub struct SocketCounters {
     /// Datagrams taken off the socket (before admission).
     pub received: AtomicU64,
+    /// Datagrams refused by --allow-source, by --allow-vni.
+    pub refused_source: AtomicU64,
+    pub refused_vni: AtomicU64,
+    /// Datagrams of a flow another worker owns, handed to it.
+    pub handed_off: AtomicU64,
 }
 
 /// Opens one of the receive sockets: SO_REUSEPORT, `recv_buffer` bytes of receive buffer (with
-/// SO_RCVBUFFORCE past `net.core.rmem_max` when allowed), a 100 ms receive timeout so the thread
-/// notices a stop request.
+/// SO_RCVBUFFORCE past `net.core.rmem_max` when allowed), a 20 ms receive timeout so the worker
+/// serves its hand-off inbox and notices a stop request while its socket is quiet.
 pub fn bind_socket(listen: SocketAddr, recv_buffer: usize) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -207,7 +221,7 @@ pub fn bind_socket(listen: SocketAddr, recv_buffer: usize) -> Result<UdpSocket> 
             );
         }
     }
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     socket
         .bind(&listen.into())
         .with_context(|| format!("binding UDP {listen}"))?;
@@ -234,73 +248,12 @@ pub fn kernel_drops(socket: &UdpSocket) -> Option<u64> {
     (rc == 0 && len as usize >= needed).then(|| u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
 }
 
-/// The shard of a datagram: a direction-independent hash of its inner flow, so both directions
-/// of a connection meet in one worker whichever socket received them. Undecodable datagrams go
-/// to shard 0, which counts them.
-pub fn shard_of(datagram: &[u8], shards: usize) -> usize {
-    let key = wire::decode_vxlan(datagram)
-        .and_then(|v| wire::decode_ethernet(v.inner).map(|s| FlowKey::new(v.vni, s.src, s.dst).0));
-    match key {
-        Ok(k) => (mix(k.stable_hash()) % shards as u64) as usize,
-        Err(_) => 0,
-    }
-}
-
-/// MurmurHash3's 64-bit finaliser: FNV-1a's low bits depend only on the low bits of its input
-/// bytes, so taken modulo a small shard count they would leave shards idle.
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
 fn source_ip(addr: Option<&SockaddrStorage>) -> Option<IpAddr> {
     let addr = addr?;
     if let Some(a) = addr.as_sockaddr_in() {
         Some(IpAddr::V4(a.ip()))
     } else {
         addr.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
-    }
-}
-
-/// Where a receive thread sends what it takes, and what it counts.
-pub struct Ingest<'a> {
-    pub shards: &'a [Sender<Batch>],
-    pub pool: &'a BatchPool,
-    pub admission: &'a Admission,
-    pub counters: &'a SocketCounters,
-    pub refused_source: &'a AtomicU64,
-    pub refused_vni: &'a AtomicU64,
-    pub stop: &'a AtomicBool,
-}
-
-/// Receives until `stop` is set or every worker is gone: takes a call's worth of datagrams
-/// (`Receiver::receive`), sorts each into its shard's batch (`Ingest::admit`) and hands the
-/// batches on (`Ingest::send_pending`).
-pub fn recv_loop(socket: &UdpSocket, to: &Ingest<'_>) {
-    let fd = socket.as_raw_fd();
-    let mut rx = Receiver::new();
-    let mut pending: Vec<Batch> = to.shards.iter().map(|_| to.pool.take()).collect();
-    let error_log = crate::sink::RateLimit::new(Duration::from_secs(10));
-    while !to.stop.load(Ordering::Relaxed) {
-        let received = rx.receive(fd, &error_log);
-        if received == 0 {
-            // Nothing for a receive timeout (100 ms): keep a batch per shard for the next
-            // datagrams, free the rest.
-            to.pool.shrink(to.shards.len());
-            continue;
-        }
-        for (datagram, from) in rx.datagrams(received) {
-            to.admit(datagram, from, &mut pending);
-        }
-        to.counters
-            .received
-            .fetch_add(received as u64, Ordering::Relaxed);
-        if !to.send_pending(&mut pending) {
-            return;
-        }
     }
 }
 
@@ -369,229 +322,212 @@ impl Receiver {
     }
 }
 
-impl Ingest<'_> {
-    /// Passes one datagram from `from` through admission (counting what it refuses) and packs
-    /// it into the pending batch of the shard that owns its flow.
-    fn admit(&self, datagram: &[u8], from: Option<IpAddr>, pending: &mut [Batch]) {
-        // A source the kernel did not report cannot pass a source allow-list: it is taken
-        // as the unspecified address.
-        let from = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        match self.admission.check(from, datagram) {
-            Verdict::Accept => {}
-            Verdict::SourceNotAllowed => {
-                self.refused_source.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Verdict::VniNotAllowed => {
-                self.refused_vni.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+/// Binds `n` sockets to `listen` with SO_REUSEPORT (all to the port the first one got, when
+/// `listen`'s port is 0), in order: socket `i` is index `i` of the reuseport group, the shard
+/// the steering program answers for it.
+pub fn bind_group(listen: SocketAddr, n: usize, recv_buffer: usize) -> Result<Vec<UdpSocket>> {
+    let first = bind_socket(listen, recv_buffer)?;
+    let at = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        sockets.push(bind_socket(at, recv_buffer)?);
+    }
+    Ok(sockets)
+}
+
+/// A worker's ends of the hand-off: its inbox, and a way into every other worker's.
+pub struct Link {
+    inbox: Inbox<Batch>,
+    /// Indexed by worker; `None` for this worker's own.
+    outboxes: Vec<Option<Sender<Batch>>>,
+}
+
+/// The links of `n` workers, each inbox holding [`SHARD_QUEUE_BATCHES`] batches.
+pub fn links(n: usize) -> Vec<Link> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| crossbeam_channel::bounded::<Batch>(SHARD_QUEUE_BATCHES))
+        .unzip();
+    rxs.into_iter()
+        .enumerate()
+        .map(|(me, inbox)| Link {
+            inbox,
+            outboxes: (0..n).map(|i| (i != me).then(|| txs[i].clone())).collect(),
+        })
+        .collect()
+}
+
+/// One worker's ingest: its socket, its receive buffers, admission, and the hand-off of what
+/// another worker owns. Every datagram it keeps is given, decoded, to the `take` of the call.
+pub struct Inlet<'a> {
+    me: usize,
+    socket: &'a UdpSocket,
+    admission: &'a Admission,
+    counters: &'a SocketCounters,
+    rx: Receiver,
+    link: Link,
+    pool: BatchPool,
+    /// Per worker, what this one has for it (always empty for itself).
+    pending: Vec<Batch>,
+    error_log: crate::sink::RateLimit,
+}
+
+impl<'a> Inlet<'a> {
+    /// The ingest of worker `me` of `link.outboxes.len()`, receiving on `socket`; hand-off
+    /// batches come from `pool`.
+    pub fn new(
+        me: usize,
+        socket: &'a UdpSocket,
+        admission: &'a Admission,
+        counters: &'a SocketCounters,
+        link: Link,
+        pool: BatchPool,
+    ) -> Inlet<'a> {
+        let pending = link.outboxes.iter().map(|_| Batch::default()).collect();
+        Inlet {
+            me,
+            socket,
+            admission,
+            counters,
+            rx: Receiver::new(),
+            link,
+            pool,
+            pending,
+            error_log: crate::sink::RateLimit::new(Duration::from_secs(10)),
         }
-        // One shard needs no hash (and no decode here).
-        let shard = match self.shards.len() {
-            1 => 0,
-            n => shard_of(datagram, n),
-        };
-        pending[shard].push(datagram);
     }
 
-    /// Sends every non-empty pending batch to its worker, replacing it with one from the pool.
-    /// False once a worker is gone.
-    fn send_pending(&self, pending: &mut [Batch]) -> bool {
-        for (shard, batch) in pending.iter_mut().enumerate() {
-            if batch.is_empty() {
+    /// Handed-off batches waiting in this worker's inbox.
+    pub fn inbox_len(&self) -> usize {
+        self.link.inbox.len()
+    }
+
+    /// One `recvmmsg` call (waiting up to the socket's receive timeout for the first datagram):
+    /// each datagram admission lets through is decoded once, and given to `take` if this worker
+    /// owns its flow (or it has none), else packed for its owner. Then hands the packed batches
+    /// on ([`Inlet::hand_off`]) and serves the inbox. Returns the datagrams received; false in
+    /// the second place once another worker is gone.
+    pub fn receive(&mut self, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) -> (usize, bool) {
+        let received = self.rx.receive(self.socket.as_raw_fd(), &self.error_log);
+        if received == 0 {
+            // Nothing for a receive timeout: keep a batch per worker for the next hand-off,
+            // free the rest.
+            self.pool.shrink(self.pending.len());
+        }
+        let shards = self.pending.len();
+        let mut handed = 0u64;
+        for (datagram, from) in self.rx.datagrams(received) {
+            if !admit(self.admission, self.counters, datagram, from) {
                 continue;
             }
-            let full = std::mem::replace(batch, self.pool.take());
-            // Blocks while the worker's queue is full: the socket's queue fills behind it and
-            // the kernel counts what it drops (kernel_drops), so nothing is lost uncounted.
-            if self.shards[shard].send(full).is_err() {
-                return false;
+            let decoded = Datagram::decode(datagram);
+            match decoded.segment().map(|s| steer::shard(s, shards)) {
+                Some(owner) if owner != self.me => {
+                    if self.pending[owner].is_empty() {
+                        self.pending[owner] = self.pool.take();
+                    }
+                    self.pending[owner].push(datagram);
+                    handed += 1;
+                }
+                _ => take(datagram, &decoded),
+            }
+        }
+        self.counters
+            .received
+            .fetch_add(received as u64, Ordering::Relaxed);
+        if handed > 0 {
+            self.counters
+                .handed_off
+                .fetch_add(handed, Ordering::Relaxed);
+        }
+        let alive = self.hand_off(take);
+        self.serve_inbox(take);
+        (received, alive)
+    }
+
+    /// Sends every packed batch to its worker. While a worker's inbox is full, serves this
+    /// worker's own inbox, so two workers handing off to each other both make progress. False
+    /// once a worker is gone.
+    fn hand_off(&mut self, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) -> bool {
+        for owner in 0..self.pending.len() {
+            if self.pending[owner].is_empty() {
+                continue;
+            }
+            let mut batch = std::mem::take(&mut self.pending[owner]);
+            let Some(tx) = self.link.outboxes[owner].clone() else {
+                continue;
+            };
+            loop {
+                match tx.try_send(batch) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(b)) => {
+                        batch = b;
+                        if self.serve_inbox(take) == 0 {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
             }
         }
         true
     }
+
+    /// Takes every datagram other workers handed to this one. Returns how many batches.
+    fn serve_inbox(&mut self, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) -> usize {
+        let mut served = 0;
+        while let Ok(batch) = self.link.inbox.try_recv() {
+            for datagram in batch.iter() {
+                take(datagram, &Datagram::decode(datagram));
+            }
+            self.pool.give(batch);
+            served += 1;
+        }
+        served
+    }
+
+    /// At shutdown, once this worker stopped receiving: hands on what it packed, lets go of the
+    /// other workers' inboxes, and takes what they hand it until every one of them has done the
+    /// same.
+    pub fn close(mut self, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) {
+        self.hand_off(take);
+        self.link.outboxes.clear();
+        loop {
+            match self.link.inbox.try_recv() {
+                Ok(batch) => {
+                    for datagram in batch.iter() {
+                        take(datagram, &Datagram::decode(datagram));
+                    }
+                    self.pool.give(batch);
+                }
+                Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(1)),
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+/// Passes one datagram from `from` through admission, counting what it refuses.
+fn admit(
+    admission: &Admission,
+    counters: &SocketCounters,
+    datagram: &[u8],
+    from: Option<IpAddr>,
+) -> bool {
+    // A source the kernel did not report cannot pass a source allow-list: it is taken as the
+    // unspecified address.
+    let from = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    match admission.check(from, datagram) {
+        Verdict::Accept => true,
+        Verdict::SourceNotAllowed => {
+            counters.refused_source.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Verdict::VniNotAllowed => {
+            counters.refused_vni.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_keeps_datagrams_apart_and_in_order() {
-        let mut b = Batch::default();
-        assert!(b.is_empty());
-        b.push(b"one");
-        b.push(b"");
-        b.push_tagged(9, b"three");
-        assert_eq!(b.len(), 3);
-        let got: Vec<&[u8]> = b.iter().collect();
-        assert_eq!(got, vec![&b"one"[..], b"", b"three"]);
-        let tags: Vec<u64> = b.iter_tagged().map(|(t, _)| t).collect();
-        assert_eq!(tags, vec![0, 0, 9]);
-        b.clear();
-        assert_eq!(b.iter().count(), 0);
-    }
-
-    #[test]
-    fn pool_reuses_batches_and_frees_oversized_ones() {
-        let pool = BatchPool::new(2, 4, 100);
-        let mut b = pool.take();
-        assert_eq!((b.ends.capacity(), b.data.capacity()), (4, 100));
-        b.push(&[7u8; 1000]);
-        let cap = b.data.capacity();
-        pool.give(b);
-        let again = pool.take();
-        assert!(again.is_empty());
-        assert_eq!(again.data.capacity(), cap, "the same buffer comes back");
-        let mut huge = Batch::default();
-        huge.push(&vec![0u8; RECV_BATCH * MAX_DATAGRAM + 1]);
-        pool.give(huge);
-        assert_eq!(
-            pool.take().data.capacity(),
-            100,
-            "an oversized batch is not kept"
-        );
-        for _ in 0..3 {
-            pool.give(Batch::with_capacity(4, 100));
-        }
-        assert_eq!(pool.spare(), 2, "at most `capacity` spare batches");
-        pool.shrink(1);
-        assert_eq!(pool.spare(), 1);
-        pool.shrink(5);
-        assert_eq!(pool.spare(), 1);
-    }
-
-    #[test]
-    fn kernel_drops_counts_what_a_full_queue_discards() {
-        // A receiver with the smallest buffer the kernel allows, never read, and a burst sent
-        // to it over loopback: what did not fit is the kernel's drop count for the socket.
-        let rx = bind_socket("127.0.0.1:0".parse().unwrap(), 64 * 1024).unwrap();
-        let small = socket2::SockRef::from(&rx);
-        small.set_recv_buffer_size(1).unwrap();
-        assert_eq!(kernel_drops(&rx), Some(0));
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let sent = 2000u64;
-        for _ in 0..sent {
-            tx.send_to(&[0u8; 1000], to).unwrap();
-        }
-        let mut buf = [0u8; 2000];
-        rx.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut got = 0u64;
-        while rx.recv(&mut buf).is_ok() {
-            got += 1;
-        }
-        let drops = kernel_drops(&rx).unwrap();
-        assert!(drops > 0, "a 1-byte buffer must overflow");
-        assert_eq!(got + drops, sent, "received {got} + dropped {drops}");
-    }
-
-    fn vxlan(vni: u32, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
-        use crate::testkit::{NO_FLAGS, segment, vxlan_datagram};
-        let (src, dst) = (SocketAddr::from(src), SocketAddr::from(dst));
-        vxlan_datagram(vni, &segment(src, dst, 1, None, NO_FLAGS, payload))
-    }
-
-    #[test]
-    fn both_directions_of_a_flow_reach_one_shard_and_every_datagram_is_counted() {
-        const SHARDS: usize = 4;
-        const FLOWS: u16 = 64;
-        let socket = bind_socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-        let to_addr = socket.local_addr().unwrap();
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..SHARDS)
-            .map(|_| crossbeam_channel::unbounded::<Batch>())
-            .unzip();
-        let pool = BatchPool::new(64, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
-        let admission = Admission::new(&[], &["9".to_owned()]).unwrap();
-        let counters = SocketCounters::default();
-        let (refused_source, refused_vni) = (AtomicU64::new(0), AtomicU64::new(0));
-        let stop = AtomicBool::new(false);
-        let ingest = Ingest {
-            shards: &txs,
-            pool: &pool,
-            admission: &admission,
-            counters: &counters,
-            refused_source: &refused_source,
-            refused_vni: &refused_vni,
-            stop: &stop,
-        };
-        let client = |i: u16| ([10, 0, (i >> 8) as u8, i as u8], 40_000 + i);
-        let server = ([10, 1, 0, 1], 8080);
-        let mut sent = 0u64;
-        std::thread::scope(|scope| {
-            let receiver = scope.spawn(|| recv_loop(&socket, &ingest));
-            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-            for i in 0..FLOWS {
-                tx.send_to(
-                    &vxlan(9, client(i), server, b"GET / HTTP/1.1\r\n\r\n"),
-                    to_addr,
-                )
-                .unwrap();
-                tx.send_to(
-                    &vxlan(9, server, client(i), b"HTTP/1.1 200 OK\r\n\r\n"),
-                    to_addr,
-                )
-                .unwrap();
-                sent += 2;
-            }
-            // Refused by --allow-vni, and junk (shard 0 counts it as undecodable).
-            tx.send_to(&vxlan(8, client(0), server, b"x"), to_addr)
-                .unwrap();
-            tx.send_to(b"junk", to_addr).unwrap();
-            sent += 2;
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while counters.received.load(Ordering::Relaxed) < sent
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            stop.store(true, Ordering::Relaxed);
-            receiver.join().unwrap();
-        });
-        assert_eq!(counters.received.load(Ordering::Relaxed), sent);
-        assert_eq!(refused_vni.load(Ordering::Relaxed), 1);
-        assert_eq!(refused_source.load(Ordering::Relaxed), 0);
-        assert_eq!(kernel_drops(&socket), Some(0));
-        let mut shard_of_flow = std::collections::HashMap::new();
-        let mut delivered = 0;
-        for (shard, rx) in rxs.iter().enumerate() {
-            let mut in_shard = 0;
-            for batch in rx.try_iter() {
-                for d in batch.iter() {
-                    in_shard += 1;
-                    let Ok(seg) =
-                        wire::decode_vxlan(d).and_then(|v| wire::decode_ethernet(v.inner))
-                    else {
-                        assert_eq!(shard, 0, "undecodable datagrams go to shard 0");
-                        continue;
-                    };
-                    let peer = if seg.src.port() == 8080 {
-                        seg.dst
-                    } else {
-                        seg.src
-                    };
-                    let previous = shard_of_flow.insert(peer, shard);
-                    assert!(
-                        previous.is_none_or(|p| p == shard),
-                        "{peer} split over shards"
-                    );
-                }
-            }
-            delivered += in_shard;
-        }
-        assert_eq!(
-            delivered as u64,
-            sent - 1,
-            "all but the refused one delivered"
-        );
-        assert_eq!(shard_of_flow.len(), FLOWS as usize);
-        let used: std::collections::HashSet<_> = shard_of_flow.values().collect();
-        assert_eq!(
-            used.len(),
-            SHARDS,
-            "{FLOWS} flows spread over all {SHARDS} shards"
-        );
-    }
-}
+pub(crate) mod tests;

@@ -118,9 +118,15 @@ impl Pipeline {
 
     /// Takes the UDP payload of a datagram received on the VXLAN port.
     pub fn datagram(&mut self, payload: &[u8], now: u64) {
+        self.decoded(payload, &wire::Datagram::decode(payload), now);
+    }
+
+    /// Takes a datagram already decoded (by the ingest, which steered by its segment):
+    /// `decoded` is `wire::Datagram::decode(payload)`.
+    pub fn decoded(&mut self, payload: &[u8], decoded: &wire::Datagram<'_>, now: u64) {
         self.wire.datagrams += 1;
         self.wire.bytes += payload.len() as u64;
-        self.vxlan(payload, now);
+        self.vxlan(payload.len(), decoded, now);
     }
 
     /// Takes one frame of a capture file: VXLAN datagrams are decapsulated, plain TCP is taken as
@@ -129,7 +135,9 @@ impl Pipeline {
         self.wire.datagrams += 1;
         self.wire.bytes += frame.len() as u64;
         match wire::decode_capture_frame(link, frame) {
-            Ok(CaptureFrame::Vxlan(payload)) => self.vxlan(payload, now),
+            Ok(CaptureFrame::Vxlan(payload)) => {
+                self.vxlan(payload.len(), &wire::Datagram::decode(payload), now)
+            }
             Ok(CaptureFrame::Tcp(seg)) => self.segment(default_vni, &seg, now),
             Err(e) => self.wire.count_error(e),
         }
@@ -139,19 +147,19 @@ impl Pipeline {
         crate::flow::vni_entry(&mut self.vni, vni)
     }
 
-    fn vxlan(&mut self, payload: &[u8], now: u64) {
-        let v = match wire::decode_vxlan(payload) {
-            Ok(v) => v,
-            Err(e) => return self.wire.count_error(e),
+    fn vxlan(&mut self, len: usize, decoded: &wire::Datagram<'_>, now: u64) {
+        let (vni, segment) = match decoded {
+            wire::Datagram::NotVxlan(e) => return self.wire.count_error(*e),
+            wire::Datagram::Inner { vni, segment } => (*vni, segment),
         };
-        let stats = self.vni_stats(v.vni);
+        let stats = self.vni_stats(vni);
         stats.datagrams += 1;
-        stats.bytes += payload.len() as u64;
-        match wire::decode_ethernet(v.inner) {
-            Ok(seg) => self.segment(v.vni, &seg, now),
+        stats.bytes += len as u64;
+        match segment {
+            Ok(seg) => self.segment(vni, seg, now),
             Err(e) => {
-                self.vni_stats(v.vni).dropped += 1;
-                self.wire.count_error(e);
+                self.vni_stats(vni).dropped += 1;
+                self.wire.count_error(*e);
             }
         }
     }

@@ -160,6 +160,76 @@ pub fn ethernet_frame(seg: &TcpSegment<'_>) -> Vec<u8> {
     out
 }
 
+/// How [`shaped_frame`] dresses a frame: the shapes the kernel's steering program classifies
+/// and those it leaves to the fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Plain,
+    /// One 802.1Q tag (VLAN 100).
+    Vlan,
+    /// An 802.1ad tag (VLAN 10) over an 802.1Q tag (VLAN 100).
+    QinQ,
+    /// IPv4 with 4 bytes of options (IHL 6).
+    Ipv4Options,
+    /// IPv6 with an empty hop-by-hop extension header before TCP.
+    Ipv6HopByHop,
+    /// IPv4 with the more-fragments flag set.
+    Ipv4Fragment,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 6] = [
+        Shape::Plain,
+        Shape::Vlan,
+        Shape::QinQ,
+        Shape::Ipv4Options,
+        Shape::Ipv6HopByHop,
+        Shape::Ipv4Fragment,
+    ];
+}
+
+/// [`ethernet_frame`] of `seg` dressed as `shape`. Panics for a shape of the other address
+/// family (IPv4 options or fragment on IPv6, hop-by-hop on IPv4).
+pub fn shaped_frame(seg: &TcpSegment<'_>, shape: Shape) -> Vec<u8> {
+    let mut f = ethernet_frame(seg);
+    const IP: usize = 14;
+    let v4 = seg.src.is_ipv4();
+    let add_to_u16 = |f: &mut [u8], at: usize, n: u16| {
+        let v = u16::from_be_bytes([f[at], f[at + 1]]) + n;
+        f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    };
+    match shape {
+        Shape::Plain => {}
+        Shape::Vlan => {
+            f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        }
+        Shape::QinQ => {
+            f.splice(12..12, [0x88, 0xa8, 0x00, 0x0a, 0x81, 0x00, 0x00, 0x64]);
+        }
+        Shape::Ipv4Options | Shape::Ipv4Fragment => {
+            assert!(v4, "{shape:?} on an IPv6 segment");
+            let (mut h, _) = etherparse::Ipv4Header::from_slice(&f[IP..])
+                .unwrap_or_else(|e| panic!("re-reading the IPv4 header: {e}"));
+            let old_len = h.header_len();
+            if shape == Shape::Ipv4Options {
+                h.options = [1u8, 1, 1, 0][..].try_into().expect("4 bytes of options");
+                h.total_len += 4;
+            } else {
+                h.more_fragments = true;
+            }
+            h.header_checksum = h.calc_header_checksum();
+            f.splice(IP..IP + old_len, h.to_bytes());
+        }
+        Shape::Ipv6HopByHop => {
+            assert!(!v4, "an IPv6 extension header on an IPv4 segment");
+            f[IP + 6] = 0;
+            f.splice(IP + 40..IP + 40, [6, 0, 1, 4, 0, 0, 0, 0]);
+            add_to_u16(&mut f, IP + 4, 8);
+        }
+    }
+    f
+}
+
 /// The VXLAN header of `vni` (I flag set).
 pub fn vxlan_header(vni: u32) -> [u8; 8] {
     let v = vni.to_be_bytes();

@@ -170,3 +170,128 @@ fn body_segments_allocate_far_less_than_once_per_packet() {
         "{per_packet} allocations per packet while a body streams"
     );
 }
+
+/// The daemon's receive path, on the test's thread: `recvmmsg` into the worker's buffers,
+/// decode, steering check, pipeline; and the hand-off of a flow another worker owns, through
+/// the pool of batches. Neither allocates per datagram once warm.
+#[test]
+fn the_receive_path_allocates_nothing_per_datagram() {
+    use mirror_receiver::admission::Admission;
+    use mirror_receiver::ingest::{
+        BATCH_BYTES_PER_DATAGRAM, BatchPool, Inlet, RECV_BATCH, SocketCounters, bind_group, links,
+        steer,
+    };
+    use mirror_receiver::testkit::vxlan_datagram;
+    use mirror_receiver::wire::Datagram;
+    use std::net::UdpSocket;
+    use std::sync::atomic::Ordering;
+
+    // Two workers' sockets without the steering program: the kernel's hash of the outer
+    // addresses puts all of one sender's datagrams on one socket.
+    let sockets = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16 << 20).unwrap();
+    let to = sockets[0].local_addr().unwrap();
+    let admission = Admission::new(&[], &[]).unwrap();
+    let counters = [SocketCounters::default(), SocketCounters::default()];
+    let pool = BatchPool::new(8, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
+    let mut inlets: Vec<Inlet<'_>> = links(2)
+        .into_iter()
+        .enumerate()
+        .map(|(me, link)| {
+            Inlet::new(
+                me,
+                &sockets[me],
+                &admission,
+                &counters[me],
+                link,
+                pool.clone(),
+            )
+        })
+        .collect();
+    let mut p = Pipeline::new(&PipelineConfig::default());
+    let now = 1_000 * SECOND;
+    let mut take = |d: &[u8], dg: &Datagram<'_>| p.decoded(d, dg, now);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = addr([10, 1, 0, 1], 80);
+    let received = |c: &[SocketCounters; 2]| -> u64 {
+        c.iter().map(|c| c.received.load(Ordering::Relaxed)).sum()
+    };
+    // Which socket the sender's datagrams land on.
+    tx.send_to(b"probe", to).unwrap();
+    while received(&counters) == 0 {
+        for inlet in &mut inlets {
+            inlet.receive(&mut take);
+        }
+    }
+    let lands = usize::from(counters[1].received.load(Ordering::Relaxed) == 1);
+    for (path, owner) in [("own socket", lands), ("hand-off", 1 - lands)] {
+        // A client whose flow `owner` owns.
+        let client = (1..)
+            .map(|i: u16| addr([10, 0, 0, 1], 40_000 + i))
+            .find(|&c| steer::shard(&seg(c, server, 0, 0, false, b""), 2) == owner)
+            .unwrap();
+        let request = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 40000000\r\n\r\n";
+        let (c, s) = (1_000u32, 9_000u32);
+        let chunk = [b'x'; 1448];
+        let mut seq = c + request.len() as u32;
+        let mut body = |n: usize| -> Vec<Vec<u8>> {
+            (0..n)
+                .map(|_| {
+                    let d = vxlan_datagram(7, &seg(client, server, seq, s, false, &chunk));
+                    seq += chunk.len() as u32;
+                    d
+                })
+                .collect()
+        };
+        let mut first = vec![vxlan_datagram(
+            7,
+            &seg(client, server, c, s, false, request),
+        )];
+        first.extend(body(200));
+        let measured = body(2_500);
+        let mut run = |datagrams: &[Vec<u8>], take: &mut dyn FnMut(&[u8], &Datagram<'_>)| {
+            let target = received(&counters) + datagrams.len() as u64;
+            for d in datagrams {
+                tx.send_to(d, to).unwrap();
+            }
+            while received(&counters) < target {
+                for inlet in &mut inlets {
+                    inlet.receive(take);
+                }
+            }
+            // What was handed over last is taken on the owner's next call.
+            inlets[owner].receive(take);
+        };
+        // Warm up: the buffers reach their working size, the pool holds its batches.
+        run(&first, &mut take);
+        let (a0, handed0) = (allocs(), counters[lands].handed_off.load(Ordering::Relaxed));
+        run(&measured, &mut take);
+        let per_datagram = (allocs() - a0) as f64 / measured.len() as f64;
+        let handed = counters[lands].handed_off.load(Ordering::Relaxed) - handed0;
+        eprintln!(
+            "{path}: {} allocations over {} datagrams ({per_datagram:.4} per datagram), {handed} handed off",
+            allocs() - a0,
+            measured.len()
+        );
+        assert_eq!(
+            handed,
+            if owner == lands {
+                0
+            } else {
+                measured.len() as u64
+            },
+            "{path}: datagrams handed off"
+        );
+        assert!(
+            per_datagram < 0.02,
+            "{path}: {per_datagram} allocations per datagram"
+        );
+    }
+    drop(take);
+    let stats = p.stats();
+    assert_eq!(
+        stats.wire.datagrams,
+        1 + 2 * (201 + 2_500),
+        "every datagram reached the pipeline"
+    );
+    assert_eq!(stats.flow.opened, 2);
+}

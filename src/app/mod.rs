@@ -19,11 +19,12 @@ pub use status::add_stats;
 
 use crate::config::{PipelineSettings, RunArgs, RunSettings};
 use crate::counters::ProcessCounters;
-use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH, SHARD_QUEUE_BATCHES};
+use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH};
 use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Sender, bounded};
+use sink_thread::RecordsOut;
 use sink_thread::{
     RECORD_BATCH_BYTES, RECORD_QUEUE_BATCHES, RECORDS_PER_BATCH, open_sink, sink_loop,
 };
@@ -35,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use worker::Worker;
 
-/// A worker or receive thread, joined at shutdown.
+/// A worker thread, joined at shutdown.
 type Thread = JoinHandle<()>;
 
 /// Wall-clock time in µs since the Unix epoch.
@@ -54,9 +55,8 @@ struct Shared {
     workers: Vec<WorkerSlot>,
     sockets: Vec<SocketSlot>,
     records_too_large: AtomicU64,
-    /// Datagrams refused by --allow-source / --allow-vni.
-    refused_source: AtomicU64,
-    refused_vni: AtomicU64,
+    /// The kernel steers datagrams to the worker of their flow (the program is attached).
+    steering: bool,
 }
 
 /// What one worker publishes.
@@ -65,7 +65,7 @@ struct WorkerSlot {
     stats: Mutex<PipelineStats>,
     /// Last loop time (µs): the systemd watchdog is fed only while every worker's is recent.
     heartbeat: AtomicU64,
-    /// Batches waiting in its queue, as last seen by the worker.
+    /// Batches of handed-off datagrams waiting in its inbox, as last seen by the worker.
     queue_fill: AtomicU64,
 }
 
@@ -76,7 +76,7 @@ struct SocketSlot {
 }
 
 impl Shared {
-    fn new(workers: usize, sockets: &[Arc<UdpSocket>]) -> Shared {
+    fn new(workers: usize, sockets: &[Arc<UdpSocket>], steering: bool) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             sink_failed: AtomicBool::new(false),
@@ -95,8 +95,7 @@ impl Shared {
                 })
                 .collect(),
             records_too_large: AtomicU64::new(0),
-            refused_source: AtomicU64::new(0),
-            refused_vni: AtomicU64::new(0),
+            steering,
         }
     }
 
@@ -104,11 +103,13 @@ impl Shared {
     /// as received may not be processed yet, never the other way round), datagrams the kernel
     /// dropped for them, records too large, datagrams refused.
     fn process(&self) -> ProcessCounters {
-        let received = self
-            .sockets
-            .iter()
-            .map(|s| s.counters.received.load(Ordering::Relaxed))
-            .sum();
+        let sum = |read: fn(&crate::ingest::SocketCounters) -> &AtomicU64| {
+            self.sockets
+                .iter()
+                .map(|s| read(&s.counters).load(Ordering::Relaxed))
+                .sum()
+        };
+        let received = sum(|c| &c.received);
         let kernel_drops = self
             .sockets
             .iter()
@@ -118,8 +119,10 @@ impl Shared {
             received,
             kernel_drops,
             records_too_large: self.records_too_large.load(Ordering::Relaxed),
-            refused_source: self.refused_source.load(Ordering::Relaxed),
-            refused_vni: self.refused_vni.load(Ordering::Relaxed),
+            refused_source: sum(|c| &c.refused_source),
+            refused_vni: sum(|c| &c.refused_vni),
+            handed_off: sum(|c| &c.handed_off),
+            steering: u64::from(self.steering),
         }
     }
 }
@@ -143,12 +146,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     flow.max_flows = flow.max_flows.div_ceil(workers);
     let sink_stats = Arc::new(SinkStats::default());
     let sink = open_sink(&args.output, sink_stats.clone())?;
-    let sockets: Vec<Arc<UdpSocket>> = (0..workers)
-        .map(|_| crate::ingest::bind_socket(args.listen, args.recv_buffer).map(Arc::new))
-        .collect::<Result<_>>()?;
+    let sockets: Vec<Arc<UdpSocket>> =
+        crate::ingest::bind_group(args.listen, workers, args.recv_buffer)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
     let local = sockets[0].local_addr()?;
-    tracing::info!(listen = %local, workers, "receiving VXLAN");
-    let shared = Arc::new(Shared::new(workers, &sockets));
+    let steering = workers > 1 && attach_steering(&sockets[0], workers);
+    tracing::info!(listen = %local, workers, steering, "receiving VXLAN");
+    let shared = Arc::new(Shared::new(workers, &sockets, steering));
     let admission = Arc::new(admission);
     let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
     // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
@@ -158,18 +164,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let sink_thread = spawn_sink(&shared, sink, rec_rx, &record_pool, flush_timeout)?;
 
-    // Spare batches kept for reuse: in the steady state each receive thread fills one per shard
-    // and a few are queued. Beyond that (bursts that fill the queues) batches are allocated and
-    // freed on return, so a burst does not leave memory behind.
+    // Spare hand-off batches kept for reuse: a few per pair of workers. Beyond that (bursts the
+    // kernel could not steer) batches are allocated and freed on return, so a burst does not
+    // leave memory behind.
     let pool = BatchPool::new(
-        2 * workers * workers + 4 * workers,
+        2 * workers * workers,
         RECV_BATCH,
         RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
     );
-    let (shard_txs, worker_threads) =
-        spawn_workers(&shared, &settings, &pool, &rec_tx, &record_pool)?;
+    let ingest = Ingest {
+        sockets,
+        admission,
+        pool,
+    };
+    let worker_threads = spawn_workers(&shared, &settings, ingest, &rec_tx, &record_pool)?;
     drop(rec_tx);
-    let recv_threads = spawn_receivers(&shared, sockets, shard_txs, &admission, &pool)?;
 
     let admin_stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(DaemonStatus {
@@ -193,7 +202,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     shared.stop.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs_f64(args.shutdown_timeout);
-    for t in recv_threads.into_iter().chain(worker_threads) {
+    for t in worker_threads {
         let _ = t.join();
     }
     let sink_result = join_until(sink_thread, deadline);
@@ -223,71 +232,60 @@ fn spawn_sink(
         })?)
 }
 
-/// Starts one worker thread per slot; returns the senders of their queues and their handles.
+/// Attaches the kernel's steering program to the sockets' reuseport group. Without it (an old
+/// kernel, a seccomp policy) every datagram still reaches the worker of its flow, handed over by
+/// whichever worker received it: slower, counted, and said here once.
+fn attach_steering(socket: &UdpSocket, workers: usize) -> bool {
+    match crate::ingest::steer::attach(socket, workers) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "the kernel refused the steering program (SO_ATTACH_REUSEPORT_CBPF): workers hand \
+                 each other the datagrams of flows they do not own (mirror_ingest_handed_off_total)"
+            );
+            false
+        }
+    }
+}
+
+/// What the workers receive with: one socket each (in the reuseport group's order), the
+/// admission rules, and the pool of hand-off batches.
+struct Ingest {
+    sockets: Vec<Arc<UdpSocket>>,
+    admission: Arc<crate::admission::Admission>,
+    pool: BatchPool,
+}
+
+/// Starts one worker thread per socket; returns their handles.
 fn spawn_workers(
     shared: &Arc<Shared>,
     settings: &PipelineSettings,
-    pool: &BatchPool,
+    ingest: Ingest,
     rec_tx: &Sender<Batch>,
     record_pool: &BatchPool,
-) -> Result<(Vec<Sender<Batch>>, Vec<Thread>)> {
-    let mut shard_txs = Vec::new();
-    let mut threads = Vec::new();
-    for i in 0..shared.workers.len() {
-        let (tx, rx) = bounded::<Batch>(SHARD_QUEUE_BATCHES);
-        shard_txs.push(tx);
-        let (shared, rec_tx, settings) = (shared.clone(), rec_tx.clone(), settings.clone());
-        let (pool, record_pool) = (pool.clone(), record_pool.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || {
-                    let w = Worker {
-                        rx,
-                        pool,
-                        records: rec_tx,
-                        record_pool,
-                        slot: &shared.workers[i],
-                        records_too_large: &shared.records_too_large,
-                    };
-                    w.run(&settings.pipeline, settings.filter, settings.record)
-                })?,
-        );
-    }
-    Ok((shard_txs, threads))
-}
-
-/// Starts one receive thread per socket, each handing datagrams to the worker of their flow.
-fn spawn_receivers(
-    shared: &Arc<Shared>,
-    sockets: Vec<Arc<UdpSocket>>,
-    shard_txs: Vec<Sender<Batch>>,
-    admission: &Arc<crate::admission::Admission>,
-    pool: &BatchPool,
 ) -> Result<Vec<Thread>> {
+    let links = crate::ingest::links(ingest.sockets.len());
     let mut threads = Vec::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, txs, admission, pool) = (
-            shared.clone(),
-            shard_txs.clone(),
-            admission.clone(),
-            pool.clone(),
-        );
+    for (me, (socket, link)) in ingest.sockets.into_iter().zip(links).enumerate() {
+        let w = Worker {
+            me,
+            socket,
+            admission: ingest.admission.clone(),
+            link,
+            pool: ingest.pool.clone(),
+            records: RecordsOut {
+                batch: record_pool.take(),
+                pool: record_pool.clone(),
+                tx: rec_tx.clone(),
+            },
+            shared: shared.clone(),
+        };
+        let settings = settings.clone();
         threads.push(
             std::thread::Builder::new()
-                .name(format!("recv-{i}"))
-                .spawn(move || {
-                    let to = crate::ingest::Ingest {
-                        shards: &txs,
-                        pool: &pool,
-                        admission: &admission,
-                        counters: &shared.sockets[i].counters,
-                        refused_source: &shared.refused_source,
-                        refused_vni: &shared.refused_vni,
-                        stop: &shared.stop,
-                    };
-                    crate::ingest::recv_loop(&socket, &to)
-                })?,
+                .name(format!("worker-{me}"))
+                .spawn(move || w.run(&settings.pipeline, settings.filter, settings.record))?,
         );
     }
     Ok(threads)

@@ -34,7 +34,7 @@ impl crate::admin::Status for DaemonStatus {
             .max()
             .unwrap_or(0);
         if fill as usize * 10 > SHARD_QUEUE_BATCHES * 9 {
-            return Some("worker queues above 90 %".into());
+            return Some("worker hand-off inboxes above 90 %".into());
         }
         crate::admin::sink_not_ready(&self.sink, self.kafka)
     }

@@ -12,7 +12,7 @@
 
 mod vxlan;
 
-pub use vxlan::{VXLAN_HEADER_LEN, VXLAN_PORT, Vxlan, decode_vxlan};
+pub use vxlan::{Datagram, VXLAN_HEADER_LEN, VXLAN_PORT, Vxlan, decode_vxlan};
 
 use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pnet_packet::sll::SLLPacket;
