@@ -2207,9 +2207,23 @@ fn outer_ports(frames: &[capture::Frame]) -> BTreeMap<u16, [std::collections::BT
 
 #[test]
 fn load_through_kernel_vxlan_pairs_every_exchange() {
-    const NAME: &str = "load_through_kernel_vxlan_pairs_every_exchange";
+    load_through_kernel_vxlan("load_through_kernel_vxlan_pairs_every_exchange", 2);
+}
+
+#[test]
+fn load_through_kernel_vxlan_pairs_every_exchange_with_four_workers() {
+    load_through_kernel_vxlan(
+        "load_through_kernel_vxlan_pairs_every_exchange_with_four_workers",
+        4,
+    );
+}
+
+/// h2load through the kernel's VXLAN (whose outer source ports differ per direction) to a
+/// daemon with `workers` workers: every exchange pairs, none is lost, and the kernel's steering
+/// program put every datagram on its owner's socket (nothing handed off).
+fn load_through_kernel_vxlan(name: &'static str, workers: usize) {
     let _serial = serial();
-    let Some(tools) = tools_or_skip(NAME, false) else {
+    let Some(tools) = tools_or_skip(name, false) else {
         return;
     };
     let started = Instant::now();
@@ -2241,11 +2255,17 @@ fn load_through_kernel_vxlan_pairs_every_exchange() {
     // Before the daemon binds: every datagram after this is delivered to its sockets or counted
     // by the kernel.
     let snmp_before = udp_snmp(&lab, &net.recv);
-    let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
+    let workers_arg = workers.to_string();
+    let daemon_log = start_daemon(
+        &mut lab,
+        &net.recv,
+        &records_path,
+        &["--workers", &workers_arg],
+    );
     let daemon_pid = lab.child("daemon").id();
     start_peers(&mut lab, &tools, &net.server, &d);
     println!(
-        "{NAME}: network and peers ready after {:?}; artifacts in {}",
+        "{name}: network and peers ready after {:?}; artifacts in {}",
         started.elapsed(),
         d.display()
     );
@@ -2376,6 +2396,15 @@ fn load_through_kernel_vxlan_pairs_every_exchange() {
             "mirror_http_unmatched_responses_total is {unmatched:?}, not 0"
         ));
     }
+    let steering = m("mirror_ingest_kernel_steering");
+    let handed_off = m("mirror_ingest_handed_off_total");
+    if steering != Some(1.0) || handed_off != Some(0.0) {
+        failures.push(format!(
+            "{workers} workers: mirror_ingest_kernel_steering is {steering:?} (want 1), \
+             mirror_ingest_handed_off_total {handed_off:?} (want 0: every datagram on the socket \
+             of its flow's worker)"
+        ));
+    }
     let summary = summary_fields(&daemon_stderr, "stopped").unwrap_or_default();
     if summary_u64(&summary, "unmatched_responses").is_some_and(|n| n > 0) {
         failures.push(format!(
@@ -2470,19 +2499,19 @@ fn load_through_kernel_vxlan_pairs_every_exchange() {
     }
 
     println!(
-        "{NAME}: h2load: {load_complete} exchanges in {load_wall:.2?}, {load_rate:.0}/s (h2load), \
-         {log_rate:.0}/s (nginx's log); daemon (debug build: {}): {cpu_used:.2} CPU-s, \
+        "{name}: h2load: {load_complete} exchanges in {load_wall:.2?}, {load_rate:.0}/s (h2load), \
+         {log_rate:.0}/s (nginx's log); daemon ({workers} workers, debug build: {}): {cpu_used:.2} CPU-s, \
          {:.1} µs a datagram, caught up {caught_up_after:.2?} after the load ended; \
          received {received:?}, processed {processed:?}, kernel drops {kernel_drops:?}, pairs \
-         {pairs:?}, unmatched {unmatched:?}; records: {paired} paired of {logged_ok} logged; \
+         {pairs:?}, unmatched {unmatched:?}, handed off {handed_off:?}; records: {paired} paired of {logged_ok} logged; \
          Udp RcvbufErrors +{}; {split_note}",
         cfg!(debug_assertions),
         cpu_used * 1e6 / processed.unwrap_or(1.0).max(1.0),
         snmp("RcvbufErrors"),
     );
     if let Some(line) = daemon_stderr.lines().find(|l| l.contains("stopped")) {
-        println!("{NAME}: daemon: {line}");
+        println!("{name}: daemon: {line}");
     }
-    println!("{NAME}: finished in {:?}", started.elapsed());
-    finish(NAME, &failures, lab, dir, &daemon_stderr);
+    println!("{name}: finished in {:?}", started.elapsed());
+    finish(name, &failures, lab, dir, &daemon_stderr);
 }
