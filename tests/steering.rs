@@ -35,9 +35,12 @@ fn endpoint(v6: bool, host: u16, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Datagrams (sender, bytes) of one exchange per flow of each shape, requests first, and the
-/// path of each exchange.
-fn traffic() -> (Vec<(usize, Vec<u8>)>, Vec<(usize, Vec<u8>)>, Vec<String>) {
+/// A datagram and the outer sender socket that sends it.
+type Send = (usize, Vec<u8>);
+
+/// Datagrams of one exchange per flow of each shape (requests, responses), and the path of
+/// each exchange.
+fn traffic() -> (Vec<Send>, Vec<Send>, Vec<String>) {
     let (mut requests, mut responses, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     for (s, &(v6, shape, _)) in SHAPES.iter().enumerate() {
         for i in 0..FLOWS {
