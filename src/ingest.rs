@@ -105,7 +105,8 @@ impl Batch {
     }
 }
 
-/// Emptied batches on their way back from the workers to the receive threads.
+/// Emptied batches on their way back to be filled again (hand-off batches from the worker that took
+/// them to the one that hands off, record batches from the sink thread to the workers).
 ///
 /// A stack (last in, first out), so the same few batches serve again and again, and memory
 /// reaches its steady state at once instead of creeping up as a queue would hand out every spare
@@ -257,7 +258,7 @@ fn source_ip(addr: Option<&SockaddrStorage>) -> Option<IpAddr> {
     }
 }
 
-/// A receive thread's buffers, allocated once and reused by every `recvmmsg` call.
+/// A worker's receive buffers, allocated once and reused by every `recvmmsg` call.
 struct Receiver {
     /// [`RECV_BATCH`] slots of [`MAX_DATAGRAM`] bytes, one per datagram of a call. A longer
     /// datagram arrives cut to its slot; the decoder sees the truncation (IP length past the
@@ -420,7 +421,9 @@ impl<'a> Inlet<'a> {
                 continue;
             }
             let decoded = Datagram::decode(datagram);
-            match decoded.segment().map(|s| steer::shard(s, shards)) {
+            // One worker owns every flow.
+            let owner = (shards > 1).then(|| decoded.segment().map(|s| steer::shard(s, shards)));
+            match owner.flatten() {
                 Some(owner) if owner != self.me => {
                     if self.pending[owner].is_empty() {
                         self.pending[owner] = self.pool.take();
