@@ -207,15 +207,21 @@ fn program(shards: usize) -> std::io::Result<Vec<sock_filter>> {
     a.finish()
 }
 
+/// To the fallback unless the header at `ip` is of IP `version` and its protocol (or next
+/// header) byte at `protocol` is TCP.
+fn ip_carrying_tcp(a: &mut Asm, ip: u32, version: u32, protocol: u32) {
+    a.stmt(LD_B, ip);
+    a.stmt(AND, 0xf0);
+    a.jump(JEQ, version << 4, Label::Next, Label::Fallback);
+    a.stmt(LD_B, protocol);
+    a.jump(JEQ, 6, Label::Next, Label::Fallback);
+}
+
 /// IPv4 at `ip`: TCP, not a fragment; A = (src + dst) * SPREAD ^ (sport + dport), then to
 /// the mix.
 fn ipv4(a: &mut Asm, ip: u32) {
     a.label(Label::V4(ip));
-    a.stmt(LD_B, ip);
-    a.stmt(AND, 0xf0);
-    a.jump(JEQ, 0x40, Label::Next, Label::Fallback);
-    a.stmt(LD_B, ip + 9);
-    a.jump(JEQ, 6, Label::Next, Label::Fallback);
+    ip_carrying_tcp(a, ip, 4, ip + 9);
     // More fragments, or a fragment offset.
     a.stmt(LD_H, ip + 6);
     a.jump(JSET, 0x3fff, Label::Fallback, Label::Next);
@@ -241,11 +247,7 @@ fn ipv4(a: &mut Asm, ip: u32) {
 /// addresses' eight words) * SPREAD ^ (sport + dport), then to the mix.
 fn ipv6(a: &mut Asm, ip: u32) {
     a.label(Label::V6(ip));
-    a.stmt(LD_B, ip);
-    a.stmt(AND, 0xf0);
-    a.jump(JEQ, 0x60, Label::Next, Label::Fallback);
-    a.stmt(LD_B, ip + 6);
-    a.jump(JEQ, 6, Label::Next, Label::Fallback);
+    ip_carrying_tcp(a, ip, 6, ip + 6);
     a.stmt(LD_W, ip + 8);
     for word in 1..8 {
         a.stmt(TAX, 0);
