@@ -26,6 +26,7 @@ pub mod counters;
 pub mod filter;
 pub mod flow;
 pub mod http;
+pub mod http2;
 pub mod ingest;
 pub mod pipeline;
 pub mod record;

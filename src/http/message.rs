@@ -117,7 +117,7 @@ impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub start: StartLine,
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1, 2 for HTTP/2.
     pub version: u8,
     /// Header fields in order, names lower-cased, values as sent (invalid UTF-8 replaced).
     /// Chunked trailer fields are appended.
@@ -227,12 +227,12 @@ impl Message {
         }
     }
 
-    /// "HTTP/1.0" or "HTTP/1.1".
+    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
     pub fn version_str(&self) -> &'static str {
-        if self.version == 0 {
-            "HTTP/1.0"
-        } else {
-            "HTTP/1.1"
+        match self.version {
+            0 => "HTTP/1.0",
+            2 => "HTTP/2",
+            _ => "HTTP/1.1",
         }
     }
 }

@@ -1,0 +1,487 @@
+//! HTTP/2 (RFC 9113) of one reassembled TCP connection, both directions: frames, HPACK (RFC 7541)
+//! per direction with its dynamic table, and each stream's request and response assembled into
+//! one [`Exchange`]-shaped pair. Pure: bytes and `ts` in, pairs out; no IO, no clock.
+//!
+//! The first slice of issue 17, not yet wired into the flow table: a connection that starts with
+//! the client preface, followed from its first byte. What it does not do yet (and the issue
+//! asks): detection inside the pipeline, `Upgrade: h2c`, joining mid-connection, finding frame
+//! boundaries again after a gap (a gap ends the direction: its streams are reported as they
+//! stand), Content-Encoding and gRPC payloads.
+//!
+//! HPACK is loona-hpack's decoder (the maintained fork of hpack-rs; see the commit for the
+//! candidates). A header block that fails to decode leaves the direction's dynamic table
+//! unknown: every later block of that direction is counted and skipped, never decoded against a
+//! table that may be wrong.
+
+use crate::http::{Message, StartLine};
+use std::collections::BTreeMap;
+
+/// What a client sends first (RFC 9113 section 3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes of a frame header.
+const FRAME_HEADER: usize = 9;
+/// SETTINGS_MAX_FRAME_SIZE until a peer says otherwise.
+const DEFAULT_MAX_FRAME: u32 = 16_384;
+/// Largest frame payload buffered, whatever a peer allows (the protocol allows 16 MiB).
+pub const MAX_FRAME_BUFFERED: u32 = 1 << 20;
+/// Largest header block (HEADERS and its CONTINUATIONs) buffered.
+pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Streams tracked at once; further ones are counted and not reported.
+pub const MAX_STREAMS: usize = 1024;
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PUSH_PROMISE: u8 = 5;
+const CONTINUATION: u8 = 9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+/// Counters of HTTP/2 connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct H2Stats {
+    pub frames: u64,
+    /// Streams that carried a request.
+    pub streams: u64,
+    /// Streams ended by RST_STREAM.
+    pub resets: u64,
+    /// Header blocks that did not decode, or were skipped because an earlier one did not.
+    pub hpack_failures: u64,
+    /// Frames past the size a peer allowed (or past [`MAX_FRAME_BUFFERED`]), and header blocks
+    /// past [`MAX_HEADER_BLOCK`]: the direction's framing is given up.
+    pub too_large: u64,
+    /// Bytes that are not HTTP/2 where a frame or the preface must be: the direction is given up.
+    pub protocol_errors: u64,
+    /// Streams beyond [`MAX_STREAMS`].
+    pub streams_over_limit: u64,
+    /// Directions given up after a gap in the TCP stream.
+    pub gaps: u64,
+}
+
+/// One stream's request and response so far.
+#[derive(Default)]
+struct Stream {
+    request: Option<Message>,
+    response: Option<Message>,
+    request_done: bool,
+    response_done: bool,
+}
+
+/// A header block being gathered: HEADERS (or PUSH_PROMISE) and its CONTINUATIONs.
+struct Block {
+    stream: u32,
+    bytes: Vec<u8>,
+    end_stream: bool,
+    /// A PUSH_PROMISE's block: decoded for the table's sake, not reported.
+    promise: bool,
+    ts: u64,
+}
+
+/// One direction of the connection.
+struct Direction {
+    buf: Vec<u8>,
+    /// The client's preface is still to come (client direction only).
+    preface: bool,
+    hpack: loona_hpack::Decoder<'static>,
+    /// The dynamic table is known (no block failed).
+    hpack_ok: bool,
+    /// Largest frame payload this side may send: the other side's SETTINGS_MAX_FRAME_SIZE.
+    max_frame: u32,
+    block: Option<Block>,
+    /// The framing was lost (gap, oversized frame, protocol error): nothing more is read.
+    lost: bool,
+}
+
+impl Direction {
+    fn new(client: bool) -> Direction {
+        Direction {
+            buf: Vec::new(),
+            preface: client,
+            hpack: loona_hpack::Decoder::new(),
+            hpack_ok: true,
+            max_frame: DEFAULT_MAX_FRAME,
+            block: None,
+            lost: false,
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.lost = true;
+        self.buf = Vec::new();
+        self.block = None;
+    }
+}
+
+/// A request and its response (`None` when none came), as [`crate::http::Exchange`] holds them.
+pub type Pair = (Message, Option<Message>);
+
+/// An HTTP/2 connection followed from its first byte.
+pub struct Connection {
+    /// Client, then server.
+    dirs: [Direction; 2],
+    streams: BTreeMap<u32, Stream>,
+    done: Vec<Pair>,
+    max_body: usize,
+    pub stats: H2Stats,
+}
+
+impl Connection {
+    /// A connection whose bodies are kept up to `max_body` bytes each.
+    pub fn new(max_body: usize) -> Connection {
+        Connection {
+            dirs: [Direction::new(true), Direction::new(false)],
+            streams: BTreeMap::new(),
+            done: Vec::new(),
+            max_body,
+            stats: H2Stats::default(),
+        }
+    }
+
+    /// Takes the next bytes the client (or the server) sent, at time `ts` (µs).
+    pub fn data(&mut self, from_client: bool, bytes: &[u8], ts: u64) {
+        let d = usize::from(!from_client);
+        if self.dirs[d].lost {
+            return;
+        }
+        self.dirs[d].buf.extend_from_slice(bytes);
+        if self.dirs[d].preface {
+            let have = self.dirs[d].buf.len().min(PREFACE.len());
+            if self.dirs[d].buf[..have] != PREFACE[..have] {
+                self.stats.protocol_errors += 1;
+                return self.dirs[d].give_up();
+            }
+            if have < PREFACE.len() {
+                return;
+            }
+            self.dirs[d].buf.drain(..PREFACE.len());
+            self.dirs[d].preface = false;
+        }
+        let mut at = 0;
+        while let Some(len) = self.next_frame(d, at) {
+            let buf = std::mem::take(&mut self.dirs[d].buf);
+            self.frame(d, &buf[at..at + FRAME_HEADER + len], ts);
+            if self.dirs[d].lost {
+                return;
+            }
+            self.dirs[d].buf = buf;
+            at += FRAME_HEADER + len;
+        }
+        if !self.dirs[d].lost {
+            self.dirs[d].buf.drain(..at);
+        }
+    }
+
+    /// The payload length of the whole frame at `at` in direction `d`'s buffer, or `None` when
+    /// it is not all there (or too large: the direction is given up).
+    fn next_frame(&mut self, d: usize, at: usize) -> Option<usize> {
+        let dir = &mut self.dirs[d];
+        let head = dir.buf.get(at..at + FRAME_HEADER)?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+        if len > dir.max_frame.min(MAX_FRAME_BUFFERED) {
+            self.stats.too_large += 1;
+            dir.give_up();
+            return None;
+        }
+        let len = len as usize;
+        (dir.buf.len() >= at + FRAME_HEADER + len).then_some(len)
+    }
+
+    /// `len` bytes of direction `d` were never seen: its framing is lost.
+    pub fn gap(&mut self, from_client: bool) {
+        let d = usize::from(!from_client);
+        if !self.dirs[d].lost {
+            self.stats.gaps += 1;
+            self.dirs[d].give_up();
+        }
+    }
+
+    /// The connection ended: every stream with a request is reported as it stands.
+    pub fn close(&mut self) {
+        for (_, s) in std::mem::take(&mut self.streams) {
+            self.report(s);
+        }
+    }
+
+    /// The pairs finished since the last call.
+    pub fn pairs(&mut self) -> std::vec::Drain<'_, Pair> {
+        self.done.drain(..)
+    }
+
+    fn report(&mut self, s: Stream) {
+        if let Some(mut request) = s.request {
+            request.complete = s.request_done;
+            let response = s.response.map(|mut r| {
+                r.complete = s.response_done;
+                r
+            });
+            self.done.push((request, response));
+        }
+    }
+
+    /// One whole frame (header and payload) sent by direction `d`.
+    fn frame(&mut self, d: usize, frame: &[u8], ts: u64) {
+        self.stats.frames += 1;
+        let (kind, flags) = (frame[3], frame[4]);
+        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[FRAME_HEADER..];
+        if self.dirs[d].block.is_some() && kind != CONTINUATION {
+            // A header block must be followed by its CONTINUATIONs alone.
+            self.stats.protocol_errors += 1;
+            return self.dirs[d].give_up();
+        }
+        match kind {
+            DATA => {
+                if let Some(body) = unpadded(flags, payload) {
+                    self.body(d, stream, body, flags & END_STREAM != 0);
+                }
+            }
+            HEADERS => {
+                let Some(mut block) = unpadded(flags, payload) else {
+                    self.stats.protocol_errors += 1;
+                    return self.dirs[d].give_up();
+                };
+                if flags & PRIORITY != 0 {
+                    block = block.get(5..).unwrap_or_default();
+                }
+                self.start_block(d, stream, block, flags, false, ts);
+            }
+            PUSH_PROMISE => {
+                let block = unpadded(flags, payload).and_then(|p| p.get(4..));
+                let Some(block) = block else {
+                    self.stats.protocol_errors += 1;
+                    return self.dirs[d].give_up();
+                };
+                self.start_block(d, stream, block, flags, true, ts);
+            }
+            CONTINUATION => {
+                let Some(block) = self.dirs[d].block.as_mut().filter(|b| b.stream == stream) else {
+                    self.stats.protocol_errors += 1;
+                    return self.dirs[d].give_up();
+                };
+                block.bytes.extend_from_slice(payload);
+                if block.bytes.len() > MAX_HEADER_BLOCK {
+                    self.stats.too_large += 1;
+                    return self.dirs[d].give_up();
+                }
+                if flags & END_HEADERS != 0 {
+                    self.finish_block(d);
+                }
+            }
+            RST_STREAM => {
+                if let Some(s) = self.streams.remove(&stream) {
+                    self.stats.resets += 1;
+                    self.report(s);
+                }
+            }
+            SETTINGS if flags & ACK == 0 => self.settings(d, payload),
+            // PRIORITY, PING, GOAWAY (streams still end by their frames or at close),
+            // WINDOW_UPDATE, and types this does not know: nothing to report.
+            _ => {}
+        }
+    }
+
+    /// SETTINGS from direction `d`: they bound what the other direction sends.
+    fn settings(&mut self, d: usize, payload: &[u8]) {
+        let other = &mut self.dirs[1 - d];
+        for p in payload.chunks_exact(6) {
+            let value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+            match u16::from_be_bytes([p[0], p[1]]) {
+                // SETTINGS_HEADER_TABLE_SIZE: the largest table the other side's encoder may
+                // use, which its size updates announce.
+                1 => other.hpack.set_max_allowed_table_size(value as usize),
+                // SETTINGS_MAX_FRAME_SIZE, within the range the protocol allows.
+                5 if (DEFAULT_MAX_FRAME..=0x00ff_ffff).contains(&value) => other.max_frame = value,
+                _ => {}
+            }
+        }
+    }
+
+    fn start_block(
+        &mut self,
+        d: usize,
+        stream: u32,
+        block: &[u8],
+        flags: u8,
+        promise: bool,
+        ts: u64,
+    ) {
+        if block.len() > MAX_HEADER_BLOCK {
+            self.stats.too_large += 1;
+            return self.dirs[d].give_up();
+        }
+        self.dirs[d].block = Some(Block {
+            stream,
+            bytes: block.to_vec(),
+            end_stream: flags & END_STREAM != 0,
+            promise,
+            ts,
+        });
+        if flags & END_HEADERS != 0 {
+            self.finish_block(d);
+        }
+    }
+
+    /// Decodes the gathered header block of direction `d` and applies it to its stream.
+    fn finish_block(&mut self, d: usize) {
+        let Some(block) = self.dirs[d].block.take() else {
+            return;
+        };
+        let dir = &mut self.dirs[d];
+        if !dir.hpack_ok {
+            self.stats.hpack_failures += 1;
+            return;
+        }
+        let mut fields = Fields::default();
+        if dir
+            .hpack
+            .decode_with_cb(&block.bytes, |n, v| fields.push(&n, &v))
+            .is_err()
+        {
+            // The table may now differ from the encoder's: no later block can be trusted.
+            dir.hpack_ok = false;
+            self.stats.hpack_failures += 1;
+            return;
+        }
+        if block.promise {
+            return;
+        }
+        if d == 0 {
+            self.request_headers(block.stream, fields, block.end_stream, block.ts);
+        } else {
+            self.response_headers(block.stream, fields, block.end_stream, block.ts);
+        }
+    }
+
+    fn request_headers(&mut self, id: u32, mut fields: Fields, end: bool, ts: u64) {
+        if !self.streams.contains_key(&id) && self.streams.len() >= MAX_STREAMS {
+            self.stats.streams_over_limit += 1;
+            return;
+        }
+        let s = self.streams.entry(id).or_default();
+        match &mut s.request {
+            // Trailers.
+            Some(request) => append(request, &fields),
+            None => {
+                let start = StartLine::Request {
+                    method: fields.method.take().unwrap_or_default().into(),
+                    target: fields.path.take().unwrap_or_default().into(),
+                };
+                let mut m = Message::new(start, 2, ts, None);
+                if let Some(authority) = fields.authority.take()
+                    && !fields.regular.iter().any(|(n, _)| n == "host")
+                {
+                    m.headers.push("host", &authority);
+                }
+                append(&mut m, &fields);
+                s.request = Some(m);
+                self.stats.streams += 1;
+            }
+        }
+        s.request_done |= end;
+        self.finish_if_done(id);
+    }
+
+    fn response_headers(&mut self, id: u32, fields: Fields, end: bool, ts: u64) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        match (&mut s.response, fields.status) {
+            (Some(response), _) => append(response, &fields),
+            // 1xx heads come before the final one.
+            (None, Some(status)) if !(100..200).contains(&status) => {
+                let start = StartLine::Response {
+                    status,
+                    reason: Default::default(),
+                };
+                let mut m = Message::new(start, 2, ts, None);
+                append(&mut m, &fields);
+                s.response = Some(m);
+            }
+            _ => return,
+        }
+        s.response_done |= end;
+        self.finish_if_done(id);
+    }
+
+    fn body(&mut self, d: usize, id: u32, data: &[u8], end: bool) {
+        let max = self.max_body;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let (message, done) = if d == 0 {
+            (s.request.as_mut(), &mut s.request_done)
+        } else {
+            (s.response.as_mut(), &mut s.response_done)
+        };
+        if let Some(m) = message {
+            let room = max.saturating_sub(m.body.len());
+            m.body.extend_from_slice(&data[..data.len().min(room)]);
+            m.body_truncated |= data.len() > room;
+        }
+        *done |= end;
+        self.finish_if_done(id);
+    }
+
+    fn finish_if_done(&mut self, id: u32) {
+        if self
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.request_done && s.response_done)
+            && let Some(s) = self.streams.remove(&id)
+        {
+            self.report(s);
+        }
+    }
+}
+
+/// A payload without its padding (`PADDED`: a length byte first, that many bytes at the end);
+/// `None` when the padding is longer than the payload.
+fn unpadded(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+    if flags & PADDED == 0 {
+        return Some(payload);
+    }
+    let (&pad, rest) = payload.split_first()?;
+    rest.len()
+        .checked_sub(usize::from(pad))
+        .map(|end| &rest[..end])
+}
+
+/// A decoded header block: the pseudo-header fields apart, the others in order.
+#[derive(Default)]
+struct Fields {
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+    status: Option<u16>,
+    regular: Vec<(String, String)>,
+}
+
+impl Fields {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let value = String::from_utf8_lossy(value).into_owned();
+        match name {
+            b":method" => self.method = Some(value),
+            b":path" => self.path = Some(value),
+            b":authority" => self.authority = Some(value),
+            b":status" => self.status = value.parse().ok(),
+            _ if name.first() == Some(&b':') => {}
+            _ => self
+                .regular
+                .push((String::from_utf8_lossy(name).into_owned(), value)),
+        }
+    }
+}
+
+fn append(m: &mut Message, fields: &Fields) {
+    for (n, v) in &fields.regular {
+        m.headers.push(n, v);
+    }
+}
+
+#[cfg(test)]
+mod tests;

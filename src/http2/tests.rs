@@ -1,0 +1,279 @@
+use super::*;
+
+/// A frame: type, flags, stream, payload (RFC 9113 section 4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// RFC 7541 appendix C.3: three requests without Huffman coding, sharing the dynamic table.
+const C31: &str = "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d";
+const C32: &str = "8286 84be 5808 6e6f 2d63 6163 6865";
+const C33: &str = "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65";
+// C.4: the same requests with Huffman coding.
+const C41: &str = "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff";
+const C42: &str = "8286 84be 5886 a8eb 1064 9cbf";
+const C43: &str = "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf";
+// C.5: two responses without Huffman coding.
+const C51: &str = "4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230
+    3133 2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70 6c65
+    2e63 6f6d";
+const C52: &str = "4803 3330 37c1 c0bf";
+
+const EH: u8 = END_HEADERS;
+const ES: u8 = END_STREAM;
+
+/// The client's preface and empty SETTINGS, the server's SETTINGS.
+fn open(c: &mut Connection) {
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(SETTINGS, 0, 0, &[]));
+    c.data(true, &client, 1);
+    c.data(false, &frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]), 2);
+    c.data(true, &frame(SETTINGS, ACK, 0, &[]), 3);
+}
+
+fn fields(m: &Message) -> Vec<(String, String)> {
+    m.headers
+        .iter()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn pair_of(p: &Pair) -> (String, String, Option<u16>, bool) {
+    let (req, resp) = p;
+    let StartLine::Request { method, target } = &req.start else {
+        panic!("a request");
+    };
+    (
+        method.to_string(),
+        target.to_string(),
+        resp.as_ref().and_then(Message::status),
+        req.complete && resp.as_ref().is_some_and(|r| r.complete),
+    )
+}
+
+#[test]
+fn rfc7541_requests_and_responses_pair_per_stream() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    c.data(true, &frame(HEADERS, EH | ES, 1, &hex(C31)), 10);
+    c.data(true, &frame(HEADERS, EH | ES, 3, &hex(C32)), 11);
+    // The third request's block split over HEADERS and CONTINUATION.
+    let c33 = hex(C33);
+    let mut split = frame(HEADERS, ES, 5, &c33[..7]);
+    split.extend(frame(CONTINUATION, EH, 5, &c33[7..]));
+    c.data(true, &split, 12);
+    // Responses out of stream order; the second with a padded DATA frame.
+    let mut server = frame(HEADERS, EH, 3, &hex(C51));
+    server.extend(frame(DATA, 0, 3, b"hel"));
+    server.extend(frame(DATA, ES, 3, b"lo"));
+    server.extend(frame(HEADERS, EH, 1, &hex(C52)));
+    let mut padded = vec![4u8];
+    padded.extend_from_slice(b"moved");
+    padded.extend_from_slice(&[0; 4]);
+    server.extend(frame(DATA, ES | PADDED, 1, &padded));
+    // Byte by byte: frames are found across any split.
+    for (i, b) in server.iter().enumerate() {
+        c.data(false, std::slice::from_ref(b), 20 + i as u64);
+    }
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(
+        pairs.iter().map(pair_of).collect::<Vec<_>>(),
+        [
+            ("GET".into(), "/".into(), Some(302), true),
+            ("GET".into(), "/".into(), Some(307), true),
+        ]
+    );
+    let (req3, resp3) = &pairs[0];
+    assert_eq!(
+        fields(req3),
+        [
+            ("host".into(), "www.example.com".into()),
+            ("cache-control".into(), "no-cache".into())
+        ]
+    );
+    let resp3 = resp3.as_ref().unwrap();
+    assert_eq!(resp3.body, b"hello");
+    assert_eq!(resp3.version_str(), "HTTP/2");
+    assert_eq!(
+        fields(resp3),
+        [
+            ("cache-control".into(), "private".into()),
+            ("date".into(), "Mon, 21 Oct 2013 20:13:21 GMT".into()),
+            ("location".into(), "https://www.example.com".into())
+        ]
+    );
+    assert_eq!(
+        pairs[1].1.as_ref().unwrap().body,
+        b"moved",
+        "padding removed"
+    );
+    // Stream 5 is reset by the client before its answer: reported unanswered.
+    c.data(true, &frame(RST_STREAM, 0, 5, &[0, 0, 0, 8]), 30);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0].1, None);
+    assert_eq!(
+        fields(&pairs[0].0),
+        [
+            ("host".into(), "www.example.com".into()),
+            ("custom-key".into(), "custom-value".into())
+        ]
+    );
+    let StartLine::Request { target, .. } = &pairs[0].0.start else {
+        panic!()
+    };
+    assert_eq!(target, "/index.html");
+    assert_eq!(
+        (c.stats.streams, c.stats.resets, c.stats.hpack_failures),
+        (3, 1, 0)
+    );
+}
+
+#[test]
+fn rfc7541_huffman_coded_requests_decode_alike() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    for (id, block) in [(1, C41), (3, C42), (5, C43)] {
+        c.data(true, &frame(HEADERS, EH | ES, id, &hex(block)), 10);
+    }
+    c.close();
+    let pairs: Vec<Pair> = c.pairs().collect();
+    let got: Vec<_> = pairs.iter().map(|p| (pair_of(p), fields(&p.0))).collect();
+    let host = ("host".to_owned(), "www.example.com".to_owned());
+    assert_eq!(
+        got[0],
+        (("GET".into(), "/".into(), None, false), vec![host.clone()])
+    );
+    assert_eq!(
+        got[1].1,
+        [host.clone(), ("cache-control".into(), "no-cache".into())]
+    );
+    assert_eq!(got[2].0.1, "/index.html");
+    assert_eq!(
+        got[2].1,
+        [host, ("custom-key".into(), "custom-value".into())]
+    );
+    assert!(
+        pairs.iter().all(|(r, _)| r.complete),
+        "each request ended its stream"
+    );
+}
+
+#[test]
+fn a_block_that_does_not_decode_stops_decoding_that_direction() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    // Index 70: past the static table, and the dynamic table is empty.
+    c.data(true, &frame(HEADERS, EH | ES, 1, &[0x80 | 70]), 10);
+    // A block that would decode on its own: skipped, since the table can no longer be trusted.
+    c.data(true, &frame(HEADERS, EH | ES, 3, &hex(C31)), 11);
+    c.close();
+    assert_eq!(c.pairs().count(), 0, "nothing invented");
+    assert_eq!(c.stats.hpack_failures, 2);
+}
+
+#[test]
+fn trailers_merge_and_informational_heads_are_skipped() {
+    let mut c = Connection::new(4);
+    open(&mut c);
+    // POST /upload (static :method POST is index 3), the body cut at 4 bytes.
+    let post = [
+        0x83, 0x86, 0x44, 0x07, b'/', b'u', b'p', b'l', b'o', b'a', b'd',
+    ];
+    c.data(true, &frame(HEADERS, EH, 1, &post), 10);
+    c.data(true, &frame(DATA, ES, 1, b"123456"), 11);
+    // 100 (literal :status, index 8, not indexed), then 200 (static index 8), then trailers.
+    c.data(
+        false,
+        &frame(HEADERS, EH, 1, &[0x08, 3, b'1', b'0', b'0']),
+        12,
+    );
+    c.data(false, &frame(HEADERS, EH, 1, &[0x88]), 13);
+    c.data(false, &frame(DATA, 0, 1, b"ok"), 14);
+    let trailer = [
+        0x00, 11, b'g', b'r', b'p', b'c', b'-', b's', b't', b'a', b't', b'u', b's', 1, b'0',
+    ];
+    c.data(false, &frame(HEADERS, EH | ES, 1, &trailer), 15);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 1);
+    let (req, resp) = &pairs[0];
+    assert_eq!(req.method(), Some("POST"));
+    assert_eq!(
+        (req.body.as_slice(), req.body_truncated),
+        (&b"1234"[..], true)
+    );
+    let resp = resp.as_ref().unwrap();
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(resp.body, b"ok");
+    assert_eq!(fields(resp), [("grpc-status".into(), "0".into())]);
+}
+
+#[test]
+fn frames_past_the_allowed_size_give_up_the_direction() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    let big = vec![0u8; DEFAULT_MAX_FRAME as usize + 1];
+    c.data(true, &frame(HEADERS, EH, 1, &hex(C31)), 10);
+    c.data(true, &frame(DATA, 0, 1, &big), 11);
+    assert_eq!(c.stats.too_large, 1);
+    // Once the server allows larger frames, the client may send them.
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    c.data(false, &frame(SETTINGS, 0, 0, &[0, 5, 0, 1, 0, 0]), 5);
+    c.data(true, &frame(HEADERS, EH, 1, &hex(C31)), 10);
+    c.data(true, &frame(DATA, ES, 1, &big), 11);
+    c.data(false, &frame(HEADERS, EH | ES, 1, &[0x88]), 12);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(c.stats.too_large, 0);
+    assert_eq!(pairs[0].0.body.len(), big.len());
+}
+
+#[test]
+fn not_http2_or_a_gap_ends_the_direction_and_close_reports_what_stands() {
+    let mut c = Connection::new(1 << 20);
+    c.data(true, b"GET / HTTP/1.1\r\n\r\n", 1);
+    assert_eq!(c.stats.protocol_errors, 1);
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    c.data(true, &frame(HEADERS, EH, 1, &hex(C31)), 10);
+    c.gap(true);
+    c.data(true, &frame(HEADERS, EH | ES, 3, &hex(C32)), 11);
+    c.close();
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 1, "stream 3 came after the gap");
+    assert!(!pairs[0].0.complete && pairs[0].1.is_none());
+    assert_eq!(c.stats.gaps, 1);
+}
+
+proptest::proptest! {
+    /// Whatever bytes follow the preface, cut anywhere, nothing panics and memory stays bounded.
+    #[test]
+    fn any_bytes_in_any_pieces_never_panic(
+        client in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        server in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        cut in 1usize..64,
+    ) {
+        let mut c = Connection::new(1 << 10);
+        open(&mut c);
+        for (a, b) in client.chunks(cut).zip(server.chunks(cut)) {
+            c.data(true, a, 5);
+            c.data(false, b, 6);
+            let _ = c.pairs().count();
+        }
+        c.close();
+        let _ = c.pairs().count();
+        proptest::prop_assert!(c.dirs.iter().all(|d| d.buf.len() <= FRAME_HEADER + MAX_FRAME_BUFFERED as usize));
+    }
+}
