@@ -198,6 +198,11 @@ counters! {
         Counter "mirror_http_pending_overflow" => pending_overflow, "Requests reported unanswered because too many waited for responses on their connection.", |s| s.p.http.pending_overflow;
         Counter "mirror_http_bodies_truncated" => bodies_truncated, "Bodies cut at --max-body-bytes.", |s| s.p.http.bodies_truncated;
         Counter "mirror_http_decode_failures" => decode_failures, "Bodies whose content-encoding did not decode (kept as sent).", |s| s.p.http.decode_failures;
+        Counter "mirror_http2_streams" => h2_streams, "HTTP/2 streams that carried a request.", |s| s.p.http.h2_streams;
+        Counter "mirror_http2_resets" => h2_resets, "HTTP/2 streams ended by RST_STREAM (their requests reported, answered or not).", |s| s.p.http.h2_resets;
+        Counter "mirror_http2_hpack_failures" => h2_hpack_failures, "HTTP/2 header blocks that did not decode, or were skipped after one did not (the dynamic table unknown); their streams are not reported.", |s| s.p.http.h2_hpack_failures;
+        Counter "mirror_http2_framing_lost" => h2_framing_lost, "HTTP/2 directions whose framing was given up (a gap, an oversized frame, bytes that are not HTTP/2).", |s| s.p.http.h2_framing_lost;
+        Counter "mirror_http2_streams_over_limit" => h2_streams_over_limit, "HTTP/2 streams past the per-connection limit of 1024 open, not reported.", |s| s.p.http.h2_streams_over_limit;
         Counter "mirror_records_too_large" => records_too_large, "Records larger than the sink takes, dropped.", |s| s.process.records_too_large;
         Counter "mirror_filter_passed" => filter_passed, "Exchanges the filters kept.", |s| s.p.filter.passed;
         Counter "mirror_sink_records" => records, "Records handed to the sink.", |s| SinkStats::get(&s.sink.records);

@@ -52,6 +52,8 @@ const UNDERLAY_RECEIVER_IP: &str = "10.202.0.2";
 const UNDERLAY_RECEIVER_MAC: &str = "02:e2:e2:00:02:02";
 const UNDERLAY_SERVER_MAC: &str = "02:e2:e2:00:02:01";
 const HTTP_PORT: u16 = 8080;
+/// nginx's HTTP/2 (h2c, prior knowledge) listener.
+const H2_PORT: u16 = 8082;
 const UPSTREAM: &str = "127.0.0.1:9000";
 /// The daemon's admin endpoint, on the receiver namespace's own loopback.
 const ADMIN: &str = "127.0.0.1:18080";
@@ -394,6 +396,7 @@ fn write_nginx_conf(d: &Path) {
     let conf = NGINX_CONF
         .replace("@DIR@", &d.to_string_lossy())
         .replace("@LISTEN@", &format!("{SERVER_IP}:{HTTP_PORT}"))
+        .replace("@LISTEN_H2@", &format!("{SERVER_IP}:{H2_PORT}"))
         .replace("@UPSTREAM@", UPSTREAM);
     std::fs::create_dir_all(d.join("tmp")).unwrap();
     std::fs::write(d.join("nginx.conf"), conf).unwrap();
@@ -2514,4 +2517,161 @@ fn load_through_kernel_vxlan(name: &'static str, workers: usize) {
     }
     println!("{name}: finished in {:?}", started.elapsed());
     finish(name, &failures, lab, dir, &daemon_stderr);
+}
+
+/// HTTP/2 in clear text through the kernel's VXLAN: curl (`--http2-prior-knowledge`, one
+/// request a connection), nghttp (20 concurrent streams on one connection) and h2load (4
+/// connections, 8 streams each at a time) against nginx's h2c listener. Every request in
+/// nginx's log is reported once with its method, path and status, as HTTP/2.
+#[test]
+fn mirrored_http2_streams_match_access_log() {
+    const NAME: &str = "mirrored_http2_streams_match_access_log";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let Some(nghttp) = which("nghttp") else {
+        return common::skip(
+            Need::E2e,
+            NAME,
+            "`nghttp` not found (Debian package nghttp2-client)",
+        );
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-h2-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    let mut lab = Lab::new(&tools, 'h');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    let www = d.join("www/static");
+    std::fs::create_dir_all(&www).unwrap();
+    let page = text(5_000, 3);
+    std::fs::write(www.join("page.txt"), &page).unwrap();
+    let data_json = serde_json::to_string_pretty(&json_doc("h2", 30)).unwrap();
+    std::fs::write(www.join("data.json"), &data_json).unwrap();
+    write_nginx_conf(&d);
+    let records_path = d.join("records.jsonl");
+    let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
+    start_peers(&mut lab, &tools, &net.server, &d);
+
+    let h2 = |path: &str| format!("http://{SERVER_IP}:{H2_PORT}{path}");
+    let mut failures = Vec::new();
+    let got = curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &["--http2-prior-knowledge", &h2("/static/page.txt?case=curl")],
+    );
+    if got.stdout != page {
+        failures.push(format!("curl got {} bytes, not the page", got.stdout.len()));
+    }
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &[
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"order":42,"items":["a","b"]}"#,
+            &h2("/nocontent?case=post"),
+        ],
+    );
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &["--http2-prior-knowledge", &h2("/missing?case=404")],
+    );
+    let streams = run(
+        lab.exec(&net.client, &nghttp).args([
+            "-n",
+            "-m",
+            "20",
+            &h2("/static/data.json?case=nghttp"),
+        ]),
+        Duration::from_secs(60),
+    );
+    if !streams.status.success() {
+        failures.push(format!(
+            "nghttp failed: {}{}",
+            streams.stdout, streams.stderr
+        ));
+    }
+    let load = run(
+        lab.exec(&net.client, &tools.h2load).args([
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-m",
+            "8",
+            &h2("/static/page.txt?case=h2load"),
+        ]),
+        Duration::from_secs(120),
+    );
+    if !load.status.success() || !load.stdout.contains("400 succeeded") {
+        failures.push(format!("h2load: {}{}", load.stdout, load.stderr));
+    }
+    // Let the last segments through the mirror and the daemon.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = admin_get(&lab, &tools, &net.recv, "/metrics");
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    failures.extend(daemon_exit_failure(status));
+
+    let log = access_log(&d);
+    let logged = logged_exchanges(&log);
+    let n_logged: usize = logged.values().sum();
+    if n_logged != 3 + 20 + 400 {
+        failures.push(format!("nginx logged {n_logged} client requests, not 423"));
+    }
+    let records = read_records(&records_path, &mut failures);
+    compare_with_log("HTTP/2", &logged, &records, &mut failures);
+    for r in &records {
+        if field(r, "type") != "HTTP/2" {
+            failures.push(format!(
+                "type {:?} in {}",
+                field(r, "type"),
+                field(r, "path")
+            ));
+        }
+    }
+    let by_path = |p: &str| records.iter().find(|r| field(r, "path") == p);
+    match by_path("/static/page.txt?case=curl") {
+        Some(r) if field(r, "responsePayload") == page => {
+            let req = headers(r, "requestHeaders");
+            if req.get("host").map(String::as_str) != Some(&format!("{SERVER_IP}:{H2_PORT}")) {
+                failures.push(format!(
+                    "curl's record: host from :authority missing: {req:?}"
+                ));
+            }
+        }
+        other => failures.push(format!("curl's page: {other:?}")),
+    }
+    match by_path("/nocontent?case=post") {
+        Some(r) if field(r, "requestPayload") == r#"{"order":42,"items":["a","b"]}"# => {}
+        other => failures.push(format!("the POST's record: {other:?}")),
+    }
+    let m = |n: &str| common::metric(&metrics, n).unwrap_or(f64::NAN);
+    if m("mirror_http2_streams_total") != n_logged as f64
+        || m("mirror_http2_hpack_failures_total") != 0.0
+    {
+        failures.push(format!(
+            "mirror_http2_streams_total {}, mirror_http2_hpack_failures_total {} (want {n_logged}, 0)",
+            m("mirror_http2_streams_total"),
+            m("mirror_http2_hpack_failures_total")
+        ));
+    }
+    println!(
+        "{NAME}: {} records of {n_logged} logged requests; http2 streams {}, resets {}, framing lost {}",
+        records.len(),
+        m("mirror_http2_streams_total"),
+        m("mirror_http2_resets_total"),
+        m("mirror_http2_framing_lost_total")
+    );
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
 }

@@ -95,6 +95,18 @@ pub struct HttpStats {
     pub pending_overflow: u64,
     /// Bytes skipped while looking for a message start (mid-stream starts, non-HTTP traffic).
     pub skipped_bytes: u64,
+    /// HTTP/2 streams that carried a request.
+    pub h2_streams: u64,
+    /// HTTP/2 streams ended by RST_STREAM.
+    pub h2_resets: u64,
+    /// HTTP/2 header blocks that did not decode, or were skipped after one did not (the
+    /// dynamic table unknown): their streams are not reported.
+    pub h2_hpack_failures: u64,
+    /// HTTP/2 directions whose framing was given up (a gap, an oversized frame, bytes that
+    /// are not HTTP/2): their open streams are reported as they stand at the close.
+    pub h2_framing_lost: u64,
+    /// HTTP/2 streams past the per-connection limit, not reported.
+    pub h2_streams_over_limit: u64,
 }
 
 impl HttpStats {
@@ -129,6 +141,11 @@ impl HttpStats {
         self.protocol_switches += o.protocol_switches;
         self.pending_overflow += o.pending_overflow;
         self.skipped_bytes += o.skipped_bytes;
+        self.h2_streams += o.h2_streams;
+        self.h2_resets += o.h2_resets;
+        self.h2_hpack_failures += o.h2_hpack_failures;
+        self.h2_framing_lost += o.h2_framing_lost;
+        self.h2_streams_over_limit += o.h2_streams_over_limit;
     }
 }
 

@@ -116,6 +116,8 @@ enum GapAt {
 #[derive(Debug)]
 pub struct Session {
     client: Option<Side>,
+    /// The connection is HTTP/2 (its client sent the preface): everything goes there.
+    h2: Option<Box<h2::H2>>,
     /// Boxed, and freed once the client side is known: most of a connection's life.
     probes: Option<Box<[Probe; 2]>>,
     requests: Parser,
@@ -168,6 +170,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             client: None,
+            h2: None,
             probes: Default::default(),
             requests: Parser::new(Role::Request),
             responses: Parser::new(Role::Response),
@@ -197,6 +200,9 @@ impl StreamHandler for Session {
     type Ctx = HttpCtx;
 
     fn event(&mut self, ctx: &mut HttpCtx, key: &FlowKey, side: Side, ev: StreamEvent<'_>) {
+        if let Some(h2) = &mut self.h2 {
+            return h2.event(ctx, key, side, ev);
+        }
         let Some(client) = self.client else {
             match ev {
                 StreamEvent::Data(bytes, meta) => {
@@ -264,6 +270,7 @@ impl StreamHandler for Session {
             + self.responses.held_bytes()
             + pending
             + self.early.iter().map(|(m, _)| body(m)).sum::<usize>()
+            + self.h2.as_ref().map_or(0, |h| h.buffered())
             + self
                 .deferred
                 .iter()
@@ -275,6 +282,9 @@ impl StreamHandler for Session {
     }
 
     fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey, _reason: CloseReason, now: u64) {
+        if let Some(h2) = &mut self.h2 {
+            return h2.close(ctx, key);
+        }
         let Some(client) = self.client else {
             return;
         };
@@ -512,6 +522,12 @@ impl Session {
             probe.meta = Some(meta);
         }
         probe.buf.extend_from_slice(bytes);
+        // HTTP/2: the client's preface, or what may be the server's first frame.
+        match h2::probe(&probe.buf) {
+            h2::Probed::Client => return self.start_h2(ctx, key, side),
+            h2::Probed::Wait => return,
+            h2::Probed::No => {}
+        }
         // A stream joined mid-connection is read as one after a gap: its first line may be
         // the tail of a request line whose start came before the capture.
         let after_gap = self.probe_gaps[side.index()] || self.probe_midstream[side.index()];
@@ -1233,6 +1249,8 @@ impl HttpStats {
         }
     }
 }
+
+mod h2;
 
 #[cfg(test)]
 mod tests;

@@ -207,6 +207,27 @@ impl Connection {
         }
     }
 
+    /// Bytes held: partial frames, header blocks, the bodies of open streams.
+    pub fn buffered(&self) -> usize {
+        let dirs: usize = self
+            .dirs
+            .iter()
+            .map(|d| d.buf.capacity() + d.block.as_ref().map_or(0, |b| b.bytes.capacity()))
+            .sum();
+        let body = |m: &Option<Message>| m.as_ref().map_or(0, |m| m.body.capacity());
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|s| body(&s.request) + body(&s.response))
+            .sum();
+        dirs + streams
+            + self
+                .done
+                .iter()
+                .map(|(q, r)| q.body.capacity() + body(r))
+                .sum::<usize>()
+    }
+
     /// The pairs finished since the last call.
     pub fn pairs(&mut self) -> std::vec::Drain<'_, Pair> {
         self.done.drain(..)

@@ -277,3 +277,82 @@ proptest::proptest! {
         proptest::prop_assert!(c.dirs.iter().all(|d| d.buf.len() <= FRAME_HEADER + MAX_FRAME_BUFFERED as usize));
     }
 }
+
+/// The whole way: TCP segments of an HTTP/2 connection on a port nobody assigned to it, the
+/// server's SETTINGS captured before the client's preface, into the pipeline, out as records.
+#[test]
+fn through_the_pipeline_each_stream_becomes_a_record() {
+    use crate::pipeline::{Pipeline, PipelineConfig};
+    use crate::record::{Encoder, RecordConfig};
+    use crate::testkit::{NO_FLAGS, Peers, SYN, addr};
+    let mut p = Pipeline::new(&PipelineConfig::default());
+    let mut peers = Peers::new(addr("10.0.0.1:40000"), addr("10.0.0.2:7443"));
+    let mut now = 1_000_000;
+    let mut send = |p: &mut Pipeline, from_client: bool, flags, data: &[u8]| {
+        let seg = peers.seg(from_client, flags, data);
+        now += 10;
+        p.segment(9, &seg.as_segment(), now);
+    };
+    send(&mut p, true, SYN, b"");
+    send(&mut p, false, SYN, b"");
+    send(
+        &mut p,
+        false,
+        NO_FLAGS,
+        &frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]),
+    );
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(SETTINGS, 0, 0, &[]));
+    client.extend(frame(HEADERS, EH | ES, 1, &hex(C31)));
+    client.extend(frame(HEADERS, EH | ES, 3, &hex(C32)));
+    // Cut mid-frame, as TCP may.
+    let (a, b) = client.split_at(PREFACE.len() + 20);
+    send(&mut p, true, NO_FLAGS, a);
+    send(&mut p, true, NO_FLAGS, b);
+    let mut server = frame(HEADERS, EH, 1, &hex(C51));
+    server.extend(frame(DATA, ES, 1, b"{\"ok\":true}"));
+    send(&mut p, false, NO_FLAGS, &server);
+    let exchanges: Vec<_> = p.exchanges().collect();
+    assert_eq!(exchanges.len(), 1, "stream 1 answered, stream 3 still open");
+    let encoder = Encoder::new(RecordConfig::default());
+    let mut buf = Vec::new();
+    encoder.encode(&exchanges[0], &mut buf).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    assert_eq!(
+        (
+            &r["method"],
+            &r["path"],
+            &r["statusCode"],
+            &r["type"],
+            &r["is_pending"]
+        ),
+        (
+            &"GET".into(),
+            &"/".into(),
+            &"302".into(),
+            &"HTTP/2".into(),
+            &"false".into()
+        )
+    );
+    assert_eq!(r["responsePayload"], "{\"ok\":true}");
+    assert!(
+        r["requestHeaders"]
+            .as_str()
+            .unwrap()
+            .contains("\"host\":\"www.example.com\""),
+        "{}",
+        r["requestHeaders"]
+    );
+    // The connection ends: stream 3 is reported unanswered.
+    send(&mut p, true, crate::testkit::FIN, b"");
+    send(&mut p, false, crate::testkit::FIN, b"");
+    p.expire(now + 600_000_000);
+    let rest: Vec<_> = p.exchanges().collect();
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0].response.is_none());
+    let s = p.stats();
+    assert_eq!(
+        (s.http.h2_streams, s.http.pairs, s.http.unanswered),
+        (2, 1, 1)
+    );
+}

@@ -1,0 +1,137 @@
+//! A session's HTTP/2 mode: a connection whose client sent the HTTP/2 preface is framed by
+//! [`crate::http2::Connection`] from then on, and each stream it finishes becomes an exchange.
+
+use super::{Probe, Session, count_body, emit};
+use crate::flow::{FlowKey, Side, StreamEvent};
+use crate::http::HttpCtx;
+use crate::http2::{Connection, H2Stats, PREFACE};
+
+/// Bytes a side may hold while it looks like the start of an HTTP/2 server's stream (its
+/// SETTINGS frame, sent before or after the client's preface arrives) and the client side is
+/// not known yet.
+const MAX_SERVER_PROBE: usize = 64 * 1024;
+
+/// The HTTP/2 state of a session.
+pub(super) struct H2 {
+    client: Side,
+    conn: Connection,
+    /// What the connection's counters were when last added to the context's.
+    counted: H2Stats,
+}
+
+/// What a side's first bytes say about HTTP/2.
+pub(super) enum Probed {
+    /// The client's preface: this side is the client.
+    Client,
+    /// A prefix of the preface, or what may be a server's first SETTINGS frame: wait.
+    Wait,
+    /// Not HTTP/2's start.
+    No,
+}
+
+/// Reads a side's probed bytes for the start of HTTP/2.
+pub(super) fn probe(buf: &[u8]) -> Probed {
+    if buf.starts_with(PREFACE) {
+        return Probed::Client;
+    }
+    if PREFACE.starts_with(buf) {
+        return Probed::Wait;
+    }
+    // A SETTINGS frame (type 4, no flags but ACK, stream 0, a whole number of settings).
+    let settings = buf.len() >= 9
+        && buf[3] == 4
+        && buf[4] & !1 == 0
+        && buf[5..9] == [0, 0, 0, 0]
+        && u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) % 6 == 0
+        && buf.len() <= MAX_SERVER_PROBE;
+    if settings { Probed::Wait } else { Probed::No }
+}
+
+impl Session {
+    /// `client` sent the preface: both sides' probed bytes go to a new HTTP/2 connection.
+    pub(super) fn start_h2(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side) {
+        let mut h2 = Box::new(H2 {
+            client,
+            conn: Connection::new(ctx.cfg.max_body_bytes),
+            counted: H2Stats::default(),
+        });
+        if let Some(probes) = self.probes.take() {
+            let [a, b] = *probes;
+            for (side, p) in [(Side::Lo, a), (Side::Hi, b)] {
+                let Probe { buf, meta } = p;
+                if !buf.is_empty() {
+                    let ts = meta.map_or(0, |m| m.ts);
+                    h2.conn.data(side == client, &buf, ts);
+                }
+            }
+        }
+        h2.flush(ctx, key);
+        self.h2 = Some(h2);
+    }
+}
+
+impl H2 {
+    pub(super) fn event(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        side: Side,
+        ev: StreamEvent<'_>,
+    ) {
+        match ev {
+            StreamEvent::Data(bytes, meta) => self.conn.data(side == self.client, bytes, meta.ts),
+            StreamEvent::Gap { .. } => self.conn.gap(side == self.client),
+            StreamEvent::End { .. } => {}
+        }
+        self.flush(ctx, key);
+    }
+
+    pub(super) fn close(&mut self, ctx: &mut HttpCtx, key: &FlowKey) {
+        self.conn.close();
+        self.flush(ctx, key);
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.conn.buffered()
+    }
+
+    /// Emits the exchanges the connection finished and adds its new counts to the context's.
+    fn flush(&mut self, ctx: &mut HttpCtx, key: &FlowKey) {
+        let pairs: Vec<_> = self.conn.pairs().collect();
+        for (request, response) in pairs {
+            let answered = response.is_some();
+            ctx.bump(key.vni, |s| {
+                s.requests += 1;
+                s.responses += u64::from(answered);
+                s.pairs += u64::from(answered);
+                s.unanswered += u64::from(!answered);
+            });
+            count_body(ctx, key, &request);
+            if let Some(r) = &response {
+                count_body(ctx, key, r);
+            }
+            emit(ctx, key, self.client, request, response);
+        }
+        let now = self.conn.stats.clone();
+        if now != self.counted {
+            let was = std::mem::replace(&mut self.counted, now.clone());
+            ctx.bump(key.vni, |s| {
+                s.h2_streams += now.streams - was.streams;
+                s.h2_resets += now.resets - was.resets;
+                s.h2_hpack_failures += now.hpack_failures - was.hpack_failures;
+                s.h2_framing_lost += (now.too_large + now.protocol_errors + now.gaps)
+                    - (was.too_large + was.protocol_errors + was.gaps);
+                s.h2_streams_over_limit += now.streams_over_limit - was.streams_over_limit;
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for H2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2")
+            .field("client", &self.client)
+            .field("stats", &self.conn.stats)
+            .finish_non_exhaustive()
+    }
+}
