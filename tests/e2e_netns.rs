@@ -2675,3 +2675,171 @@ fn mirrored_http2_streams_match_access_log() {
     );
     finish(NAME, &failures, lab, dir, &daemon_stderr);
 }
+
+const GRPC_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc_peer.py");
+const GRPC_PORT: u16 = 50051;
+
+/// The messages of a gRPC payload as the record carries it (base64 of length-prefixed
+/// messages): (compressed flag, message) each, or why it does not read so.
+fn grpc_messages(payload: &str) -> Result<Vec<(u8, Vec<u8>)>, String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .map_err(|e| format!("not base64 ({e}): {payload:.80}"))?;
+    let mut out = Vec::new();
+    let mut rest = raw.as_slice();
+    while !rest.is_empty() {
+        let len = rest
+            .get(1..5)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("a cut-off message prefix")?;
+        let m = rest.get(5..5 + len).ok_or("a cut-off message")?;
+        out.push((rest[0], m.to_vec()));
+        rest = &rest[5 + len..];
+    }
+    Ok(out)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// gRPC through the kernel's VXLAN between a Python grpcio client and server (unary, unary
+/// with gzip-compressed messages, server streaming, client streaming, an error status): each
+/// call is one record whose payloads base64-decode to the messages sent, uncompressed, with
+/// grpc-status (and grpc-message) in the response headers.
+#[test]
+fn mirrored_grpc_calls_are_records_with_their_messages() {
+    const NAME: &str = "mirrored_grpc_calls_are_records_with_their_messages";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let has_grpc = run(
+        Command::new(&tools.python3).args(["-c", "import grpc"]),
+        Duration::from_secs(30),
+    );
+    if !has_grpc.status.success() {
+        return common::skip(
+            Need::E2e,
+            NAME,
+            &format!(
+                "{} cannot import grpc (pip install grpcio; .ci/run puts it in its venv)",
+                tools.python3.display()
+            ),
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-grpc-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    let mut lab = Lab::new(&tools, 'g');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    let records_path = d.join("records.jsonl");
+    let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
+    let addr = format!("{SERVER_IP}:{GRPC_PORT}");
+    {
+        let mut cmd = lab.exec(&net.server, &tools.python3);
+        cmd.args([GRPC_PY, "server", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(d.join("grpc-server.log")).unwrap());
+        let mut child = cmd.spawn().expect("starting the gRPC server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
+        lab.children.push(("grpc-server", child));
+        wait_ready(&ready, "the gRPC server", &log);
+    }
+    let client = run(
+        lab.exec(&net.client, &tools.python3)
+            .args([GRPC_PY, "client", &addr]),
+        Duration::from_secs(60),
+    );
+    let mut failures = Vec::new();
+    let calls: Vec<Value> = serde_json::from_str(client.stdout.trim()).unwrap_or_else(|e| {
+        failures.push(format!(
+            "the gRPC client ({e}): {}{}",
+            client.stdout, client.stderr
+        ));
+        Vec::new()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    failures.extend(daemon_exit_failure(status));
+    let records = read_records(&records_path, &mut failures);
+    if records.len() != calls.len() || calls.len() != 5 {
+        failures.push(format!(
+            "{} records of {} calls (want 5)",
+            records.len(),
+            calls.len()
+        ));
+    }
+    let hexes = |v: &Value| -> Vec<Vec<u8>> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(unhex)
+            .collect()
+    };
+    for call in &calls {
+        let path = call["path"].as_str().unwrap_or_default();
+        let want_req = hexes(&call["request"]);
+        let want_resp = hexes(&call["response"]);
+        let found = records.iter().find(|r| {
+            field(r, "path") == path
+                && grpc_messages(field(r, "requestPayload"))
+                    .is_ok_and(|m| m.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>() == want_req)
+        });
+        let Some(r) = found else {
+            failures.push(format!("no record of {path} with request {want_req:?}"));
+            continue;
+        };
+        let req = grpc_messages(field(r, "requestPayload")).unwrap_or_default();
+        let resp = grpc_messages(field(r, "responsePayload"));
+        let resp_headers = headers(r, "responseHeaders");
+        let req_headers = headers(r, "requestHeaders");
+        let checks = [
+            (field(r, "method") == "POST", "method POST".to_owned()),
+            (field(r, "type") == "HTTP/2", "type HTTP/2".to_owned()),
+            (field(r, "statusCode") == "200", "statusCode 200".to_owned()),
+            (
+                resp_headers.get("grpc-status").map(String::as_str)
+                    == Some(&call["status"].to_string()),
+                format!("grpc-status {}", call["status"]),
+            ),
+            (
+                req.iter().all(|(flag, _)| *flag == 0),
+                "request messages uncompressed".to_owned(),
+            ),
+            (
+                resp.as_ref().is_ok_and(|m| {
+                    m.iter().all(|(f, _)| *f == 0)
+                        && m.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>() == want_resp
+                }),
+                format!("response messages {want_resp:?}"),
+            ),
+            (
+                call["gzip"] != true
+                    || req_headers.get("grpc-encoding").map(String::as_str) == Some("gzip"),
+                "the compressed call's grpc-encoding gzip".to_owned(),
+            ),
+            (
+                call["status"] != 5
+                    || resp_headers.get("grpc-message").map(String::as_str) == Some("no such item"),
+                "grpc-message".to_owned(),
+            ),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                failures.push(format!("{path}: want {what}: {r}"));
+            }
+        }
+    }
+    println!("{NAME}: {} calls, {} records", calls.len(), records.len());
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
+}

@@ -2,7 +2,7 @@
 //! detection and request/response pairing per connection ([`Session`], the flow table's stream
 //! handler), and content decoding. Pure: no IO, no clock.
 
-mod decode;
+pub(crate) mod decode;
 pub mod detect;
 mod lazy;
 mod message;
@@ -10,6 +10,7 @@ pub mod parser;
 mod session;
 
 pub use message::{Exchange, Headers, Message, Recovery, StartLine};
+pub(crate) use parser::decode_body;
 pub use parser::{ParseError, Parser, Role, Step};
 pub use session::Session;
 

@@ -1233,7 +1233,7 @@ fn owned_headers(fields: &[httparse::Header<'_>], head: &[u8]) -> Headers {
 }
 
 /// Replaces the body by its content-decoded form, when a known coding was applied.
-fn decode_body(msg: &mut Message, cfg: &HttpConfig) {
+pub(crate) fn decode_body(msg: &mut Message, cfg: &HttpConfig) {
     let Some(coding) = msg.header("content-encoding") else {
         return;
     };

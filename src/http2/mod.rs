@@ -2,16 +2,19 @@
 //! per direction with its dynamic table, and each stream's request and response assembled into
 //! one [`Exchange`]-shaped pair. Pure: bytes and `ts` in, pairs out; no IO, no clock.
 //!
-//! The first slice of issue 17, not yet wired into the flow table: a connection that starts with
-//! the client preface, followed from its first byte. What it does not do yet (and the issue
-//! asks): detection inside the pipeline, `Upgrade: h2c`, joining mid-connection, finding frame
-//! boundaries again after a gap (a gap ends the direction: its streams are reported as they
-//! stand), Content-Encoding and gRPC payloads.
+//! The first part of issue 17: a connection that starts with
+//! the client preface, followed from its first byte (the session hands such a connection over,
+//! see `http::session::h2`). Bodies are decoded by their Content-Encoding; gRPC bodies become
+//! what Akto's consumer reads ([`grpc`]). What it does not do yet: `Upgrade: h2c`, joining
+//! mid-connection, finding frame boundaries again after a gap (a gap ends the direction: its
+//! streams are reported as they stand).
 //!
 //! HPACK is loona-hpack's decoder (the maintained fork of hpack-rs; see the commit for the
 //! candidates). A header block that fails to decode leaves the direction's dynamic table
 //! unknown: every later block of that direction is counted and skipped, never decoded against a
 //! table that may be wrong.
+
+pub mod grpc;
 
 use crate::http::{Message, StartLine};
 use std::collections::BTreeMap;
@@ -234,10 +237,16 @@ impl Connection {
     }
 
     fn report(&mut self, s: Stream) {
+        let cfg = crate::http::HttpConfig {
+            max_body_bytes: self.max_body,
+            ..Default::default()
+        };
         if let Some(mut request) = s.request {
             request.complete = s.request_done;
+            finish_body(&mut request, &cfg);
             let response = s.response.map(|mut r| {
                 r.complete = s.response_done;
+                finish_body(&mut r, &cfg);
                 r
             });
             self.done.push((request, response));
@@ -457,6 +466,19 @@ impl Connection {
         {
             self.report(s);
         }
+    }
+}
+
+/// A finished message's body as the record carries it: a gRPC call's messages as Akto reads
+/// them ([`grpc::payload`]), any other body decoded by its Content-Encoding.
+fn finish_body(m: &mut Message, cfg: &crate::http::HttpConfig) {
+    if m.header("content-type").is_some_and(grpc::is_grpc) {
+        let p = grpc::payload(&m.body, m.header("grpc-encoding"), cfg.max_body_bytes);
+        m.body = p.base64.into_bytes();
+        m.decoded = p.compressed > p.failed;
+        m.decode_failed = p.failed > 0;
+    } else {
+        crate::http::decode_body(m, cfg);
     }
 }
 
