@@ -13,6 +13,10 @@
 //!   `replay` does, then `finish` (pairs/s and bytes/s of datagrams); `records/` adds the record
 //!   encoding (everything `replay` does but the sink).
 //!
+//! - `http2`: an HTTP/2 connection of 1,000 streams (HPACK with the dynamic table, as
+//!   loona-hpack's encoder writes it; a 300-byte JSON body per response), both directions fed
+//!   in 1,400-byte pieces into [`mirror_receiver::http2::Connection`] (streams/s).
+//!
 //! Captures: `samples/sample.vxlan.pcap`, plus `../shared/corpus/vxlan/real-load-10k.vxlan.pcap`
 //! when it exists, or instead of it the VXLAN captures listed in `MIRROR_BENCH_CAPTURES`
 //! (`:`-separated; empty for the sample only).
@@ -512,6 +516,83 @@ fn pipeline(c: &mut Criterion, caps: &[Capture]) {
     g.finish();
 }
 
+// ---- http2 --------------------------------------------------------------------------------------
+
+/// Both directions of an HTTP/2 connection of `streams` requests, each answered.
+fn h2_connection(streams: u32) -> (Vec<u8>, Vec<u8>) {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let (mut to_server, mut to_client) = (mirror_receiver::http2::PREFACE.to_vec(), Vec::new());
+    frame(&mut to_server, 4, 0, 0, &[]);
+    frame(&mut to_client, 4, 0, 0, &[]);
+    let (mut req, mut resp) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    let body = format!(
+        "{{\"items\":[{}]}}",
+        vec!["{\"id\":1234,\"ok\":true}"; 13].join(",")
+    );
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        let path = format!("/api/v1/items/{i}?fields=name,price");
+        let block = req.encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":path", path.as_bytes()),
+            (b":authority", b"api.internal:8080"),
+            (b"user-agent", b"grpc-go/1.60.0"),
+            (b"accept", b"application/json"),
+        ]);
+        frame(&mut to_server, 1, 0x5, id, &block);
+        let block = resp.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-type", b"application/json"),
+            (b"content-length", body.len().to_string().as_bytes()),
+            (b"date", b"Mon, 07 Dec 2026 12:00:00 GMT"),
+        ]);
+        frame(&mut to_client, 1, 0x4, id, &block);
+        frame(&mut to_client, 0, 0x1, id, body.as_bytes());
+    }
+    (to_server, to_client)
+}
+
+fn http2(c: &mut Criterion) {
+    const STREAMS: u32 = 1_000;
+    let (to_server, to_client) = h2_connection(STREAMS);
+    let mut g = group(c, "http2");
+    g.throughput(Throughput::Elements(u64::from(STREAMS)));
+    g.bench_function("streams", |b| {
+        b.iter(|| {
+            let mut conn = mirror_receiver::http2::Connection::new(1 << 20);
+            let mut pairs = 0;
+            for (a, z) in to_server.chunks(1400).zip(to_client.chunks(1400)) {
+                conn.data(true, a, 1);
+                conn.data(false, z, 2);
+                pairs += conn.pairs().count();
+            }
+            // The longer direction's rest.
+            let (n, m) = (
+                to_server.len().div_ceil(1400),
+                to_client.len().div_ceil(1400),
+            );
+            let (rest, client) = if n > m {
+                (&to_server, true)
+            } else {
+                (&to_client, false)
+            };
+            for piece in rest.chunks(1400).skip(n.min(m)) {
+                conn.data(client, piece, 3);
+                pairs += conn.pairs().count();
+            }
+            assert_eq!(pairs, STREAMS as usize);
+            pairs
+        })
+    });
+    g.finish();
+}
+
 fn all(c: &mut Criterion) {
     let caps = captures();
     decode(c, &caps);
@@ -519,6 +600,7 @@ fn all(c: &mut Criterion) {
     http_session(c, &caps);
     record(c, &caps);
     pipeline(c, &caps);
+    http2(c);
 }
 
 criterion_group! {
