@@ -2843,3 +2843,103 @@ fn mirrored_grpc_calls_are_records_with_their_messages() {
     println!("{NAME}: {} calls, {} records", calls.len(), records.len());
     finish(NAME, &failures, lab, dir, &daemon_stderr);
 }
+
+const H2C_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/h2c_upgrade.py");
+const H2C_PORT: u16 = 8083;
+
+/// `Upgrade: h2c`: curl `--http2` on an http:// URL asks for it, a server of python-hyper's h2
+/// answers `101` and then HTTP/2 (nginx and nghttpd take HTTP/2 in clear text only with prior
+/// knowledge). Each upgraded request is reported once, answered by its HTTP/2 response.
+#[test]
+fn mirrored_h2c_upgrades_are_reported_with_their_http2_answers() {
+    const NAME: &str = "mirrored_h2c_upgrades_are_reported_with_their_http2_answers";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let has_h2 = run(
+        Command::new(&tools.python3).args(["-c", "import h2.connection"]),
+        Duration::from_secs(30),
+    );
+    if !has_h2.status.success() {
+        return common::skip(
+            Need::E2e,
+            NAME,
+            &format!(
+                "{} cannot import h2 (pip install h2; .ci/run puts it in its venv)",
+                tools.python3.display()
+            ),
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-h2c-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    let mut lab = Lab::new(&tools, 'u');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    let records_path = d.join("records.jsonl");
+    let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
+    let server_log = d.join("h2c.log");
+    {
+        let mut cmd = lab.exec(&net.server, &tools.python3);
+        cmd.arg(H2C_PY)
+            .arg(format!("{SERVER_IP}:{H2C_PORT}"))
+            .arg(&server_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(d.join("h2c-server.err")).unwrap());
+        let mut child = cmd.spawn().expect("starting the h2c server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
+        lab.children.push(("h2c-server", child));
+        wait_ready(&ready, "the h2c server", &log);
+    }
+    let mut failures = Vec::new();
+    let paths = ["/upgrade/one", "/upgrade/two?x=1", "/upgrade/three"];
+    for path in paths {
+        let url = format!("http://{SERVER_IP}:{H2C_PORT}{path}");
+        let got = curl_in(&lab, &tools, &net.client, &["--http2", &url]);
+        if got.stdout != format!("h2c:{path}") {
+            failures.push(format!("curl {url}: {:?}", got.stdout));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    failures.extend(daemon_exit_failure(status));
+    let logged = std::fs::read_to_string(&server_log).unwrap_or_default();
+    if logged.lines().count() != paths.len() {
+        failures.push(format!("the server logged {logged:?}"));
+    }
+    let records = read_records(&records_path, &mut failures);
+    let got: BTreeMap<&str, (&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                field(r, "path"),
+                (
+                    field(r, "method"),
+                    field(r, "statusCode"),
+                    field(r, "responsePayload"),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<&str, (&str, &str, String)> = paths
+        .iter()
+        .map(|p| (*p, ("GET", "200", format!("h2c:{p}"))))
+        .collect();
+    let got_owned: BTreeMap<&str, (&str, &str, String)> = got
+        .iter()
+        .map(|(p, (m, s, b))| (*p, (*m, *s, (*b).to_owned())))
+        .collect();
+    if records.len() != paths.len() || got_owned != want {
+        failures.push(format!("records {got_owned:?}, want {want:?}"));
+    }
+    println!(
+        "{NAME}: {} records of {} upgraded requests",
+        records.len(),
+        paths.len()
+    );
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
+}

@@ -152,6 +152,9 @@ enum State {
 
 /// Max header fields per head (httparse's storage is lent from the stack).
 const MAX_HEADERS: usize = 128;
+/// Bytes after a protocol switch a direction holds for the session ([`Parser::take_tunnel`]).
+pub const TUNNEL_KEEP: usize = 64 * 1024;
+
 /// Longest chunk-size line accepted (size plus extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Largest chunk a recovering parser waits to see whole, to check that a candidate chunk-size line
@@ -322,10 +325,20 @@ impl Parser {
     /// Sets the direction to tunnel mode (the other direction saw the protocol switch).
     pub fn enter_tunnel(&mut self) {
         self.state = State::Tunnel;
-        self.buf.clear();
+        self.buf.drain(..self.pos);
+        self.buf.truncate(TUNNEL_KEEP);
         self.metas.clear();
         self.pos = 0;
         self.msg = None;
+    }
+
+    /// In tunnel mode: the bytes of the stream since the switch (at most [`TUNNEL_KEEP`]
+    /// waiting at a time), taken.
+    pub fn take_tunnel(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.pos.min(self.buf.len()));
+        self.buf.clear();
+        self.pos = 0;
+        rest
     }
 
     /// The message whose head was just reported.
@@ -369,6 +382,10 @@ impl Parser {
     /// Appends bytes of the stream.
     pub fn push(&mut self, data: &[u8], meta: DataMeta) {
         if self.state == State::Tunnel {
+            // Kept (a little) for the session, which may follow the new protocol
+            // ([`Parser::take_tunnel`]); past that they are not HTTP/1 and are dropped.
+            let room = TUNNEL_KEEP.saturating_sub(self.buf.len() - self.pos);
+            self.buf.extend_from_slice(&data[..data.len().min(room)]);
             return;
         }
         if self.pos == self.buf.len() {
@@ -498,10 +515,7 @@ impl Parser {
             // States that always report return their step at once; the others say whether
             // stepping goes on (`Progress`, small: a message is moved once, not through it).
             let progress = match self.state {
-                State::Tunnel => {
-                    self.pos = self.buf.len();
-                    return Step::NeedMore;
-                }
+                State::Tunnel => return Step::NeedMore,
                 State::Head => return self.step_head(cfg),
                 State::Length(0) => return self.finish_message(cfg),
                 State::Chunked(Chunk::Trailers) => return self.step_trailers(cfg),

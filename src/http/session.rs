@@ -116,8 +116,12 @@ enum GapAt {
 #[derive(Debug)]
 pub struct Session {
     client: Option<Side>,
-    /// The connection is HTTP/2 (its client sent the preface): everything goes there.
+    /// The connection is HTTP/2 (its client sent the preface, or it upgraded): everything goes
+    /// there.
     h2: Option<Box<h2::H2>>,
+    /// The request of an `Upgrade: h2c` answered by `101`, to become stream 1 once the event
+    /// that completed it is done.
+    upgraded: Option<Message>,
     /// Boxed, and freed once the client side is known: most of a connection's life.
     probes: Option<Box<[Probe; 2]>>,
     requests: Parser,
@@ -171,6 +175,7 @@ impl Default for Session {
         Session {
             client: None,
             h2: None,
+            upgraded: None,
             probes: Default::default(),
             requests: Parser::new(Role::Request),
             responses: Parser::new(Role::Response),
@@ -226,6 +231,12 @@ impl StreamHandler for Session {
             self.process(ctx, key, client, side, ev);
         }
         self.replay_deferred(ctx, key, client, false);
+        if let Some(request) = self.upgraded.take() {
+            self.start_h2c(ctx, key, client, request);
+        } else if self.requests.in_tunnel() && self.responses.in_tunnel() {
+            // Another protocol (WebSocket, a CONNECT tunnel): nothing more to read.
+            drop((self.requests.take_tunnel(), self.responses.take_tunnel()));
+        }
     }
 
     fn tick(&mut self, ctx: &mut HttpCtx, key: &FlowKey, now: u64) {
@@ -301,8 +312,19 @@ impl StreamHandler for Session {
         }
         self.expire_early(ctx, key, now, true);
         self.emit_ready(ctx, key, client);
+        // Upgraded as the connection ended: no HTTP/2 answer can come.
+        if let Some(request) = self.upgraded.take() {
+            ctx.bump(key.vni, |s| s.unanswered += 1);
+            emit(ctx, key, client, request, None);
+        }
         for p in std::mem::take(&mut self.pending) {
             match (p.request, p.response) {
+                // Its answer comes as HTTP/2, on stream 1.
+                (ReqState::Complete(req), RespSlot::Some(resp))
+                    if self.h2.is_none() && h2::is_h2c_upgrade(&req, &resp) =>
+                {
+                    self.upgraded = Some(req);
+                }
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
                     ctx.bump(key.vni, |s| s.pairs += 1);
                     emit(ctx, key, client, req, Some(resp));
@@ -1133,6 +1155,12 @@ impl Session {
                 return;
             };
             match (p.request, p.response) {
+                // Its answer comes as HTTP/2, on stream 1.
+                (ReqState::Complete(req), RespSlot::Some(resp))
+                    if self.h2.is_none() && h2::is_h2c_upgrade(&req, &resp) =>
+                {
+                    self.upgraded = Some(req);
+                }
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
                     ctx.bump(key.vni, |s| s.pairs += 1);
                     emit(ctx, key, client, req, Some(resp));

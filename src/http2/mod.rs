@@ -145,6 +145,23 @@ impl Connection {
         }
     }
 
+    /// A connection upgraded from HTTP/1.1 (`Upgrade: h2c` answered by `101`): `request`, the
+    /// request that asked for it, is stream 1, whose response comes as HTTP/2; the client's
+    /// preface is still to come.
+    pub fn upgraded(max_body: usize, request: Message) -> Connection {
+        let mut c = Connection::new(max_body);
+        c.streams.insert(
+            1,
+            Stream {
+                request: Some(request),
+                request_done: true,
+                ..Stream::default()
+            },
+        );
+        c.stats.streams += 1;
+        c
+    }
+
     /// Takes the next bytes the client (or the server) sent, at time `ts` (µs).
     pub fn data(&mut self, from_client: bool, bytes: &[u8], ts: u64) {
         let d = usize::from(!from_client);

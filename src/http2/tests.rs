@@ -356,3 +356,63 @@ fn through_the_pipeline_each_stream_becomes_a_record() {
         (2, 1, 1)
     );
 }
+
+/// `Upgrade: h2c` answered by `101`: the upgrading request is stream 1, answered in HTTP/2 in
+/// the same segment as the 101; later streams follow as HTTP/2.
+#[test]
+fn an_h2c_upgrade_makes_the_request_stream_1() {
+    use crate::pipeline::{Pipeline, PipelineConfig};
+    use crate::testkit::{NO_FLAGS, Peers, SYN, addr};
+    let mut p = Pipeline::new(&PipelineConfig::default());
+    let mut peers = Peers::new(addr("10.0.0.1:40001"), addr("10.0.0.2:80"));
+    let mut now = 1_000_000;
+    let mut send = |p: &mut Pipeline, from_client: bool, flags, data: &[u8]| {
+        let seg = peers.seg(from_client, flags, data);
+        now += 10;
+        p.segment(9, &seg.as_segment(), now);
+    };
+    send(&mut p, true, SYN, b"");
+    send(&mut p, false, SYN, b"");
+    send(
+        &mut p,
+        true,
+        NO_FLAGS,
+        b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    let mut server =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    server.extend(frame(SETTINGS, 0, 0, &[]));
+    server.extend(frame(HEADERS, EH, 1, &hex(C51)));
+    server.extend(frame(DATA, ES, 1, b"upgraded"));
+    send(&mut p, false, NO_FLAGS, &server);
+    let first: Vec<_> = p.exchanges().collect();
+    assert_eq!(first.len(), 1, "the upgraded request, answered on stream 1");
+    let resp = first[0].response.as_ref().unwrap();
+    assert_eq!(
+        (
+            first[0].request.method(),
+            resp.status(),
+            resp.body.as_slice()
+        ),
+        (Some("GET"), Some(302), &b"upgraded"[..])
+    );
+    // Then the client's preface and a request on stream 3.
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(SETTINGS, 0, 0, &[]));
+    client.extend(frame(HEADERS, EH | ES, 3, &hex(C31)));
+    send(&mut p, true, NO_FLAGS, &client);
+    send(
+        &mut p,
+        false,
+        NO_FLAGS,
+        &frame(HEADERS, EH | ES, 3, &hex(C52)),
+    );
+    let next: Vec<_> = p.exchanges().collect();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].response.as_ref().and_then(Message::status),
+        Some(307)
+    );
+    assert_eq!(next[0].request.version_str(), "HTTP/2");
+    assert_eq!(p.stats().http.protocol_switches, 1);
+}

@@ -1,9 +1,10 @@
-//! A session's HTTP/2 mode: a connection whose client sent the HTTP/2 preface is framed by
-//! [`crate::http2::Connection`] from then on, and each stream it finishes becomes an exchange.
+//! A session's HTTP/2 mode: a connection whose client sent the HTTP/2 preface, or that upgraded
+//! to it (`Upgrade: h2c`, `101`), is framed by [`crate::http2::Connection`] from then on, and
+//! each stream it finishes becomes an exchange.
 
 use super::{Probe, Session, count_body, emit};
 use crate::flow::{FlowKey, Side, StreamEvent};
-use crate::http::HttpCtx;
+use crate::http::{HttpCtx, Message};
 use crate::http2::{Connection, H2Stats, PREFACE};
 
 /// Bytes a side may hold while it looks like the start of an HTTP/2 server's stream (its
@@ -65,6 +66,41 @@ impl Session {
                 }
             }
         }
+        h2.flush(ctx, key);
+        self.h2 = Some(h2);
+    }
+}
+
+/// An HTTP/1.1 request asking to upgrade to HTTP/2 in clear text (`Upgrade: h2c`), answered by
+/// `101` agreeing to it.
+pub(super) fn is_h2c_upgrade(request: &Message, response: &Message) -> bool {
+    let h2c = |m: &Message| {
+        m.header_values("upgrade")
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    };
+    response.status() == Some(101) && h2c(request) && h2c(response)
+}
+
+impl Session {
+    /// The connection switched to HTTP/2 by `Upgrade: h2c`: `request` is stream 1, and what each
+    /// side sent after the switch (held by its parser) goes to the new connection.
+    pub(super) fn start_h2c(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        request: Message,
+    ) {
+        let mut h2 = Box::new(H2 {
+            client,
+            conn: Connection::upgraded(ctx.cfg.max_body_bytes, request),
+            counted: H2Stats::default(),
+        });
+        let (server_bytes, client_bytes) =
+            (self.responses.take_tunnel(), self.requests.take_tunnel());
+        h2.conn.data(false, &server_bytes, self.now);
+        h2.conn.data(true, &client_bytes, self.now);
         h2.flush(ctx, key);
         self.h2 = Some(h2);
     }
