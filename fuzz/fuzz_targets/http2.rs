@@ -1,5 +1,5 @@
 //! Arbitrary bytes as both directions of an HTTP/2 connection (after the client's preface),
-//! split into pieces the input chooses: no panic, bounded buffering, and every pair reported
+//! split into pieces the input chooses, some of them lost (gaps): no panic, bounded buffering, and every pair reported
 //! holds a request with a method or path only where a header block decoded.
 #![no_main]
 
@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     c.data(true, PREFACE, 0);
     // Even pieces from the client, odd ones from the server.
     for (i, piece) in rest.chunks(cut).enumerate() {
-        c.data(i % 2 == 0, piece, i as u64);
+        // A piece that starts with 0xff is lost instead: a gap of its length.
+        if piece[0] == 0xff {
+            c.gap(i % 2 == 0, piece.len() as u64);
+        } else {
+            c.data(i % 2 == 0, piece, i as u64);
+        }
         for (req, resp) in c.pairs() {
             assert!(req.body.len() <= 4096);
             assert!(resp.is_none_or(|r| r.body.len() <= 4096));

@@ -64,6 +64,8 @@ pub struct H2Stats {
     pub streams_over_limit: u64,
     /// Directions given up after a gap in the TCP stream.
     pub gaps: u64,
+    /// Gaps inside a DATA frame: its message damaged, the framing kept.
+    pub data_gaps: u64,
 }
 
 /// One stream's request and response so far.
@@ -96,6 +98,9 @@ struct Direction {
     /// Largest frame payload this side may send: the other side's SETTINGS_MAX_FRAME_SIZE.
     max_frame: u32,
     block: Option<Block>,
+    /// The rest of a DATA frame a gap fell into: its stream, whether it ends the stream, and
+    /// the bytes still to come (discarded: the body holds what came before the gap).
+    skip: Option<(u32, bool, usize)>,
     /// The framing was lost (gap, oversized frame, protocol error): nothing more is read.
     lost: bool,
 }
@@ -109,6 +114,7 @@ impl Direction {
             hpack_ok: true,
             max_frame: DEFAULT_MAX_FRAME,
             block: None,
+            skip: None,
             lost: false,
         }
     }
@@ -117,6 +123,7 @@ impl Direction {
         self.lost = true;
         self.buf = Vec::new();
         self.block = None;
+        self.skip = None;
     }
 }
 
@@ -168,6 +175,7 @@ impl Connection {
         if self.dirs[d].lost {
             return;
         }
+        let bytes = self.skip_rest_of_frame(d, bytes);
         self.dirs[d].buf.extend_from_slice(bytes);
         if self.dirs[d].preface {
             let have = self.dirs[d].buf.len().min(PREFACE.len());
@@ -211,13 +219,75 @@ impl Connection {
         (dir.buf.len() >= at + FRAME_HEADER + len).then_some(len)
     }
 
-    /// `len` bytes of direction `d` were never seen: its framing is lost.
-    pub fn gap(&mut self, from_client: bool) {
+    /// `len` bytes of the client's (or the server's) stream were never seen. Inside a DATA
+    /// frame whose header came, the frame's end is known: its stream's message is marked
+    /// damaged (the body keeps what came before the gap) and the framing goes on. Anywhere
+    /// else whole frames may be lost, HEADERS among them: the direction is given up.
+    pub fn gap(&mut self, from_client: bool, len: u64) {
         let d = usize::from(!from_client);
-        if !self.dirs[d].lost {
-            self.stats.gaps += 1;
-            self.dirs[d].give_up();
+        let dir = &mut self.dirs[d];
+        if dir.lost {
+            return;
         }
+        if let Some((stream, end, left)) = dir.skip {
+            if let Some(left) = (left as u64).checked_sub(len) {
+                dir.skip = Some((stream, end, left as usize));
+                self.damage(d, stream, len);
+                return;
+            }
+        } else if dir.buf.len() >= FRAME_HEADER && dir.buf[3] == DATA && dir.block.is_none() {
+            let b = &dir.buf;
+            let total = FRAME_HEADER + u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
+            let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+            let end = b[4] & END_STREAM != 0;
+            if let Some(left) = ((total - b.len()) as u64).checked_sub(len) {
+                // What came of the payload before the gap (its padding length byte aside).
+                let skip = 1 + usize::from(b[4] & PADDED != 0);
+                let seen = b
+                    .get(FRAME_HEADER + skip - 1..)
+                    .unwrap_or_default()
+                    .to_vec();
+                dir.buf.clear();
+                dir.skip = Some((stream, end, left as usize));
+                self.body(d, stream, &seen, false);
+                self.damage(d, stream, len);
+                return;
+            }
+        }
+        self.stats.gaps += 1;
+        self.dirs[d].give_up();
+    }
+
+    /// Marks the message of `stream` that direction `d` sends as missing `len` bytes.
+    fn damage(&mut self, d: usize, stream: u32, len: u64) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let m = if d == 0 {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
+            if let Some(m) = m {
+                m.missing += len;
+            }
+        }
+        self.stats.data_gaps += 1;
+    }
+
+    /// Discards what is left of a DATA frame a gap fell into; returns the bytes after it.
+    fn skip_rest_of_frame<'b>(&mut self, d: usize, bytes: &'b [u8]) -> &'b [u8] {
+        let Some((stream, end, left)) = self.dirs[d].skip else {
+            return bytes;
+        };
+        let n = left.min(bytes.len());
+        if n < left {
+            self.dirs[d].skip = Some((stream, end, left - n));
+        } else {
+            self.dirs[d].skip = None;
+            if end {
+                self.body(d, stream, &[], true);
+            }
+        }
+        &bytes[n..]
     }
 
     /// The connection ended: every stream with a request is reported as it stands.

@@ -248,7 +248,7 @@ fn not_http2_or_a_gap_ends_the_direction_and_close_reports_what_stands() {
     let mut c = Connection::new(1 << 20);
     open(&mut c);
     c.data(true, &frame(HEADERS, EH, 1, &hex(C31)), 10);
-    c.gap(true);
+    c.gap(true, 100);
     c.data(true, &frame(HEADERS, EH | ES, 3, &hex(C32)), 11);
     c.close();
     let pairs: Vec<Pair> = c.pairs().collect();
@@ -415,4 +415,36 @@ fn an_h2c_upgrade_makes_the_request_stream_1() {
     );
     assert_eq!(next[0].request.version_str(), "HTTP/2");
     assert_eq!(p.stats().http.protocol_switches, 1);
+}
+
+/// A gap inside a DATA frame whose header came: that stream's message is reported damaged
+/// (the body up to the gap, the missing bytes counted), and the connection goes on.
+#[test]
+fn a_gap_inside_a_data_frame_damages_one_stream_only() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    c.data(true, &frame(HEADERS, EH | ES, 1, &hex(C31)), 10);
+    c.data(true, &frame(HEADERS, EH | ES, 3, &hex(C32)), 11);
+    c.data(false, &frame(HEADERS, EH, 1, &hex(C51)), 12);
+    let body: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let data = frame(DATA, ES, 1, &body);
+    // The first 1,009 bytes, a gap of 1,000, then the rest of the frame and stream 3's answer.
+    c.data(false, &data[..1009], 13);
+    c.gap(false, 1000);
+    let mut rest = data[2009..].to_vec();
+    rest.extend(frame(HEADERS, EH | ES, 3, &hex(C52)));
+    c.data(false, &rest[..700], 14);
+    c.data(false, &rest[700..], 15);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 2, "both streams reported");
+    let r1 = pairs[0].1.as_ref().unwrap();
+    assert_eq!(r1.status(), Some(302));
+    assert_eq!(r1.body, &body[..1000], "what came before the gap");
+    assert_eq!(r1.missing, 1000);
+    assert!(r1.complete, "the frame's END_STREAM still ended it");
+    assert_eq!(pairs[1].1.as_ref().and_then(Message::status), Some(307));
+    assert_eq!((c.stats.data_gaps, c.stats.gaps), (1, 0));
+    // A gap between frames may have taken HEADERS: the direction is given up.
+    c.gap(false, 10);
+    assert_eq!(c.stats.gaps, 1);
 }

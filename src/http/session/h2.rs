@@ -116,7 +116,7 @@ impl H2 {
     ) {
         match ev {
             StreamEvent::Data(bytes, meta) => self.conn.data(side == self.client, bytes, meta.ts),
-            StreamEvent::Gap { .. } => self.conn.gap(side == self.client),
+            StreamEvent::Gap { len, .. } => self.conn.gap(side == self.client, len),
             StreamEvent::End { .. } => {}
         }
         self.flush(ctx, key);
@@ -136,8 +136,10 @@ impl H2 {
         let pairs: Vec<_> = self.conn.pairs().collect();
         for (request, response) in pairs {
             let answered = response.is_some();
+            // An upgraded request (HTTP/1.1, stream 1) was counted by the HTTP/1 parser.
+            let new_request = u64::from(request.version == 2);
             ctx.bump(key.vni, |s| {
-                s.requests += 1;
+                s.requests += new_request;
                 s.responses += u64::from(answered);
                 s.pairs += u64::from(answered);
                 s.unanswered += u64::from(!answered);
