@@ -202,7 +202,7 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
 type VniCounter = (&'static str, &'static str, fn(&VniStats) -> u64);
 
 #[rustfmt::skip]
-const VNI_COUNTERS: [VniCounter; 18] = [
+const VNI_COUNTERS: [VniCounter; 21] = [
     ("mirror_vni_datagrams", "Datagrams of each mirror session.", |v| v.datagrams),
     ("mirror_vni_bytes", "Bytes of each mirror session's datagrams.", |v| v.bytes),
     ("mirror_vni_drops", "Datagrams of each mirror session that did not decode to a TCP segment.", |v| v.dropped),
@@ -221,6 +221,9 @@ const VNI_COUNTERS: [VniCounter; 18] = [
     ("mirror_vni_http_unmatched_responses", "Responses of each mirror session without a request.", |v| v.http.unmatched_responses),
     ("mirror_vni_http_damaged_messages", "HTTP messages of each mirror session reported with bytes missing.", |v| v.http.damaged_gap + v.http.damaged_ended),
     ("mirror_vni_http_request_heads_lost", "Responses of each mirror session whose request head was lost.", |v| v.http.request_heads_lost),
+    ("mirror_vni_http2_streams", "HTTP/2 streams of each mirror session that carried a request.", |v| v.http.h2_streams),
+    ("mirror_vni_http2_resets", "HTTP/2 streams of each mirror session ended by RST_STREAM.", |v| v.http.h2_resets),
+    ("mirror_vni_http2_hpack_failures", "HTTP/2 header blocks of each mirror session that did not decode or were skipped.", |v| v.http.h2_hpack_failures),
 ];
 
 /// The counters of each mirror session (VNI).

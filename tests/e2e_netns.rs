@@ -2657,12 +2657,15 @@ fn mirrored_http2_streams_match_access_log() {
         other => failures.push(format!("the POST's record: {other:?}")),
     }
     let m = |n: &str| common::metric(&metrics, n).unwrap_or(f64::NAN);
+    let per_vni = format!("mirror_vni_http2_streams_total{{vni=\"{VNI}\"}}");
     if m("mirror_http2_streams_total") != n_logged as f64
         || m("mirror_http2_hpack_failures_total") != 0.0
+        || m(&per_vni) != n_logged as f64
     {
         failures.push(format!(
-            "mirror_http2_streams_total {}, mirror_http2_hpack_failures_total {} (want {n_logged}, 0)",
+            "mirror_http2_streams_total {}, {per_vni} {}, mirror_http2_hpack_failures_total {} (want {n_logged}, {n_logged}, 0)",
             m("mirror_http2_streams_total"),
+            m(&per_vni),
             m("mirror_http2_hpack_failures_total")
         ));
     }
