@@ -121,7 +121,7 @@ pub struct Session {
     h2: Option<Box<h2::H2>>,
     /// The request of an `Upgrade: h2c` answered by `101`, to become stream 1 once the event
     /// that completed it is done.
-    upgraded: Option<Message>,
+    upgraded: Option<Box<Message>>,
     /// Boxed, and freed once the client side is known: most of a connection's life.
     probes: Option<Box<[Probe; 2]>>,
     requests: Parser,
@@ -232,7 +232,7 @@ impl StreamHandler for Session {
         }
         self.replay_deferred(ctx, key, client, false);
         if let Some(request) = self.upgraded.take() {
-            self.start_h2c(ctx, key, client, request);
+            self.start_h2c(ctx, key, client, *request);
         } else if self.requests.in_tunnel() && self.responses.in_tunnel() {
             // Another protocol (WebSocket, a CONNECT tunnel): nothing more to read.
             drop((self.requests.take_tunnel(), self.responses.take_tunnel()));
@@ -315,16 +315,10 @@ impl StreamHandler for Session {
         // Upgraded as the connection ended: no HTTP/2 answer can come.
         if let Some(request) = self.upgraded.take() {
             ctx.bump(key.vni, |s| s.unanswered += 1);
-            emit(ctx, key, client, request, None);
+            emit(ctx, key, client, *request, None);
         }
         for p in std::mem::take(&mut self.pending) {
             match (p.request, p.response) {
-                // Its answer comes as HTTP/2, on stream 1.
-                (ReqState::Complete(req), RespSlot::Some(resp))
-                    if self.h2.is_none() && h2::is_h2c_upgrade(&req, &resp) =>
-                {
-                    self.upgraded = Some(req);
-                }
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
                     ctx.bump(key.vni, |s| s.pairs += 1);
                     emit(ctx, key, client, req, Some(resp));
@@ -1159,7 +1153,7 @@ impl Session {
                 (ReqState::Complete(req), RespSlot::Some(resp))
                     if self.h2.is_none() && h2::is_h2c_upgrade(&req, &resp) =>
                 {
-                    self.upgraded = Some(req);
+                    self.upgraded = Some(Box::new(req));
                 }
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
                     ctx.bump(key.vni, |s| s.pairs += 1);
