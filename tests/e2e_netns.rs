@@ -2552,6 +2552,17 @@ fn mirrored_http2_streams_match_access_log() {
     std::fs::write(www.join("data.json"), &data_json).unwrap();
     write_nginx_conf(&d);
     let records_path = d.join("records.jsonl");
+    // The underlay, for tshark's http2 dissector as a second oracle.
+    let underlay_pcap = d.join("underlay.pcap");
+    let underlay_dump = start_tcpdump(
+        &mut lab,
+        &tools,
+        "tcpdump",
+        (&net.recv, &net.recv_dev),
+        &["-s", "0"],
+        &underlay_pcap,
+        &["udp", "port", "4789"],
+    );
     let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
     start_peers(&mut lab, &tools, &net.server, &d);
 
@@ -2622,6 +2633,9 @@ fn mirrored_http2_streams_match_access_log() {
     let metrics = admin_get(&lab, &tools, &net.recv, "/metrics");
     let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
     failures.extend(daemon_exit_failure(status));
+    if let Some(log) = &underlay_dump {
+        stop_tcpdump(&mut lab, "tcpdump", log, &underlay_pcap);
+    }
 
     let log = access_log(&d);
     let logged = logged_exchanges(&log);
@@ -2655,6 +2669,78 @@ fn mirrored_http2_streams_match_access_log() {
     match by_path("/nocontent?case=post") {
         Some(r) if field(r, "requestPayload") == r#"{"order":42,"items":["a","b"]}"# => {}
         other => failures.push(format!("the POST's record: {other:?}")),
+    }
+    match tshark_http2(&underlay_pcap) {
+        Ok((methods_paths, statuses)) => {
+            let mut ours_mp: BTreeMap<(String, String), usize> = BTreeMap::new();
+            let mut ours_st: BTreeMap<String, usize> = BTreeMap::new();
+            for r in &records {
+                *ours_mp
+                    .entry((field(r, "method").to_owned(), field(r, "path").to_owned()))
+                    .or_default() += 1;
+                *ours_st
+                    .entry(field(r, "statusCode").to_owned())
+                    .or_default() += 1;
+            }
+            if methods_paths != ours_mp || statuses != ours_st {
+                failures.push(format!(
+                    "tshark's http2 dissector: requests {methods_paths:?}, statuses {statuses:?}; \
+                     ours {ours_mp:?}, {ours_st:?}"
+                ));
+            }
+        }
+        Err(why) if underlay_dump.is_none() => println!("{NAME}: no tshark oracle: {why}"),
+        Err(why) => common::skip(Need::E2e, NAME, &format!("tshark oracle: {why}")),
+    }
+    // Joined mid-connection: the capture without its first 40 % of datagrams, replayed. The
+    // connections' prefaces and HPACK state are gone: whatever is reported must be among what
+    // the whole traffic gave; nothing invented.
+    if underlay_dump.is_some()
+        && let Ok((_, frames)) = capture::read_pcap(&underlay_pcap)
+    {
+        let mut cut = mirror_receiver::testkit::Pcap::default();
+        for f in &frames[frames.len() * 2 / 5..] {
+            cut.frame(&f.data);
+        }
+        let cut_path = d.join("underlay-cut.pcap");
+        std::fs::write(&cut_path, cut.into_bytes()).unwrap();
+        let out = d.join("records-cut.jsonl");
+        let replay = run(
+            Command::new(env!("CARGO_BIN_EXE_mirror-receiver"))
+                .args(["--log-level", "warn", "replay"])
+                .arg(&cut_path)
+                .arg("--output")
+                .arg(&out),
+            Duration::from_secs(60),
+        );
+        let full: std::collections::BTreeSet<(String, String, String)> = records
+            .iter()
+            .map(|r| {
+                (
+                    field(r, "method").into(),
+                    field(r, "path").into(),
+                    field(r, "statusCode").into(),
+                )
+            })
+            .collect();
+        let cut_records = read_records(&out, &mut failures);
+        let invented: Vec<_> = cut_records
+            .iter()
+            .map(|r| (field(r, "method"), field(r, "path"), field(r, "statusCode")))
+            .filter(|(m, p, s)| !full.contains(&((*m).into(), (*p).into(), (*s).into())))
+            .collect();
+        if !replay.status.success() || !invented.is_empty() {
+            failures.push(format!(
+                "the capture joined mid-connection: replay {}, records not in the whole run: {invented:?}",
+                replay.status
+            ));
+        }
+        println!(
+            "{NAME}: joined mid-connection ({} of {} datagrams): {} records, none invented",
+            frames.len() - frames.len() * 2 / 5,
+            frames.len(),
+            cut_records.len()
+        );
     }
     let m = |n: &str| common::metric(&metrics, n).unwrap_or(f64::NAN);
     let per_vni = format!("mirror_vni_http2_streams_total{{vni=\"{VNI}\"}}");
@@ -2945,4 +3031,47 @@ fn mirrored_h2c_upgrades_are_reported_with_their_http2_answers() {
         paths.len()
     );
     finish(NAME, &failures, lab, dir, &daemon_stderr);
+}
+
+/// What tshark's http2 dissector finds in a capture of the underlay (VXLAN on 4789, HTTP/2 on
+/// [`H2_PORT`] inside): each request's (method, path) and each response's status, counted.
+#[allow(clippy::type_complexity)]
+fn tshark_http2(
+    pcap: &Path,
+) -> Result<(BTreeMap<(String, String), usize>, BTreeMap<String, usize>), String> {
+    let tshark = which("tshark").ok_or("`tshark` not found (Debian package tshark)")?;
+    let out = run(
+        Command::new(tshark)
+            .arg("-r")
+            .arg(pcap)
+            .args([
+                "-d",
+                &format!("tcp.port=={H2_PORT},http2"),
+                "-Y",
+                "http2.type == 1",
+            ])
+            .args(["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"])
+            .args(["-e", "http2.headers.method", "-e", "http2.headers.path"])
+            .args(["-e", "http2.headers.status"]),
+        Duration::from_secs(120),
+    );
+    if !out.status.success() {
+        return Err(format!("tshark failed: {}", out.stderr));
+    }
+    let (mut requests, mut statuses) = (BTreeMap::new(), BTreeMap::new());
+    // One line per packet with HEADERS frames; fields list one value per frame, `|`-joined.
+    for line in out.stdout.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let split = |i: usize| -> Vec<&str> {
+            f.get(i)
+                .map_or(vec![], |v| v.split('|').filter(|s| !s.is_empty()).collect())
+        };
+        for (m, p) in split(0).into_iter().zip(split(1)) {
+            *requests.entry((m.to_owned(), p.to_owned())).or_default() += 1;
+        }
+        for st in split(2) {
+            *statuses.entry(st.to_owned()).or_default() += 1;
+        }
+    }
+    Ok((requests, statuses))
 }
