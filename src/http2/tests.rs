@@ -448,3 +448,44 @@ fn a_gap_inside_a_data_frame_damages_one_stream_only() {
     c.gap(false, 10);
     assert_eq!(c.stats.gaps, 1);
 }
+
+/// The filters and redaction apply to HTTP/2 exchanges as to HTTP/1: the host (from
+/// `:authority`) is matched, header values are redacted.
+#[test]
+fn filters_and_redaction_apply_to_http2_exchanges() {
+    use crate::filter::{Filter, FilterConfig, REDACTED};
+    use crate::pipeline::{Pipeline, PipelineConfig};
+    use crate::testkit::{NO_FLAGS, Peers, addr};
+    let cfg = FilterConfig {
+        deny_hosts: vec!["*.example.com".into()],
+        redact_headers: vec!["cache-control".into()],
+        ..FilterConfig::default()
+    };
+    let run = |cfg: &FilterConfig| {
+        let mut p = Pipeline::new(&PipelineConfig::default())
+            .with_filter(std::sync::Arc::new(Filter::new(cfg).unwrap()));
+        let mut peers = Peers::new(addr("10.0.0.1:40002"), addr("10.0.0.2:9000"));
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(HEADERS, EH | ES, 1, &hex(C31)));
+        client.extend(frame(HEADERS, EH | ES, 3, &hex(C32)));
+        let seg = peers.seg(true, NO_FLAGS, &client);
+        p.segment(1, &seg.as_segment(), 10);
+        let mut server = frame(HEADERS, EH | ES, 1, &hex(C51));
+        server.extend(frame(HEADERS, EH | ES, 3, &hex(C52)));
+        let seg = peers.seg(false, NO_FLAGS, &server);
+        p.segment(1, &seg.as_segment(), 20);
+        p.exchanges().collect::<Vec<_>>()
+    };
+    // Both requests are to www.example.com: denied.
+    assert_eq!(run(&cfg).len(), 0);
+    let kept = run(&FilterConfig {
+        deny_hosts: vec![],
+        ..cfg
+    });
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[1].request.header("cache-control"), Some(REDACTED));
+    assert_eq!(
+        kept[0].response.as_ref().unwrap().header("cache-control"),
+        Some(REDACTED)
+    );
+}
