@@ -2807,19 +2807,8 @@ fn mirrored_grpc_calls_are_records_with_their_messages() {
     let Some(tools) = tools_or_skip(NAME, false) else {
         return;
     };
-    let has_grpc = run(
-        Command::new(&tools.python3).args(["-c", "import grpc"]),
-        Duration::from_secs(30),
-    );
-    if !has_grpc.status.success() {
-        return common::skip(
-            Need::E2e,
-            NAME,
-            &format!(
-                "{} cannot import grpc (pip install grpcio; .ci/run puts it in its venv)",
-                tools.python3.display()
-            ),
-        );
+    if !python_has(&tools, NAME, "grpc", "grpcio") {
+        return;
     }
     let dir = tempfile::Builder::new()
         .prefix("mirror-e2e-grpc-")
@@ -2831,18 +2820,14 @@ fn mirrored_grpc_calls_are_records_with_their_messages() {
     let records_path = d.join("records.jsonl");
     let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
     let addr = format!("{SERVER_IP}:{GRPC_PORT}");
-    {
-        let mut cmd = lab.exec(&net.server, &tools.python3);
-        cmd.args([GRPC_PY, "server", &addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join("grpc-server.log")).unwrap());
-        let mut child = cmd.spawn().expect("starting the gRPC server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
-        lab.children.push(("grpc-server", child));
-        wait_ready(&ready, "the gRPC server", &log);
-    }
+    start_python_server(
+        &mut lab,
+        &tools,
+        &net.server,
+        "grpc-server",
+        &[GRPC_PY.as_ref(), "server".as_ref(), addr.as_ref()],
+        &d.join("grpc-server.log"),
+    );
     let client = run(
         lab.exec(&net.client, &tools.python3)
             .args([GRPC_PY, "client", &addr]),
@@ -2946,19 +2931,8 @@ fn mirrored_h2c_upgrades_are_reported_with_their_http2_answers() {
     let Some(tools) = tools_or_skip(NAME, false) else {
         return;
     };
-    let has_h2 = run(
-        Command::new(&tools.python3).args(["-c", "import h2.connection"]),
-        Duration::from_secs(30),
-    );
-    if !has_h2.status.success() {
-        return common::skip(
-            Need::E2e,
-            NAME,
-            &format!(
-                "{} cannot import h2 (pip install h2; .ci/run puts it in its venv)",
-                tools.python3.display()
-            ),
-        );
+    if !python_has(&tools, NAME, "h2.connection", "h2") {
+        return;
     }
     let dir = tempfile::Builder::new()
         .prefix("mirror-e2e-h2c-")
@@ -2970,20 +2944,15 @@ fn mirrored_h2c_upgrades_are_reported_with_their_http2_answers() {
     let records_path = d.join("records.jsonl");
     let daemon_log = start_daemon(&mut lab, &net.recv, &records_path, &["--workers", "2"]);
     let server_log = d.join("h2c.log");
-    {
-        let mut cmd = lab.exec(&net.server, &tools.python3);
-        cmd.arg(H2C_PY)
-            .arg(format!("{SERVER_IP}:{H2C_PORT}"))
-            .arg(&server_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join("h2c-server.err")).unwrap());
-        let mut child = cmd.spawn().expect("starting the h2c server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let ready = watch_lines(child.stdout.take().unwrap(), "listening", log.clone());
-        lab.children.push(("h2c-server", child));
-        wait_ready(&ready, "the h2c server", &log);
-    }
+    let listen = format!("{SERVER_IP}:{H2C_PORT}");
+    start_python_server(
+        &mut lab,
+        &tools,
+        &net.server,
+        "h2c-server",
+        &[H2C_PY.as_ref(), listen.as_ref(), server_log.as_os_str()],
+        &d.join("h2c-server.err"),
+    );
     let mut failures = Vec::new();
     let paths = ["/upgrade/one", "/upgrade/two?x=1", "/upgrade/three"];
     for path in paths {
@@ -3074,4 +3043,48 @@ fn tshark_http2(
         }
     }
     Ok((requests, statuses))
+}
+
+/// True when the tests' python3 can import `module`; otherwise the test `name` is skipped (a
+/// failure under MIRROR_E2E_REQUIRE=1) saying which PyPI package it needs.
+fn python_has(tools: &Tools, name: &str, module: &str, package: &str) -> bool {
+    let import = run(
+        Command::new(&tools.python3).args(["-c", &format!("import {module}")]),
+        Duration::from_secs(30),
+    );
+    if !import.status.success() {
+        common::skip(
+            Need::E2e,
+            name,
+            &format!(
+                "{} cannot import {module} (pip install {package}; .ci/run puts it in its venv)",
+                tools.python3.display()
+            ),
+        );
+    }
+    import.status.success()
+}
+
+/// Starts a python server (`args`: the script and its arguments) in namespace `ns` as child
+/// `child`, its stderr to `stderr`, and waits until it prints "listening".
+fn start_python_server(
+    lab: &mut Lab,
+    tools: &Tools,
+    ns: &str,
+    child: &'static str,
+    args: &[&std::ffi::OsStr],
+    stderr: &Path,
+) {
+    let mut cmd = lab.exec(ns, &tools.python3);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr).unwrap());
+    let mut process = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {child}: {e}"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ready = watch_lines(process.stdout.take().unwrap(), "listening", log.clone());
+    lab.children.push((child, process));
+    wait_ready(&ready, child, &log);
 }

@@ -278,25 +278,42 @@ proptest::proptest! {
     }
 }
 
+/// A connection through the whole pipeline: its handshake, then segments from either side,
+/// 10 µs apart.
+struct Wire {
+    p: crate::pipeline::Pipeline,
+    peers: crate::testkit::Peers,
+    now: u64,
+}
+
+impl Wire {
+    fn new(client: &str, server: &str) -> Wire {
+        use crate::testkit::{Peers, SYN, addr};
+        let mut w = Wire {
+            p: crate::pipeline::Pipeline::new(&Default::default()),
+            peers: Peers::new(addr(client), addr(server)),
+            now: 1_000_000,
+        };
+        w.send(true, SYN, b"");
+        w.send(false, SYN, b"");
+        w
+    }
+
+    fn send(&mut self, from_client: bool, flags: crate::wire::TcpFlags, data: &[u8]) {
+        let seg = self.peers.seg(from_client, flags, data);
+        self.now += 10;
+        self.p.segment(9, &seg.as_segment(), self.now);
+    }
+}
+
 /// The whole way: TCP segments of an HTTP/2 connection on a port nobody assigned to it, the
 /// server's SETTINGS captured before the client's preface, into the pipeline, out as records.
 #[test]
 fn through_the_pipeline_each_stream_becomes_a_record() {
-    use crate::pipeline::{Pipeline, PipelineConfig};
     use crate::record::{Encoder, RecordConfig};
-    use crate::testkit::{NO_FLAGS, Peers, SYN, addr};
-    let mut p = Pipeline::new(&PipelineConfig::default());
-    let mut peers = Peers::new(addr("10.0.0.1:40000"), addr("10.0.0.2:7443"));
-    let mut now = 1_000_000;
-    let mut send = |p: &mut Pipeline, from_client: bool, flags, data: &[u8]| {
-        let seg = peers.seg(from_client, flags, data);
-        now += 10;
-        p.segment(9, &seg.as_segment(), now);
-    };
-    send(&mut p, true, SYN, b"");
-    send(&mut p, false, SYN, b"");
-    send(
-        &mut p,
+    use crate::testkit::NO_FLAGS;
+    let mut w = Wire::new("10.0.0.1:40000", "10.0.0.2:7443");
+    w.send(
         false,
         NO_FLAGS,
         &frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]),
@@ -307,12 +324,12 @@ fn through_the_pipeline_each_stream_becomes_a_record() {
     client.extend(frame(HEADERS, EH | ES, 3, &hex(C32)));
     // Cut mid-frame, as TCP may.
     let (a, b) = client.split_at(PREFACE.len() + 20);
-    send(&mut p, true, NO_FLAGS, a);
-    send(&mut p, true, NO_FLAGS, b);
+    w.send(true, NO_FLAGS, a);
+    w.send(true, NO_FLAGS, b);
     let mut server = frame(HEADERS, EH, 1, &hex(C51));
     server.extend(frame(DATA, ES, 1, b"{\"ok\":true}"));
-    send(&mut p, false, NO_FLAGS, &server);
-    let exchanges: Vec<_> = p.exchanges().collect();
+    w.send(false, NO_FLAGS, &server);
+    let exchanges: Vec<_> = w.p.exchanges().collect();
     assert_eq!(exchanges.len(), 1, "stream 1 answered, stream 3 still open");
     let encoder = Encoder::new(RecordConfig::default());
     let mut buf = Vec::new();
@@ -344,13 +361,13 @@ fn through_the_pipeline_each_stream_becomes_a_record() {
         r["requestHeaders"]
     );
     // The connection ends: stream 3 is reported unanswered.
-    send(&mut p, true, crate::testkit::FIN, b"");
-    send(&mut p, false, crate::testkit::FIN, b"");
-    p.expire(now + 600_000_000);
-    let rest: Vec<_> = p.exchanges().collect();
+    w.send(true, crate::testkit::FIN, b"");
+    w.send(false, crate::testkit::FIN, b"");
+    w.p.expire(w.now + 600_000_000);
+    let rest: Vec<_> = w.p.exchanges().collect();
     assert_eq!(rest.len(), 1);
     assert!(rest[0].response.is_none());
-    let s = p.stats();
+    let s = w.p.stats();
     assert_eq!(
         (s.http.h2_streams, s.http.pairs, s.http.unanswered),
         (2, 1, 1)
@@ -361,20 +378,9 @@ fn through_the_pipeline_each_stream_becomes_a_record() {
 /// the same segment as the 101; later streams follow as HTTP/2.
 #[test]
 fn an_h2c_upgrade_makes_the_request_stream_1() {
-    use crate::pipeline::{Pipeline, PipelineConfig};
-    use crate::testkit::{NO_FLAGS, Peers, SYN, addr};
-    let mut p = Pipeline::new(&PipelineConfig::default());
-    let mut peers = Peers::new(addr("10.0.0.1:40001"), addr("10.0.0.2:80"));
-    let mut now = 1_000_000;
-    let mut send = |p: &mut Pipeline, from_client: bool, flags, data: &[u8]| {
-        let seg = peers.seg(from_client, flags, data);
-        now += 10;
-        p.segment(9, &seg.as_segment(), now);
-    };
-    send(&mut p, true, SYN, b"");
-    send(&mut p, false, SYN, b"");
-    send(
-        &mut p,
+    use crate::testkit::NO_FLAGS;
+    let mut w = Wire::new("10.0.0.1:40001", "10.0.0.2:80");
+    w.send(
         true,
         NO_FLAGS,
         b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
@@ -384,8 +390,8 @@ fn an_h2c_upgrade_makes_the_request_stream_1() {
     server.extend(frame(SETTINGS, 0, 0, &[]));
     server.extend(frame(HEADERS, EH, 1, &hex(C51)));
     server.extend(frame(DATA, ES, 1, b"upgraded"));
-    send(&mut p, false, NO_FLAGS, &server);
-    let first: Vec<_> = p.exchanges().collect();
+    w.send(false, NO_FLAGS, &server);
+    let first: Vec<_> = w.p.exchanges().collect();
     assert_eq!(first.len(), 1, "the upgraded request, answered on stream 1");
     let resp = first[0].response.as_ref().unwrap();
     assert_eq!(
@@ -400,21 +406,16 @@ fn an_h2c_upgrade_makes_the_request_stream_1() {
     let mut client = PREFACE.to_vec();
     client.extend(frame(SETTINGS, 0, 0, &[]));
     client.extend(frame(HEADERS, EH | ES, 3, &hex(C31)));
-    send(&mut p, true, NO_FLAGS, &client);
-    send(
-        &mut p,
-        false,
-        NO_FLAGS,
-        &frame(HEADERS, EH | ES, 3, &hex(C52)),
-    );
-    let next: Vec<_> = p.exchanges().collect();
+    w.send(true, NO_FLAGS, &client);
+    w.send(false, NO_FLAGS, &frame(HEADERS, EH | ES, 3, &hex(C52)));
+    let next: Vec<_> = w.p.exchanges().collect();
     assert_eq!(next.len(), 1);
     assert_eq!(
         next[0].response.as_ref().and_then(Message::status),
         Some(307)
     );
     assert_eq!(next[0].request.version_str(), "HTTP/2");
-    assert_eq!(p.stats().http.protocol_switches, 1);
+    assert_eq!(w.p.stats().http.protocol_switches, 1);
 }
 
 /// A gap inside a DATA frame whose header came: that stream's message is reported damaged
