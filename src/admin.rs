@@ -202,7 +202,7 @@ fn encode(out: &mut Families<'_>, status: &dyn Status) -> fmt::Result {
 type VniCounter = (&'static str, &'static str, fn(&VniStats) -> u64);
 
 #[rustfmt::skip]
-const VNI_COUNTERS: [VniCounter; 21] = [
+const VNI_COUNTERS: [VniCounter; 22] = [
     ("mirror_vni_datagrams", "Datagrams of each mirror session.", |v| v.datagrams),
     ("mirror_vni_bytes", "Bytes of each mirror session's datagrams.", |v| v.bytes),
     ("mirror_vni_drops", "Datagrams of each mirror session that did not decode to a TCP segment.", |v| v.dropped),
@@ -224,6 +224,7 @@ const VNI_COUNTERS: [VniCounter; 21] = [
     ("mirror_vni_http2_streams", "HTTP/2 streams of each mirror session that carried a request.", |v| v.http.h2_streams),
     ("mirror_vni_http2_resets", "HTTP/2 streams of each mirror session ended by RST_STREAM.", |v| v.http.h2_resets),
     ("mirror_vni_http2_hpack_failures", "HTTP/2 header blocks of each mirror session that did not decode or were skipped.", |v| v.http.h2_hpack_failures),
+    ("mirror_vni_http2_dynamic_table_misses", "Header fields of each mirror session's HTTP/2 connections joined mid-way that named an entry from before the join.", |v| v.http.h2_dynamic_misses),
 ];
 
 /// The counters of each mirror session (VNI).

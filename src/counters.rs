@@ -203,6 +203,8 @@ counters! {
         Counter "mirror_http2_hpack_failures" => h2_hpack_failures, "HTTP/2 header blocks that did not decode, or were skipped after one did not (the dynamic table unknown); their streams are not reported.", |s| s.p.http.h2_hpack_failures;
         Counter "mirror_http2_framing_lost" => h2_framing_lost, "HTTP/2 directions whose framing was given up (a gap, an oversized frame, bytes that are not HTTP/2).", |s| s.p.http.h2_framing_lost;
         Counter "mirror_http2_streams_over_limit" => h2_streams_over_limit, "HTTP/2 streams past the per-connection limit of 1024 open, not reported.", |s| s.p.http.h2_streams_over_limit;
+        Counter "mirror_http2_dynamic_table_misses" => h2_dynamic_misses, "Header fields of HTTP/2 connections joined mid-way that named a dynamic-table entry from before the join (left out, never guessed).", |s| s.p.http.h2_dynamic_misses;
+        Counter "mirror_http2_streams_unreadable" => h2_streams_unreadable, "HTTP/2 streams whose request head lacked :method or :path that way: not reported.", |s| s.p.http.h2_streams_unreadable;
         Counter "mirror_records_too_large" => records_too_large, "Records larger than the sink takes, dropped.", |s| s.process.records_too_large;
         Counter "mirror_filter_passed" => filter_passed, "Exchanges the filters kept.", |s| s.p.filter.passed;
         Counter "mirror_sink_records" => records, "Records handed to the sink.", |s| SinkStats::get(&s.sink.records);

@@ -108,6 +108,11 @@ pub struct HttpStats {
     pub h2_framing_lost: u64,
     /// HTTP/2 streams past the per-connection limit, not reported.
     pub h2_streams_over_limit: u64,
+    /// Header fields of HTTP/2 connections joined mid-way that named a dynamic-table entry
+    /// from before the join: left out, never guessed.
+    pub h2_dynamic_misses: u64,
+    /// HTTP/2 streams whose request head lacked `:method` or `:path` that way: not reported.
+    pub h2_streams_unreadable: u64,
 }
 
 impl HttpStats {
@@ -147,6 +152,8 @@ impl HttpStats {
         self.h2_hpack_failures += o.h2_hpack_failures;
         self.h2_framing_lost += o.h2_framing_lost;
         self.h2_streams_over_limit += o.h2_streams_over_limit;
+        self.h2_dynamic_misses += o.h2_dynamic_misses;
+        self.h2_streams_unreadable += o.h2_streams_unreadable;
     }
 }
 

@@ -540,7 +540,9 @@ impl Session {
         probe.buf.extend_from_slice(bytes);
         // HTTP/2: the client's preface, or what may be the server's first frame.
         match h2::probe(&probe.buf) {
-            h2::Probed::Client => return self.start_h2(ctx, key, side),
+            h2::Probed::Client => return self.start_h2(ctx, key, side, false),
+            h2::Probed::Joined(true) => return self.start_h2(ctx, key, side, true),
+            h2::Probed::Joined(false) => return self.start_h2(ctx, key, side.other(), true),
             h2::Probed::Wait => return,
             h2::Probed::No => {}
         }

@@ -15,6 +15,7 @@
 //! table that may be wrong.
 
 pub mod grpc;
+pub mod joined;
 
 use crate::http::{Message, StartLine};
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ const DEFAULT_MAX_FRAME: u32 = 16_384;
 pub const MAX_FRAME_BUFFERED: u32 = 1 << 20;
 /// Largest header block (HEADERS and its CONTINUATIONs) buffered.
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Bytes a direction joined mid-connection buffers while it looks for frame boundaries.
+pub const JOIN_SEARCH: usize = 64 * 1024;
 /// Streams tracked at once; further ones are counted and not reported.
 pub const MAX_STREAMS: usize = 1024;
 
@@ -60,8 +63,14 @@ pub struct H2Stats {
     pub too_large: u64,
     /// Bytes that are not HTTP/2 where a frame or the preface must be: the direction is given up.
     pub protocol_errors: u64,
+    /// Streams whose request head lacked `:method` or `:path` (a miss of a connection joined
+    /// mid-way, or a malformed head): not reported.
+    pub streams_unreadable: u64,
     /// Streams beyond [`MAX_STREAMS`].
     pub streams_over_limit: u64,
+    /// Header fields of a connection joined mid-way that named a dynamic-table entry from
+    /// before the join: left out.
+    pub dynamic_misses: u64,
     /// Directions given up after a gap in the TCP stream.
     pub gaps: u64,
     /// Gaps inside a DATA frame: its message damaged, the framing kept.
@@ -95,6 +104,10 @@ struct Direction {
     hpack: loona_hpack::Decoder<'static>,
     /// The dynamic table is known (no block failed).
     hpack_ok: bool,
+    /// Joined mid-connection: HPACK without the table's older entries, and frame boundaries
+    /// still to be found (`synced`).
+    joined: Option<joined::Decoder>,
+    synced: bool,
     /// Largest frame payload this side may send: the other side's SETTINGS_MAX_FRAME_SIZE.
     max_frame: u32,
     block: Option<Block>,
@@ -112,6 +125,8 @@ impl Direction {
             preface: client,
             hpack: loona_hpack::Decoder::new(),
             hpack_ok: true,
+            joined: None,
+            synced: true,
             max_frame: DEFAULT_MAX_FRAME,
             block: None,
             skip: None,
@@ -152,6 +167,19 @@ impl Connection {
         }
     }
 
+    /// A connection joined mid-way (no preface seen): frame boundaries are found from the
+    /// bytes, and header blocks decoded without the dynamic table's entries from before
+    /// ([`joined`]); streams whose request head came before the join are not reported.
+    pub fn joined(max_body: usize) -> Connection {
+        let mut c = Connection::new(max_body);
+        for d in &mut c.dirs {
+            d.preface = false;
+            d.synced = false;
+            d.joined = Some(joined::Decoder::default());
+        }
+        c
+    }
+
     /// A connection upgraded from HTTP/1.1 (`Upgrade: h2c` answered by `101`): `request`, the
     /// request that asked for it, is stream 1, whose response comes as HTTP/2; the client's
     /// preface is still to come.
@@ -177,6 +205,19 @@ impl Connection {
         }
         let bytes = self.skip_rest_of_frame(d, bytes);
         self.dirs[d].buf.extend_from_slice(bytes);
+        if !self.dirs[d].synced {
+            match joined::sync(&self.dirs[d].buf) {
+                Some(at) => {
+                    self.dirs[d].buf.drain(..at);
+                    self.dirs[d].synced = true;
+                }
+                None if self.dirs[d].buf.len() > JOIN_SEARCH => {
+                    self.stats.protocol_errors += 1;
+                    return self.dirs[d].give_up();
+                }
+                None => return,
+            }
+        }
         if self.dirs[d].preface {
             let have = self.dirs[d].buf.len().min(PREFACE.len());
             if self.dirs[d].buf[..have] != PREFACE[..have] {
@@ -376,6 +417,13 @@ impl Connection {
                 self.start_block(d, stream, block, flags, true, ts);
             }
             CONTINUATION => {
+                if self.dirs[d].block.is_none()
+                    && let Some(j) = &mut self.dirs[d].joined
+                {
+                    // The rest of a block that began before the join.
+                    j.forget();
+                    return;
+                }
                 let Some(block) = self.dirs[d].block.as_mut().filter(|b| b.stream == stream) else {
                     self.stats.protocol_errors += 1;
                     return self.dirs[d].give_up();
@@ -454,7 +502,21 @@ impl Connection {
             return;
         }
         let mut fields = Fields::default();
-        if dir
+        if let Some(j) = &mut dir.joined {
+            match j.decode(&block.bytes) {
+                Ok(b) => {
+                    self.stats.dynamic_misses += b.misses;
+                    for (n, v) in &b.fields {
+                        fields.push(n, v);
+                    }
+                }
+                Err(joined::Malformed) => {
+                    j.forget();
+                    self.stats.hpack_failures += 1;
+                    return;
+                }
+            }
+        } else if dir
             .hpack
             .decode_with_cb(&block.bytes, |n, v| fields.push(&n, &v))
             .is_err()
@@ -484,9 +546,16 @@ impl Connection {
             // Trailers.
             Some(request) => append(request, &fields),
             None => {
+                // Joined mid-connection, the method or path may be an entry from before: the
+                // request cannot be reported without inventing it.
+                let (Some(method), Some(path)) = (fields.method.take(), fields.path.take()) else {
+                    self.stats.streams_unreadable += 1;
+                    self.streams.remove(&id);
+                    return;
+                };
                 let start = StartLine::Request {
-                    method: fields.method.take().unwrap_or_default().into(),
-                    target: fields.path.take().unwrap_or_default().into(),
+                    method: method.into(),
+                    target: path.into(),
                 };
                 let mut m = Message::new(start, 2, ts, None);
                 if let Some(authority) = fields.authority.take()

@@ -490,3 +490,103 @@ fn filters_and_redaction_apply_to_http2_exchanges() {
         Some(REDACTED)
     );
 }
+
+/// Joined mid-connection (the preface and the first requests before the capture): frames are
+/// found from a cut point in each direction; a request whose fields need no entry from before
+/// is reported, one whose `:path` is such an entry is counted and not reported, and the
+/// response to a request from before the join is dropped.
+#[test]
+fn joined_mid_connection_reports_what_needs_no_older_entry_and_invents_nothing() {
+    let mut c = Connection::joined(1 << 20);
+    // Client: the tail of a DATA frame, then stream 7 with :path as dynamic index 62 (from
+    // before the join), then stream 9 all static and literal (C.3.3 without its :authority
+    // reference, which would be a miss too but is not needed).
+    let mut client = vec![0xaa; 30];
+    client.extend(frame(HEADERS, EH | ES, 7, &[0x82, 0x86, 0xbe]));
+    let mut nine = vec![0x82, 0x87, 0x85];
+    nine.extend_from_slice(&hex(
+        "400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
+    ));
+    client.extend(frame(HEADERS, EH | ES, 9, &nine));
+    c.data(true, &client[..50], 10);
+    c.data(true, &client[50..], 11);
+    // Server: the answer to stream 5 (from before the join), then 7's and 9's.
+    let mut server = frame(HEADERS, EH | ES, 5, &[0x88]);
+    server.extend(frame(HEADERS, EH, 9, &[0x8d]));
+    server.extend(frame(DATA, ES, 9, b"nine"));
+    server.extend(frame(HEADERS, EH | ES, 7, &[0x88]));
+    c.data(false, &server, 12);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 1, "only stream 9 can be reported");
+    let (req, resp) = &pairs[0];
+    let StartLine::Request { method, target } = &req.start else {
+        panic!()
+    };
+    assert_eq!((method.as_str(), target.as_str()), ("GET", "/index.html"));
+    assert_eq!(fields(req), [("custom-key".into(), "custom-value".into())]);
+    let resp = resp.as_ref().unwrap();
+    assert_eq!(
+        (resp.status(), resp.body.as_slice()),
+        (Some(404), &b"nine"[..])
+    );
+    assert_eq!((c.stats.dynamic_misses, c.stats.streams_unreadable), (1, 1));
+    // The entry stream 9 added is known now: index 62 is custom-key.
+    c.data(
+        true,
+        &frame(HEADERS, EH | ES, 11, &[0x82, 0x86, 0x84, 0xbe]),
+        13,
+    );
+    c.data(false, &frame(HEADERS, EH | ES, 11, &[0x88]), 14);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(
+        fields(&pairs[0].0),
+        [("custom-key".into(), "custom-value".into())]
+    );
+    // A CONTINUATION of a block that began unseen: what the known entries are is lost.
+    c.data(
+        true,
+        &frame(CONTINUATION, EH, 13, &[0x40, 1, b'x', 1, b'y']),
+        15,
+    );
+    c.data(
+        true,
+        &frame(HEADERS, EH | ES, 15, &[0x82, 0x86, 0x84, 0xbe]),
+        16,
+    );
+    c.data(false, &frame(HEADERS, EH | ES, 15, &[0x88]), 17);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert!(
+        fields(&pairs[0].0).is_empty(),
+        "index 62 is no longer trusted"
+    );
+    assert_eq!(c.stats.dynamic_misses, 2);
+}
+
+/// The same through the pipeline: a connection whose capture begins mid-way is detected as
+/// HTTP/2 from its frames, on a port nobody assigned, and which side is the client from the
+/// first header block that tells.
+#[test]
+fn the_pipeline_detects_http2_joined_mid_connection() {
+    use crate::testkit::NO_FLAGS;
+    let mut w = Wire::new("10.0.0.1:40003", "10.0.0.2:9443");
+    // The server speaks first in the capture: a WINDOW_UPDATE, a PING ack, then an answer to
+    // a stream from before.
+    let mut server = frame(8, 0, 0, &[0, 0, 1, 0]);
+    server.extend(frame(6, ACK, 0, &[0; 8]));
+    server.extend(frame(HEADERS, EH | ES, 3, &[0x88]));
+    w.send(false, NO_FLAGS, &server);
+    let mut client = frame(8, 0, 0, &[0, 0, 1, 0]);
+    client.extend(frame(
+        HEADERS,
+        EH | ES,
+        5,
+        &[0x82, 0x86, 0x84, 0x41, 3, b'a', b'p', b'i'],
+    ));
+    w.send(true, NO_FLAGS, &client);
+    w.send(false, NO_FLAGS, &frame(HEADERS, EH | ES, 5, &[0x89]));
+    let ex: Vec<_> = w.p.exchanges().collect();
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].request.header("host"), Some("api"));
+    assert_eq!(ex[0].response.as_ref().and_then(Message::status), Some(204));
+    assert_eq!(ex[0].client, crate::testkit::addr("10.0.0.1:40003"));
+}

@@ -24,6 +24,8 @@ pub(super) struct H2 {
 pub(super) enum Probed {
     /// The client's preface: this side is the client.
     Client,
+    /// HTTP/2 frames of a connection joined mid-way, sent by the client (true) or the server.
+    Joined(bool),
     /// A prefix of the preface, or what may be a server's first SETTINGS frame: wait.
     Wait,
     /// Not HTTP/2's start.
@@ -38,6 +40,11 @@ pub(super) fn probe(buf: &[u8]) -> Probed {
     if PREFACE.starts_with(buf) {
         return Probed::Wait;
     }
+    match crate::http2::joined::probe(buf) {
+        Some(Some(client)) => return Probed::Joined(client),
+        Some(None) if buf.len() <= crate::http2::JOIN_SEARCH => return Probed::Wait,
+        _ => {}
+    }
     // A SETTINGS frame (type 4, no flags but ACK, stream 0, a whole number of settings).
     let settings = buf.len() >= 9
         && buf[3] == 4
@@ -49,11 +56,23 @@ pub(super) fn probe(buf: &[u8]) -> Probed {
 }
 
 impl Session {
-    /// `client` sent the preface: both sides' probed bytes go to a new HTTP/2 connection.
-    pub(super) fn start_h2(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side) {
+    /// `client` sent the preface (or, `joined`, HTTP/2 frames show the connection was joined
+    /// mid-way): both sides' probed bytes go to a new HTTP/2 connection.
+    pub(super) fn start_h2(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        joined: bool,
+    ) {
+        let conn = if joined {
+            Connection::joined(ctx.cfg.max_body_bytes)
+        } else {
+            Connection::new(ctx.cfg.max_body_bytes)
+        };
         let mut h2 = Box::new(H2 {
             client,
-            conn: Connection::new(ctx.cfg.max_body_bytes),
+            conn,
             counted: H2Stats::default(),
         });
         if let Some(probes) = self.probes.take() {
@@ -160,6 +179,8 @@ impl H2 {
                 s.h2_framing_lost += (now.too_large + now.protocol_errors + now.gaps)
                     - (was.too_large + was.protocol_errors + was.gaps);
                 s.h2_streams_over_limit += now.streams_over_limit - was.streams_over_limit;
+                s.h2_dynamic_misses += now.dynamic_misses - was.dynamic_misses;
+                s.h2_streams_unreadable += now.streams_unreadable - was.streams_unreadable;
             });
         }
     }
