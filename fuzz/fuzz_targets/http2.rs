@@ -1,4 +1,5 @@
-//! Arbitrary bytes as both directions of an HTTP/2 connection (after the client's preface),
+//! Arbitrary bytes as both directions of an HTTP/2 connection (after the client's preface, or
+//! joined mid-way),
 //! split into pieces the input chooses, some of them lost (gaps): no panic, bounded buffering, and every pair reported
 //! holds a request with a method or path only where a header block decoded.
 #![no_main]
@@ -11,8 +12,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cut = usize::from(cut % 61) + 1;
-    let mut c = Connection::new(4096);
-    c.data(true, PREFACE, 0);
+    // Half the inputs as a connection joined mid-way (frames found from the bytes, HPACK
+    // without the older table entries), half from the preface.
+    let mut c = if cut % 2 == 0 {
+        Connection::joined(4096)
+    } else {
+        let mut c = Connection::new(4096);
+        c.data(true, PREFACE, 0);
+        c
+    };
     // Even pieces from the client, odd ones from the server.
     for (i, piece) in rest.chunks(cut).enumerate() {
         // A piece that starts with 0xff is lost instead: a gap of its length.

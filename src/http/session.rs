@@ -538,8 +538,10 @@ impl Session {
             probe.meta = Some(meta);
         }
         probe.buf.extend_from_slice(bytes);
-        // HTTP/2: the client's preface, or what may be the server's first frame.
-        match h2::probe(&probe.buf) {
+        // HTTP/2: the client's preface, what may be the server's first frame, or (on a stream
+        // joined mid-way or after a gap) HTTP/2 frames.
+        let joined = self.probe_midstream[side.index()] || self.probe_gaps[side.index()];
+        match h2::probe(&probe.buf, joined) {
             h2::Probed::Client => return self.start_h2(ctx, key, side, false),
             h2::Probed::Joined(true) => return self.start_h2(ctx, key, side, true),
             h2::Probed::Joined(false) => return self.start_h2(ctx, key, side.other(), true),

@@ -268,6 +268,10 @@ pub fn sync(buf: &[u8]) -> Option<usize> {
         .len()
         .min(super::DEFAULT_MAX_FRAME as usize + super::FRAME_HEADER);
     (0..limit).find(|&start| {
+        // A frame of at most 16 KiB begins with a zero byte: most offsets end here.
+        if buf[start] != 0 || buf.get(start + 1).is_some_and(|&b| b > 0x40) {
+            return false;
+        }
         let (mut at, mut whole) = (start, 0);
         loop {
             let Some(head) = buf.get(at..at + super::FRAME_HEADER) else {

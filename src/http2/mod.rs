@@ -270,6 +270,11 @@ impl Connection {
         if dir.lost {
             return;
         }
+        if !dir.synced {
+            // Still looking for frame boundaries (joined mid-way): look again after the gap.
+            dir.buf.clear();
+            return;
+        }
         if let Some((stream, end, left)) = dir.skip {
             if let Some(left) = (left as u64).checked_sub(len) {
                 dir.skip = Some((stream, end, left as usize));
@@ -281,7 +286,8 @@ impl Connection {
             let total = FRAME_HEADER + u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
             let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
             let end = b[4] & END_STREAM != 0;
-            if let Some(left) = ((total - b.len()) as u64).checked_sub(len) {
+            let rest = total.checked_sub(b.len()).map(|r| r as u64);
+            if let Some(left) = rest.and_then(|r| r.checked_sub(len)) {
                 // What came of the payload before the gap (its padding length byte aside).
                 let skip = 1 + usize::from(b[4] & PADDED != 0);
                 let seen = b

@@ -299,6 +299,16 @@ impl Wire {
         w
     }
 
+    /// The same connection, its capture begun after the handshake.
+    fn joined(client: &str, server: &str) -> Wire {
+        use crate::testkit::{Peers, addr};
+        Wire {
+            p: crate::pipeline::Pipeline::new(&Default::default()),
+            peers: Peers::new(addr(client), addr(server)),
+            now: 1_000_000,
+        }
+    }
+
     fn send(&mut self, from_client: bool, flags: crate::wire::TcpFlags, data: &[u8]) {
         let seg = self.peers.seg(from_client, flags, data);
         self.now += 10;
@@ -562,13 +572,15 @@ fn joined_mid_connection_reports_what_needs_no_older_entry_and_invents_nothing()
     assert_eq!(c.stats.dynamic_misses, 2);
 }
 
-/// The same through the pipeline: a connection whose capture begins mid-way is detected as
-/// HTTP/2 from its frames, on a port nobody assigned, and which side is the client from the
-/// first header block that tells.
+/// The same through the pipeline: a connection whose capture begins mid-way (no handshake
+/// seen) is detected as HTTP/2 from its frames, on a port nobody assigned, and which side is
+/// the client from the first header block that tells. (Seen from its handshake, a connection
+/// without the preface is not HTTP/2: frames are looked for only in streams joined mid-way or
+/// after a gap.)
 #[test]
 fn the_pipeline_detects_http2_joined_mid_connection() {
     use crate::testkit::NO_FLAGS;
-    let mut w = Wire::new("10.0.0.1:40003", "10.0.0.2:9443");
+    let mut w = Wire::joined("10.0.0.1:40003", "10.0.0.2:9443");
     // The server speaks first in the capture: a WINDOW_UPDATE, a PING ack, then an answer to
     // a stream from before.
     let mut server = frame(8, 0, 0, &[0, 0, 1, 0]);
@@ -589,4 +601,19 @@ fn the_pipeline_detects_http2_joined_mid_connection() {
     assert_eq!(ex[0].request.header("host"), Some("api"));
     assert_eq!(ex[0].response.as_ref().and_then(Message::status), Some(204));
     assert_eq!(ex[0].client, crate::testkit::addr("10.0.0.1:40003"));
+}
+
+/// Found by the fuzz target: a gap while a joined direction still looks for frame boundaries
+/// (its buffer is not a frame) looks again after it, and does not take the buffer for one.
+#[test]
+fn a_gap_before_the_frames_are_found_only_restarts_the_search() {
+    let mut c = Connection::joined(4096);
+    c.data(true, &[0x00, 0x00, 0x01, 0x00, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff], 1);
+    c.gap(true, 3);
+    c.data(true, &frame(8, 0, 0, &[0, 0, 1, 0]), 2);
+    c.data(true, &frame(HEADERS, EH | ES, 1, &[0x82, 0x86, 0x84, 0x41, 1, b'h']), 3);
+    c.data(false, &frame(8, 0, 0, &[0, 0, 1, 0]), 4);
+    c.data(false, &frame(HEADERS, EH | ES, 1, &[0x88]), 5);
+    assert_eq!(c.pairs().count(), 1);
+    assert_eq!(c.stats.gaps, 0);
 }

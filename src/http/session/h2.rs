@@ -32,15 +32,21 @@ pub(super) enum Probed {
     No,
 }
 
-/// Reads a side's probed bytes for the start of HTTP/2.
-pub(super) fn probe(buf: &[u8]) -> Probed {
+/// Reads a side's probed bytes for the start of HTTP/2; for frames of a connection joined
+/// mid-way only when the side's stream began mid-way or had a gap (`joined`).
+pub(super) fn probe(buf: &[u8], joined: bool) -> Probed {
     if buf.starts_with(PREFACE) {
         return Probed::Client;
     }
     if PREFACE.starts_with(buf) {
         return Probed::Wait;
     }
-    match crate::http2::joined::probe(buf) {
+    let frames = if joined {
+        crate::http2::joined::probe(buf)
+    } else {
+        None
+    };
+    match frames {
         Some(Some(client)) => return Probed::Joined(client),
         Some(None) if buf.len() <= crate::http2::JOIN_SEARCH => return Probed::Wait,
         _ => {}
