@@ -201,7 +201,7 @@ counters! {
         Counter "mirror_http2_streams" => h2_streams, "HTTP/2 streams that carried a request.", |s| s.p.http.h2_streams;
         Counter "mirror_http2_resets" => h2_resets, "HTTP/2 streams ended by RST_STREAM (their requests reported, answered or not).", |s| s.p.http.h2_resets;
         Counter "mirror_http2_hpack_failures" => h2_hpack_failures, "HTTP/2 header blocks that did not decode, or were skipped after one did not (the dynamic table unknown); their streams are not reported.", |s| s.p.http.h2_hpack_failures;
-        Counter "mirror_http2_framing_lost" => h2_framing_lost, "HTTP/2 directions whose framing was given up (a gap, an oversized frame, bytes that are not HTTP/2).", |s| s.p.http.h2_framing_lost;
+        Counter "mirror_http2_framing_lost" => h2_framing_lost, "HTTP/2 framing lost: gaps that may have taken whole frames (the frames found again after them, header blocks then decoded as for a connection joined mid-way), oversized frames and bytes that are not HTTP/2 (the direction given up).", |s| s.p.http.h2_framing_lost;
         Counter "mirror_http2_streams_over_limit" => h2_streams_over_limit, "HTTP/2 streams past the per-connection limit of 1024 open, not reported.", |s| s.p.http.h2_streams_over_limit;
         Counter "mirror_http2_dynamic_table_misses" => h2_dynamic_misses, "Header fields of HTTP/2 connections joined mid-way that named a dynamic-table entry from before the join (left out, never guessed).", |s| s.p.http.h2_dynamic_misses;
         Counter "mirror_http2_streams_unreadable" => h2_streams_unreadable, "HTTP/2 streams whose request head lacked :method or :path that way: not reported.", |s| s.p.http.h2_streams_unreadable;

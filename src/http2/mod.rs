@@ -71,7 +71,7 @@ pub struct H2Stats {
     /// Header fields of a connection joined mid-way that named a dynamic-table entry from
     /// before the join: left out.
     pub dynamic_misses: u64,
-    /// Directions given up after a gap in the TCP stream.
+    /// Gaps that may have taken whole frames: the direction's frames found again after them.
     pub gaps: u64,
     /// Gaps inside a DATA frame: its message damaged, the framing kept.
     pub data_gaps: u64,
@@ -263,7 +263,8 @@ impl Connection {
     /// `len` bytes of the client's (or the server's) stream were never seen. Inside a DATA
     /// frame whose header came, the frame's end is known: its stream's message is marked
     /// damaged (the body keeps what came before the gap) and the framing goes on. Anywhere
-    /// else whole frames may be lost, HEADERS among them: the direction is given up.
+    /// else whole frames may be lost, HEADERS among them: the direction's open messages are
+    /// marked damaged, and its frames are found again as in a connection joined mid-way.
     pub fn gap(&mut self, from_client: bool, len: u64) {
         let d = usize::from(!from_client);
         let dir = &mut self.dirs[d];
@@ -301,8 +302,25 @@ impl Connection {
                 return;
             }
         }
+        // Whole frames may be lost, header blocks among them: the frames are looked for again
+        // from the bytes after the gap, and header blocks decoded from then on as in a
+        // connection joined mid-way. The direction's open messages may have lost bytes in it.
         self.stats.gaps += 1;
-        self.dirs[d].give_up();
+        let dir = &mut self.dirs[d];
+        dir.buf.clear();
+        dir.block = None;
+        dir.synced = false;
+        dir.joined = Some(joined::Decoder::default());
+        for s in self.streams.values_mut() {
+            let (m, done) = if d == 0 {
+                (&mut s.request, s.request_done)
+            } else {
+                (&mut s.response, s.response_done)
+            };
+            if let Some(m) = m.as_mut().filter(|_| !done) {
+                m.missing += len;
+            }
+        }
     }
 
     /// Marks the message of `stream` that direction `d` sends as missing `len` bytes.
@@ -610,7 +628,8 @@ impl Connection {
         } else {
             (s.response.as_mut(), &mut s.response_done)
         };
-        if let Some(m) = message {
+        // After a gap the body stays what came before it, as for HTTP/1.
+        if let Some(m) = message.filter(|m| m.missing == 0) {
             let room = max.saturating_sub(m.body.len());
             m.body.extend_from_slice(&data[..data.len().min(room)]);
             m.body_truncated |= data.len() > room;

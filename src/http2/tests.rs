@@ -608,12 +608,57 @@ fn the_pipeline_detects_http2_joined_mid_connection() {
 #[test]
 fn a_gap_before_the_frames_are_found_only_restarts_the_search() {
     let mut c = Connection::joined(4096);
-    c.data(true, &[0x00, 0x00, 0x01, 0x00, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff], 1);
+    c.data(
+        true,
+        &[
+            0x00, 0x00, 0x01, 0x00, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+        1,
+    );
     c.gap(true, 3);
     c.data(true, &frame(8, 0, 0, &[0, 0, 1, 0]), 2);
-    c.data(true, &frame(HEADERS, EH | ES, 1, &[0x82, 0x86, 0x84, 0x41, 1, b'h']), 3);
+    c.data(
+        true,
+        &frame(HEADERS, EH | ES, 1, &[0x82, 0x86, 0x84, 0x41, 1, b'h']),
+        3,
+    );
     c.data(false, &frame(8, 0, 0, &[0, 0, 1, 0]), 4);
     c.data(false, &frame(HEADERS, EH | ES, 1, &[0x88]), 5);
     assert_eq!(c.pairs().count(), 1);
     assert_eq!(c.stats.gaps, 0);
+}
+
+/// A gap between frames: the direction's open message is flagged, its frames are found again
+/// after the gap, and later streams are reported (header blocks decoded as joined mid-way).
+#[test]
+fn after_a_gap_between_frames_the_frames_are_found_again() {
+    let mut c = Connection::new(1 << 20);
+    open(&mut c);
+    c.data(true, &frame(HEADERS, EH | ES, 1, &hex(C31)), 10);
+    c.data(false, &frame(HEADERS, EH, 1, &hex(C51)), 11);
+    c.data(false, &frame(DATA, 0, 1, b"part one"), 12);
+    // Lost: the rest of stream 1's body and whatever else the server sent.
+    c.gap(false, 500);
+    // The server's bytes resume mid-frame.
+    let mut server = vec![0x55; 17];
+    server.extend(frame(8, 0, 0, &[0, 0, 1, 0]));
+    server.extend(frame(DATA, ES, 1, b" and the end"));
+    c.data(
+        true,
+        &frame(HEADERS, EH | ES, 3, &[0x82, 0x86, 0x84, 0x41, 1, b'h']),
+        13,
+    );
+    server.extend(frame(HEADERS, EH | ES, 3, &[0x89]));
+    c.data(false, &server, 14);
+    let pairs: Vec<Pair> = c.pairs().collect();
+    assert_eq!(pairs.len(), 2);
+    let r1 = pairs[0].1.as_ref().unwrap();
+    assert_eq!(
+        (r1.status(), r1.missing),
+        (Some(302), 500),
+        "stream 1 flagged"
+    );
+    assert_eq!(r1.body, b"part one", "the body is what came before the gap");
+    assert_eq!(pairs[1].1.as_ref().and_then(Message::status), Some(204));
+    assert_eq!((c.stats.gaps, c.stats.protocol_errors), (1, 0));
 }
