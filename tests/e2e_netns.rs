@@ -2550,6 +2550,8 @@ fn mirrored_http2_streams_match_access_log() {
     std::fs::write(www.join("page.txt"), &page).unwrap();
     let data_json = serde_json::to_string_pretty(&json_doc("h2", 30)).unwrap();
     std::fs::write(www.join("data.json"), &data_json).unwrap();
+    let big_txt = text(300_000, 9);
+    std::fs::write(www.join("big.txt"), &big_txt).unwrap();
     write_nginx_conf(&d);
     let records_path = d.join("records.jsonl");
     // The underlay, for tshark's http2 dissector as a second oracle.
@@ -2602,6 +2604,46 @@ fn mirrored_http2_streams_match_access_log() {
         &net.client,
         &["--http2-prior-knowledge", &h2("/missing?case=404")],
     );
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &["--http2-prior-knowledge", &h2("/nocontent?case=204")],
+    );
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "if-modified-since: Fri, 01 Jan 2100 00:00:00 GMT",
+            &h2("/static/page.txt?case=304"),
+        ],
+    );
+    // gzip (nginx compresses the JSON), and a body of many DATA frames and window updates.
+    let gz = curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &[
+            "--http2-prior-knowledge",
+            "--compressed",
+            &h2("/static/data.json?case=gzip"),
+        ],
+    );
+    if gz.stdout != data_json {
+        failures.push("curl --compressed did not get the JSON".into());
+    }
+    let big = curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &["--http2-prior-knowledge", &h2("/static/big.txt?case=big")],
+    );
+    if big.stdout != big_txt {
+        failures.push(format!("curl got {} bytes of big.txt", big.stdout.len()));
+    }
     let streams = run(
         lab.exec(&net.client, &nghttp).args([
             "-n",
@@ -2644,8 +2686,8 @@ fn mirrored_http2_streams_match_access_log() {
     let log = access_log(&d);
     let logged = logged_exchanges(&log);
     let n_logged: usize = logged.values().sum();
-    if n_logged != 3 + 20 + 400 {
-        failures.push(format!("nginx logged {n_logged} client requests, not 423"));
+    if n_logged != 7 + 20 + 400 {
+        failures.push(format!("nginx logged {n_logged} client requests, not 427"));
     }
     let records = read_records(&records_path, &mut failures);
     compare_with_log("HTTP/2", &logged, &records, &mut failures);
@@ -2669,6 +2711,30 @@ fn mirrored_http2_streams_match_access_log() {
             }
         }
         other => failures.push(format!("curl's page: {other:?}")),
+    }
+    match by_path("/static/data.json?case=gzip") {
+        Some(r)
+            if field(r, "responsePayload") == data_json
+                && headers(r, "responseHeaders")
+                    .get("content-encoding")
+                    .map(String::as_str)
+                    == Some("gzip") => {}
+        other => failures.push(format!("the gzip record: {other:.300?}")),
+    }
+    match by_path("/static/big.txt?case=big") {
+        Some(r) if field(r, "responsePayload") == big_txt => {}
+        other => failures.push(format!(
+            "big.txt's record: {:?}",
+            other.map(|r| field(r, "responsePayload").len())
+        )),
+    }
+    for (path, status) in [
+        ("/nocontent?case=204", "204"),
+        ("/static/page.txt?case=304", "304"),
+    ] {
+        if by_path(path).map(|r| field(r, "statusCode")) != Some(status) {
+            failures.push(format!("{path}: want {status}: {:?}", by_path(path)));
+        }
     }
     match by_path("/api/orders?case=post") {
         Some(r)
