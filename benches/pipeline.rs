@@ -520,12 +520,11 @@ fn pipeline(c: &mut Criterion, caps: &[Capture]) {
 
 /// Both directions of an HTTP/2 connection of `streams` requests, each answered.
 fn h2_connection(streams: u32) -> (Vec<u8>, Vec<u8>) {
-    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-    }
+    let frame = |out: &mut Vec<u8>, kind, flags, stream, payload: &[u8]| {
+        out.extend(mirror_receiver::testkit::h2_frame(
+            kind, flags, stream, payload,
+        ));
+    };
     let (mut to_server, mut to_client) = (mirror_receiver::http2::PREFACE.to_vec(), Vec::new());
     frame(&mut to_server, 4, 0, 0, &[]);
     frame(&mut to_client, 4, 0, 0, &[]);

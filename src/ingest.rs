@@ -479,13 +479,18 @@ impl<'a> Inlet<'a> {
     fn serve_inbox(&mut self, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) -> usize {
         let mut served = 0;
         while let Ok(batch) = self.link.inbox.try_recv() {
-            for datagram in batch.iter() {
-                take(datagram, &Datagram::decode(datagram));
-            }
-            self.pool.give(batch);
+            self.take_batch(batch, take);
             served += 1;
         }
         served
+    }
+
+    /// Gives each datagram of a handed-off batch to `take`, and the batch back to the pool.
+    fn take_batch(&self, batch: Batch, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) {
+        for datagram in batch.iter() {
+            take(datagram, &Datagram::decode(datagram));
+        }
+        self.pool.give(batch);
     }
 
     /// At shutdown, once this worker stopped receiving: hands on what it packed, lets go of the
@@ -496,12 +501,7 @@ impl<'a> Inlet<'a> {
         self.link.outboxes.clear();
         loop {
             match self.link.inbox.try_recv() {
-                Ok(batch) => {
-                    for datagram in batch.iter() {
-                        take(datagram, &Datagram::decode(datagram));
-                    }
-                    self.pool.give(batch);
-                }
+                Ok(batch) => self.take_batch(batch, take),
                 Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(1)),
                 Err(TryRecvError::Disconnected) => break,
             }

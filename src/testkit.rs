@@ -230,6 +230,30 @@ pub fn shaped_frame(seg: &TcpSegment<'_>, shape: Shape) -> Vec<u8> {
     f
 }
 
+/// An HTTP/2 frame: type, flags, stream, payload (RFC 9113 section 4.1).
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("a frame payload under 16 MiB")
+        .to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Bytes written in hexadecimal, whitespace ignored (RFC examples as they print them). Panics
+/// on anything else.
+pub fn hex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap_or_default();
+            u8::from_str_radix(pair, 16).unwrap_or_else(|_| panic!("not hex: {pair:?}"))
+        })
+        .collect()
+}
+
 /// The VXLAN header of `vni` (I flag set).
 pub fn vxlan_header(vni: u32) -> [u8; 8] {
     let v = vni.to_be_bytes();

@@ -2864,13 +2864,6 @@ fn grpc_messages(payload: &str) -> Result<Vec<(u8, Vec<u8>)>, String> {
     Ok(out)
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// gRPC through the kernel's VXLAN between a Python grpcio client and server (unary, unary
 /// with gzip-compressed messages, server streaming, client streaming, an error status): each
 /// call is one record whose payloads base64-decode to the messages sent, uncompressed, with
@@ -2932,7 +2925,7 @@ fn mirrored_grpc_calls_are_records_with_their_messages() {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .map(unhex)
+            .map(mirror_receiver::testkit::hex)
             .collect()
     };
     for call in &calls {

@@ -24,9 +24,8 @@ use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Sender, bounded};
-use sink_thread::RecordsOut;
 use sink_thread::{
-    RECORD_BATCH_BYTES, RECORD_QUEUE_BATCHES, RECORDS_PER_BATCH, open_sink, sink_loop,
+    RECORD_BATCH_BYTES, RECORD_QUEUE_BATCHES, RECORDS_PER_BATCH, RecordsOut, open_sink, sink_loop,
 };
 use status::{DaemonStatus, log_daemon_summary};
 use std::net::UdpSocket;

@@ -103,8 +103,9 @@ pub struct HttpStats {
     /// HTTP/2 header blocks that did not decode, or were skipped after one did not (the
     /// dynamic table unknown): their streams are not reported.
     pub h2_hpack_failures: u64,
-    /// HTTP/2 directions whose framing was given up (a gap, an oversized frame, bytes that
-    /// are not HTTP/2): their open streams are reported as they stand at the close.
+    /// HTTP/2 framing lost: gaps that may have taken whole frames (the frames are found again
+    /// after them), and oversized frames or bytes that are not HTTP/2 (the direction is given
+    /// up; its open streams are reported as they stand at the close).
     pub h2_framing_lost: u64,
     /// HTTP/2 streams past the per-connection limit, not reported.
     pub h2_streams_over_limit: u64,

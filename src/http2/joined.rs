@@ -230,9 +230,10 @@ fn string(buf: &[u8]) -> Result<(Vec<u8>, &[u8]), Malformed> {
     Ok((s, &rest[len..]))
 }
 
-/// Types and their rules, for telling frames from other bytes: the stream a frame of the type
-/// must be on (`Some(true)`: stream 0; `Some(false)`: not 0), and its fixed length if any.
-fn plausible(head: &[u8]) -> Option<usize> {
+/// The payload length of the frame whose 9-byte header is `head`, if it follows its type's
+/// rules (the stream it must be on, the flags it may carry, a fixed or bounded length, at most
+/// the default maximum frame size): for telling frames from other bytes. `None` otherwise.
+pub fn plausible(head: &[u8]) -> Option<usize> {
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
     let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
     let flags = head[4];
@@ -333,6 +334,7 @@ pub fn probe(buf: &[u8]) -> Option<Option<bool>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::hex;
 
     /// The static table agrees with loona-hpack's.
     #[test]
@@ -353,13 +355,6 @@ mod tests {
     /// `:authority` entry (a miss) but the third adds its own and everything else is static.
     #[test]
     fn joined_after_the_first_request_decodes_what_needs_no_older_entry() {
-        let hex = |s: &str| -> Vec<u8> {
-            let s: String = s.split_whitespace().collect();
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect()
-        };
         let mut d = Decoder::default();
         // C.3.2: :method GET, :scheme http, :path /, :authority (dynamic 62: a miss),
         // cache-control no-cache (added: known from now on).
@@ -405,13 +400,7 @@ mod tests {
 
     #[test]
     fn frames_are_found_from_any_point() {
-        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-            f.extend_from_slice(&[kind, flags]);
-            f.extend_from_slice(&stream.to_be_bytes());
-            f.extend_from_slice(payload);
-            f
-        };
+        use crate::testkit::h2_frame as frame;
         let mut bytes = b"tail of a frame before".to_vec();
         let at = bytes.len();
         bytes.extend(frame(0, 0, 3, &[7; 100]));

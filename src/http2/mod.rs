@@ -2,17 +2,17 @@
 //! per direction with its dynamic table, and each stream's request and response assembled into
 //! one [`Exchange`]-shaped pair. Pure: bytes and `ts` in, pairs out; no IO, no clock.
 //!
-//! The first part of issue 17: a connection that starts with
-//! the client preface, followed from its first byte (the session hands such a connection over,
-//! see `http::session::h2`). Bodies are decoded by their Content-Encoding; gRPC bodies become
-//! what Akto's consumer reads ([`grpc`]). What it does not do yet: `Upgrade: h2c`, joining
-//! mid-connection, finding frame boundaries again after a gap (a gap ends the direction: its
-//! streams are reported as they stand).
+//! The session hands a connection over (see `http::session::h2`) when its client sent the
+//! preface ([`Connection::new`]), when it upgraded by `Upgrade: h2c` ([`Connection::upgraded`]),
+//! or when its frames show it was joined mid-way ([`Connection::joined`]). Bodies are decoded by
+//! their Content-Encoding; gRPC bodies become what Akto's consumer reads ([`grpc`]). A gap inside
+//! a DATA frame damages that stream only; a gap between frames makes the direction find its
+//! frames again and decode its header blocks as if joined mid-way.
 //!
 //! HPACK is loona-hpack's decoder (the maintained fork of hpack-rs; see the commit for the
-//! candidates). A header block that fails to decode leaves the direction's dynamic table
-//! unknown: every later block of that direction is counted and skipped, never decoded against a
-//! table that may be wrong.
+//! candidates); joined mid-way, [`joined`]'s decoder, which knows no entry from before. A header
+//! block that fails to decode leaves the direction's dynamic table unknown: every later block of
+//! that direction is counted and skipped, never decoded against a table that may be wrong.
 
 pub mod grpc;
 pub mod joined;
@@ -30,7 +30,9 @@ const DEFAULT_MAX_FRAME: u32 = 16_384;
 pub const MAX_FRAME_BUFFERED: u32 = 1 << 20;
 /// Largest header block (HEADERS and its CONTINUATIONs) buffered.
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
-/// Bytes a direction joined mid-connection buffers while it looks for frame boundaries.
+/// Bytes a direction buffers while it is not yet framed: joined mid-connection and looking for
+/// frame boundaries, or (in the session) a server's first frame waiting for the client's
+/// preface.
 pub const JOIN_SEARCH: usize = 64 * 1024;
 /// Streams tracked at once; further ones are counted and not reported.
 pub const MAX_STREAMS: usize = 1024;
@@ -49,7 +51,7 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
 /// Counters of HTTP/2 connections.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct H2Stats {
     pub frames: u64,
     /// Streams that carried a request.
@@ -114,7 +116,8 @@ struct Direction {
     /// The rest of a DATA frame a gap fell into: its stream, whether it ends the stream, and
     /// the bytes still to come (discarded: the body holds what came before the gap).
     skip: Option<(u32, bool, usize)>,
-    /// The framing was lost (gap, oversized frame, protocol error): nothing more is read.
+    /// The framing was given up (an oversized frame, bytes that are not HTTP/2): nothing more
+    /// is read.
     lost: bool,
 }
 
@@ -145,7 +148,7 @@ impl Direction {
 /// A request and its response (`None` when none came), as [`crate::http::Exchange`] holds them.
 pub type Pair = (Message, Option<Message>);
 
-/// An HTTP/2 connection followed from its first byte.
+/// An HTTP/2 connection: both directions' framing and HPACK state, and its open streams.
 pub struct Connection {
     /// Client, then server.
     dirs: [Direction; 2],
@@ -583,7 +586,7 @@ impl Connection {
                 };
                 let mut m = Message::new(start, 2, ts, None);
                 if let Some(authority) = fields.authority.take()
-                    && !fields.regular.iter().any(|(n, _)| n == "host")
+                    && fields.regular.values("host").next().is_none()
                 {
                     m.headers.push("host", &authority);
                 }
@@ -682,27 +685,27 @@ struct Fields {
     path: Option<String>,
     authority: Option<String>,
     status: Option<u16>,
-    regular: Vec<(String, String)>,
+    regular: crate::http::Headers,
 }
 
 impl Fields {
     fn push(&mut self, name: &[u8], value: &[u8]) {
-        let value = String::from_utf8_lossy(value).into_owned();
+        let text = || String::from_utf8_lossy(value).into_owned();
         match name {
-            b":method" => self.method = Some(value),
-            b":path" => self.path = Some(value),
-            b":authority" => self.authority = Some(value),
-            b":status" => self.status = value.parse().ok(),
+            b":method" => self.method = Some(text()),
+            b":path" => self.path = Some(text()),
+            b":authority" => self.authority = Some(text()),
+            b":status" => {
+                self.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            }
             _ if name.first() == Some(&b':') => {}
-            _ => self
-                .regular
-                .push((String::from_utf8_lossy(name).into_owned(), value)),
+            _ => self.regular.push_raw(name, value),
         }
     }
 }
 
 fn append(m: &mut Message, fields: &Fields) {
-    for (n, v) in &fields.regular {
+    for (n, v) in fields.regular.iter() {
         m.headers.push(n, v);
     }
 }

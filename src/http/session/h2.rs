@@ -5,12 +5,7 @@
 use super::{Probe, Session, count_body, emit};
 use crate::flow::{FlowKey, Side, StreamEvent};
 use crate::http::{HttpCtx, Message};
-use crate::http2::{Connection, H2Stats, PREFACE};
-
-/// Bytes a side may hold while it looks like the start of an HTTP/2 server's stream (its
-/// SETTINGS frame, sent before or after the client's preface arrives) and the client side is
-/// not known yet.
-const MAX_SERVER_PROBE: usize = 64 * 1024;
+use crate::http2::{Connection, H2Stats, PREFACE, joined};
 
 /// The HTTP/2 state of a session.
 pub(super) struct H2 {
@@ -33,16 +28,16 @@ pub(super) enum Probed {
 }
 
 /// Reads a side's probed bytes for the start of HTTP/2; for frames of a connection joined
-/// mid-way only when the side's stream began mid-way or had a gap (`joined`).
-pub(super) fn probe(buf: &[u8], joined: bool) -> Probed {
+/// mid-way only when the side's stream began mid-way or had a gap (`joined_midway`).
+pub(super) fn probe(buf: &[u8], joined_midway: bool) -> Probed {
     if buf.starts_with(PREFACE) {
         return Probed::Client;
     }
     if PREFACE.starts_with(buf) {
         return Probed::Wait;
     }
-    let frames = if joined {
-        crate::http2::joined::probe(buf)
+    let frames = if joined_midway {
+        joined::probe(buf)
     } else {
         None
     };
@@ -51,13 +46,11 @@ pub(super) fn probe(buf: &[u8], joined: bool) -> Probed {
         Some(None) if buf.len() <= crate::http2::JOIN_SEARCH => return Probed::Wait,
         _ => {}
     }
-    // A SETTINGS frame (type 4, no flags but ACK, stream 0, a whole number of settings).
-    let settings = buf.len() >= 9
-        && buf[3] == 4
-        && buf[4] & !1 == 0
-        && buf[5..9] == [0, 0, 0, 0]
-        && u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) % 6 == 0
-        && buf.len() <= MAX_SERVER_PROBE;
+    // A server's first frame, SETTINGS, sent before the client's preface came.
+    let settings = buf.len() <= crate::http2::JOIN_SEARCH
+        && buf
+            .get(..9)
+            .is_some_and(|head| head[3] == 4 && joined::plausible(head).is_some());
     if settings { Probed::Wait } else { Probed::No }
 }
 
@@ -71,26 +64,42 @@ impl Session {
         client: Side,
         joined: bool,
     ) {
+        let max_body = ctx.cfg.max_body_bytes;
         let conn = if joined {
-            Connection::joined(ctx.cfg.max_body_bytes)
+            Connection::joined(max_body)
         } else {
-            Connection::new(ctx.cfg.max_body_bytes)
+            Connection::new(max_body)
         };
-        let mut h2 = Box::new(H2 {
-            client,
-            conn,
-            counted: H2Stats::default(),
-        });
+        let mut h2 = H2::new(client, conn);
         if let Some(probes) = self.probes.take() {
             let [a, b] = *probes;
-            for (side, p) in [(Side::Lo, a), (Side::Hi, b)] {
-                let Probe { buf, meta } = p;
+            for (side, Probe { buf, meta }) in [(Side::Lo, a), (Side::Hi, b)] {
                 if !buf.is_empty() {
-                    let ts = meta.map_or(0, |m| m.ts);
-                    h2.conn.data(side == client, &buf, ts);
+                    h2.conn.data(side == client, &buf, meta.map_or(0, |m| m.ts));
                 }
             }
         }
+        h2.flush(ctx, key);
+        self.h2 = Some(h2);
+    }
+
+    /// The connection switched to HTTP/2 by `Upgrade: h2c`: `request` is stream 1, and what each
+    /// side sent after the switch (held by its parser) goes to the new connection.
+    pub(super) fn start_h2c(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        request: Message,
+    ) {
+        let mut h2 = H2::new(
+            client,
+            Connection::upgraded(ctx.cfg.max_body_bytes, request),
+        );
+        let (server_bytes, client_bytes) =
+            (self.responses.take_tunnel(), self.requests.take_tunnel());
+        h2.conn.data(false, &server_bytes, self.now);
+        h2.conn.data(true, &client_bytes, self.now);
         h2.flush(ctx, key);
         self.h2 = Some(h2);
     }
@@ -107,31 +116,15 @@ pub(super) fn is_h2c_upgrade(request: &Message, response: &Message) -> bool {
     response.status() == Some(101) && h2c(request) && h2c(response)
 }
 
-impl Session {
-    /// The connection switched to HTTP/2 by `Upgrade: h2c`: `request` is stream 1, and what each
-    /// side sent after the switch (held by its parser) goes to the new connection.
-    pub(super) fn start_h2c(
-        &mut self,
-        ctx: &mut HttpCtx,
-        key: &FlowKey,
-        client: Side,
-        request: Message,
-    ) {
-        let mut h2 = Box::new(H2 {
-            client,
-            conn: Connection::upgraded(ctx.cfg.max_body_bytes, request),
-            counted: H2Stats::default(),
-        });
-        let (server_bytes, client_bytes) =
-            (self.responses.take_tunnel(), self.requests.take_tunnel());
-        h2.conn.data(false, &server_bytes, self.now);
-        h2.conn.data(true, &client_bytes, self.now);
-        h2.flush(ctx, key);
-        self.h2 = Some(h2);
-    }
-}
-
 impl H2 {
+    fn new(client: Side, conn: Connection) -> Box<H2> {
+        Box::new(H2 {
+            client,
+            conn,
+            counted: H2Stats::default(),
+        })
+    }
+
     pub(super) fn event(
         &mut self,
         ctx: &mut HttpCtx,
@@ -158,8 +151,8 @@ impl H2 {
 
     /// Emits the exchanges the connection finished and adds its new counts to the context's.
     fn flush(&mut self, ctx: &mut HttpCtx, key: &FlowKey) {
-        let pairs: Vec<_> = self.conn.pairs().collect();
-        for (request, response) in pairs {
+        let client = self.client;
+        for (request, response) in self.conn.pairs() {
             let answered = response.is_some();
             // An upgraded request (HTTP/1.1, stream 1) was counted by the HTTP/1 parser.
             let new_request = u64::from(request.version == 2);
@@ -173,11 +166,11 @@ impl H2 {
             if let Some(r) = &response {
                 count_body(ctx, key, r);
             }
-            emit(ctx, key, self.client, request, response);
+            emit(ctx, key, client, request, response);
         }
-        let now = self.conn.stats.clone();
+        let now = self.conn.stats;
         if now != self.counted {
-            let was = std::mem::replace(&mut self.counted, now.clone());
+            let was = std::mem::replace(&mut self.counted, now);
             ctx.bump(key.vni, |s| {
                 s.h2_streams += now.streams - was.streams;
                 s.h2_resets += now.resets - was.resets;
