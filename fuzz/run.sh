@@ -20,7 +20,7 @@ secs="${1:?usage: fuzz/run.sh SECONDS [TARGET...]}"
 shift
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(decode reassembly http_session pipeline capture spool_scan http2)
+    targets=(decode reassembly http_session pipeline capture spool_scan http2 geneve)
 fi
 cd "$here/.."
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

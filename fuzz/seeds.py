@@ -9,6 +9,9 @@ writes, one file per seed (named by content hash):
   pipeline/      runs of datagrams (and of capture frames) in the pipeline target's record format
   http_session/  client and server byte streams of TCP flows, in the http_session target's format
   reassembly/    one direction's captured segments, in the reassembly target's `arbitrary` layout
+  geneve/        some of decode's VXLAN datagrams as AWS Gateway Load Balancer would carry them in
+                 Geneve (three 0x0108 options): the whole VXLAN datagram in IPv4/UDP 4789, the
+                 inner Ethernet frame (0x6558), the inner IP packet (0x0800/0x86DD)
   capture/       capture files: the first records of some captures (cut at a record boundary
                  and inside a record), and a few packets rewritten as pcap in both byte orders
                  and resolutions and as pcapng with nanosecond ticks, simple and obsolete packet
@@ -138,6 +141,37 @@ def seeds_decode(packets, decoded):
     raw = [p.data for p in packets]
     for p in spread(list(dict.fromkeys(raw)), 10):
         put("decode", p)
+
+
+def ip_checksum(header):
+    total = sum(struct.unpack(">%dH" % (len(header) // 2), header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def geneve_header(protocol, cookie):
+    opts = struct.pack(">HBBQ", 0x0108, 1, 2, 0x0E3C5B1A2F47A901)
+    opts += struct.pack(">HBBQ", 0x0108, 2, 2, 0x12345678)
+    opts += struct.pack(">HBBI", 0x0108, 3, 1, cookie)
+    return struct.pack(">BBHI", len(opts) // 4, 0, protocol, 0) + opts
+
+
+def seeds_geneve(decoded):
+    vx = [e[1] for evs in decoded for e in evs if e[0] == "vxlan"]
+    for i, d in enumerate(spread(list(dict.fromkeys(vx)), 8)):
+        udp = struct.pack(">HHHH", 40000 + i, 4789, 8 + len(d), 0) + d
+        ip = bytearray(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0x4000, 64, 17, 0,
+                                   bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+        ip[10:12] = struct.pack(">H", ip_checksum(bytes(ip)))
+        put("geneve", geneve_header(0x0800, i) + bytes(ip) + udp)
+        inner = d[8:]
+        put("geneve", geneve_header(0x6558, i) + inner)
+        off = 14
+        while len(inner) >= off + 4 and inner[off - 2:off] in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
+            off += 4
+        if len(inner) >= off and inner[off - 2:off] in (b"\x08\x00", b"\x86\xdd"):
+            put("geneve", geneve_header(struct.unpack(">H", inner[off - 2:off])[0], i) + inner[off:])
 
 
 def seeds_pipeline(packets, decoded, is_vxlan):
@@ -381,6 +415,7 @@ def main():
         decoded = [frame(p.linktype, p.data, p.ts_ns) for p in packets]
         is_vxlan = sub == "vxlan" or os.path.basename(path).startswith("vxlan-")
         seeds_decode(packets, decoded)
+        seeds_geneve(decoded)
         seeds_pipeline(packets, decoded, is_vxlan)
         flows = directions(decoded)
         seeds_http(flows, 6)

@@ -1,18 +1,27 @@
 //! Pure decoding of what arrives on the wire into a TCP segment view.
 //!
-//! Two entry points: [`decode_vxlan`] strips the VXLAN header of a UDP 4789 datagram (the form AWS
-//! Traffic Mirroring delivers), and [`decode_capture_frame`] turns a link-layer frame (inner Ethernet with
-//! 802.1Q/QinQ, or the link types a capture file may use) into a [`TcpSegment`]. Both borrow from
-//! the input and never allocate. Errors are small `Copy` values whose [`DecodeError::as_str`] is a
-//! metric label.
+//! Entry points: [`decode_vxlan`] strips the VXLAN header of a UDP 4789 datagram (the form AWS
+//! Traffic Mirroring delivers), [`decode_geneve`] the Geneve header of a UDP 6081 datagram (the
+//! form AWS Gateway Load Balancer delivers to its appliances), [`Datagram::decode_with`] takes
+//! either down to its TCP segment, and [`decode_capture_frame`] turns a link-layer frame (inner
+//! Ethernet with 802.1Q/QinQ, or the link types a capture file may use) into a [`TcpSegment`]. All
+//! borrow from the input and never allocate. Errors are small `Copy` values whose
+//! [`DecodeError::as_str`] is a metric label.
 //!
 //! Inner checksums are never validated: AWS does not recompute them on truncated mirror packets. A
 //! frame whose IP length is larger than the bytes present is *truncated*; the TCP payload bytes that
 //! are missing are reported in [`TcpSegment::missing`] so reassembly can turn them into a gap.
 
+mod datagram;
+mod geneve;
 mod vxlan;
 
-pub use vxlan::{Datagram, VXLAN_HEADER_LEN, VXLAN_PORT, Vxlan, decode_vxlan};
+pub use datagram::{Datagram, Encapsulation};
+pub use geneve::{
+    GENEVE_HEADER_LEN, GENEVE_PORT, GWLB_OPTION_CLASS, Geneve, GeneveOption, GeneveOptions,
+    GwlbMetadata, PROTOCOL_ETHERNET, PROTOCOL_IPV4, PROTOCOL_IPV6, decode_geneve,
+};
+pub use vxlan::{VXLAN_HEADER_LEN, VXLAN_PORT, Vxlan, decode_vxlan};
 
 use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pnet_packet::sll::SLLPacket;
@@ -20,7 +29,8 @@ use pnet_packet::sll2::SLL2Packet;
 use std::net::{IpAddr, SocketAddr};
 
 /// Why a datagram or frame did not yield a TCP segment. `Copy` and string-free so it can be
-/// counted per reason.
+/// counted per reason. The declaration order is the order of [`DecodeError::ALL`] (the index is
+/// the discriminant): new reasons go last.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DecodeError {
     /// Fewer than 8 bytes: no VXLAN header.
@@ -41,11 +51,22 @@ pub enum DecodeError {
     TcpMalformed,
     /// A capture file frame of a link type this decoder does not know.
     UnsupportedLinkType,
+    /// Fewer than 8 bytes: no Geneve header.
+    GeneveTooShort,
+    /// The Geneve version is not 0 (RFC 8926 section 3.4: a packet of an unknown version is dropped).
+    GeneveVersion,
+    /// The Geneve options run past the datagram, an option runs past the options, or an AWS
+    /// Gateway Load Balancer option has the wrong length.
+    GeneveOptions,
+    /// The Geneve O bit is set: a control (OAM) message, which carries no traffic.
+    GeneveOam,
+    /// The Geneve protocol type is neither IPv4, IPv6 nor Ethernet (0x6558).
+    GeneveProtocol,
 }
 
 impl DecodeError {
     /// All reasons, for pre-registering counters.
-    pub const ALL: [DecodeError; 9] = [
+    pub const ALL: [DecodeError; 14] = [
         DecodeError::VxlanTooShort,
         DecodeError::VxlanNoVni,
         DecodeError::LinkTruncated,
@@ -55,6 +76,11 @@ impl DecodeError {
         DecodeError::NotTcp,
         DecodeError::TcpMalformed,
         DecodeError::UnsupportedLinkType,
+        DecodeError::GeneveTooShort,
+        DecodeError::GeneveVersion,
+        DecodeError::GeneveOptions,
+        DecodeError::GeneveOam,
+        DecodeError::GeneveProtocol,
     ];
 
     /// Stable label for metrics and logs.
@@ -69,6 +95,11 @@ impl DecodeError {
             DecodeError::NotTcp => "not_tcp",
             DecodeError::TcpMalformed => "tcp_malformed",
             DecodeError::UnsupportedLinkType => "unsupported_link_type",
+            DecodeError::GeneveTooShort => "geneve_too_short",
+            DecodeError::GeneveVersion => "geneve_version",
+            DecodeError::GeneveOptions => "geneve_options",
+            DecodeError::GeneveOam => "geneve_oam",
+            DecodeError::GeneveProtocol => "geneve_protocol",
         }
     }
 
@@ -237,17 +268,22 @@ fn decode_lax(link: LinkType, frame: &[u8]) -> Result<CaptureFrame<'_>, DecodeEr
 /// etherparse's whole-packet slicer then decodes as before. Its result, large and moved
 /// around, cost more than the decoding itself; where this gives an answer it is the same.
 fn plain_ethernet(frame: &[u8]) -> Option<CaptureFrame<'_>> {
-    use etherparse::{Ethernet2Slice, IpNumber, Ipv4Slice, Ipv6Slice, TcpSlice, UdpSlice};
-    let eth = Ethernet2Slice::from_slice_without_fcs(frame).ok()?;
-    let (src, dst, payload) = match eth.ether_type() {
+    let eth = etherparse::Ethernet2Slice::from_slice_without_fcs(frame).ok()?;
+    plain_ip(eth.ether_type(), eth.payload_slice())
+}
+
+/// [`plain_ethernet`] after the link layer: the IP packet of `ether_type`.
+fn plain_ip(ether_type: EtherType, packet: &[u8]) -> Option<CaptureFrame<'_>> {
+    use etherparse::{IpNumber, Ipv4Slice, Ipv6Slice, TcpSlice, UdpSlice};
+    let (src, dst, payload) = match ether_type {
         EtherType::IPV4 => {
-            let ip = Ipv4Slice::from_slice(eth.payload_slice()).ok()?;
+            let ip = Ipv4Slice::from_slice(packet).ok()?;
             let h = ip.header();
             let src = IpAddr::V4(h.source_addr());
             (src, IpAddr::V4(h.destination_addr()), ip.payload().clone())
         }
         EtherType::IPV6 => {
-            let ip = Ipv6Slice::from_slice(eth.payload_slice()).ok()?;
+            let ip = Ipv6Slice::from_slice(packet).ok()?;
             let h = ip.header();
             let src = IpAddr::V6(h.source_addr());
             (src, IpAddr::V6(h.destination_addr()), ip.payload().clone())
@@ -268,6 +304,24 @@ fn plain_ethernet(frame: &[u8]) -> Option<CaptureFrame<'_>> {
         }
         _ => None,
     }
+}
+
+/// An IP packet without link layer whose type the encapsulation declares (`ether_type`, IPv4
+/// or IPv6): [`decode_capture_frame`] of [`LinkType::RawIp`], by [`plain_ip`] where it answers.
+/// A version nibble that contradicts the declared type is [`DecodeError::IpMalformed`].
+fn decode_ip(ether_type: EtherType, packet: &[u8]) -> Result<CaptureFrame<'_>, DecodeError> {
+    let version = match ether_type {
+        EtherType::IPV4 => 4,
+        EtherType::IPV6 => 6,
+        _ => return Err(DecodeError::NotIp),
+    };
+    if packet.first().map(|b| b >> 4) != Some(version) {
+        return Err(DecodeError::IpMalformed);
+    }
+    if let Some(decoded) = plain_ip(ether_type, packet) {
+        return Ok(decoded);
+    }
+    decode_lax(LinkType::RawIp, packet)
 }
 
 fn segment<'a>(

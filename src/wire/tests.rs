@@ -269,6 +269,14 @@ proptest::proptest! {
         if let Some(fast) = plain_ethernet(&f) {
             proptest::prop_assert_eq!(Ok(fast), decode_lax(LinkType::Ethernet, &f));
         }
+        // The IP packet alone, as Geneve carries it: the same agreement with the raw IP slicer.
+        if let Some(ip) = f.get(14..) {
+            for ether_type in [EtherType::IPV4, EtherType::IPV6] {
+                if let Some(fast) = plain_ip(ether_type, ip) {
+                    proptest::prop_assert_eq!(Ok(fast), decode_lax(LinkType::RawIp, ip));
+                }
+            }
+        }
         if let Ok(seg) = decode_ethernet(&f) {
             let lax = decode_lax(LinkType::Ethernet, &f);
             proptest::prop_assert!(

@@ -29,39 +29,3 @@ pub fn decode_vxlan(datagram: &[u8]) -> Result<Vxlan<'_>, DecodeError> {
         inner: &datagram[VXLAN_HEADER_LEN..],
     })
 }
-
-/// A VXLAN datagram decoded once, down to its TCP segment: what the ingest steers by and the
-/// pipeline then takes, so neither decodes it again.
-#[derive(Debug)]
-pub enum Datagram<'a> {
-    /// The VXLAN header did not decode.
-    NotVxlan(DecodeError),
-    /// The session's VNI, and the inner frame's TCP segment or why it is not one.
-    Inner {
-        vni: u32,
-        segment: Result<super::TcpSegment<'a>, DecodeError>,
-    },
-}
-
-impl<'a> Datagram<'a> {
-    /// Decodes the UDP payload of a datagram received on the VXLAN port.
-    pub fn decode(payload: &'a [u8]) -> Datagram<'a> {
-        match decode_vxlan(payload) {
-            Err(e) => Datagram::NotVxlan(e),
-            Ok(v) => Datagram::Inner {
-                vni: v.vni,
-                segment: super::decode_ethernet(v.inner),
-            },
-        }
-    }
-
-    /// The TCP segment, if the datagram carries one.
-    pub fn segment(&self) -> Option<&super::TcpSegment<'a>> {
-        match self {
-            Datagram::Inner {
-                segment: Ok(seg), ..
-            } => Some(seg),
-            _ => None,
-        }
-    }
-}
