@@ -6,10 +6,54 @@ use crate::flow::{FlowConfig, ReassemblyConfig};
 use crate::http::HttpConfig;
 use crate::pipeline::PipelineConfig;
 use crate::record::RecordConfig;
+use crate::wire::Encapsulation;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// One `--listen`: an encapsulation and the UDP address it arrives on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub encap: Encapsulation,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Listener {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Listener, String> {
+        let (encap, addr) = match s.split_once("://") {
+            Some(("vxlan", rest)) => (Encapsulation::Vxlan, rest),
+            Some(("geneve", rest)) => (Encapsulation::Geneve, rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unknown encapsulation `{scheme}`: expected vxlan://ADDR or geneve://ADDR"
+                ));
+            }
+            None => (Encapsulation::Vxlan, s),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("`{addr}` is not an address and port ({e})"))?;
+        Ok(Listener { encap, addr })
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.encap.as_str(), self.addr)
+    }
+}
+
+/// Where `run` listens when `--listen` is not given.
+pub const DEFAULT_LISTEN: Listener = Listener {
+    encap: Encapsulation::Vxlan,
+    addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        crate::wire::VXLAN_PORT,
+    )),
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +95,9 @@ pub enum Command {
     Run(RunArgs),
     /// Read a pcap/pcapng file through the same pipeline and deliver its records.
     Replay(ReplayArgs),
+    /// Capture live from a network interface (SPAN/TAP ports, GCP Packet Mirroring collectors,
+    /// a node's own traffic) and deliver records; every flag of `run` applies.
+    Capture(CaptureArgs),
     /// Check a configuration and exit: 0 when valid, 2 with a message naming the bad setting.
     Validate(ValidateArgs),
     /// Send a VXLAN capture's datagrams to a receiver (load tests, checking a deployment).
@@ -72,22 +119,60 @@ pub struct SendArgs {
     pub loops: u64,
 }
 
-/// `validate`: the flags of `run`, and how far to check.
+/// `validate`: the flags of `run` (and of `capture`, when `--interface` is given), and how far
+/// to check.
 #[derive(Args, Debug, Clone)]
 pub struct ValidateArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
     /// Skip the checks that need the network (that the Kafka brokers resolve): for a service
     /// that may start before DNS answers, which the daemon rides out with its spool.
     #[arg(long, env = "MIRROR_VALIDATE_OFFLINE")]
     pub offline: bool,
 }
 
+/// `capture`: the flags of `run`, and the interface's.
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+/// Live capture from an interface (`capture`).
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// Interface to capture from (an AF_PACKET ring per worker, joined in one fanout group that
+    /// gives both directions of a connection to the same worker). Required by `capture`.
+    #[arg(long, env = "MIRROR_CAPTURE_INTERFACE")]
+    pub interface: Option<String>,
+    /// Put the interface in promiscuous mode (a SPAN/TAP port sees frames not addressed to it).
+    #[arg(long, env = "MIRROR_CAPTURE_PROMISCUOUS")]
+    pub promiscuous: bool,
+    /// A BPF filter expression (tcpdump syntax, e.g. `tcp port 80 or tcp port 8080`) run in the
+    /// kernel before a frame is copied to the ring. Default: every frame.
+    #[arg(long = "capture-filter", env = "MIRROR_CAPTURE_FILTER")]
+    pub capture_filter: Option<String>,
+    /// Bytes of ring per worker; frames that find it full are dropped by the kernel and
+    /// counted (`mirror_capture_ring_drops_total`).
+    #[arg(long = "capture-buffer", env = "MIRROR_CAPTURE_BUFFER", default_value_t = 64 << 20)]
+    pub capture_buffer: usize,
+    /// VNI recorded (`akto_vxlan_id`) for captured traffic that is not VXLAN.
+    #[arg(long = "vni", env = "MIRROR_VNI", default_value_t = 0)]
+    pub vni: u32,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// UDP address to receive VXLAN datagrams on.
-    #[arg(long, env = "MIRROR_LISTEN", default_value = "0.0.0.0:4789")]
-    pub listen: SocketAddr,
+    /// Where mirrored datagrams arrive: `vxlan://ADDR` (or a bare ADDR) for VXLAN, as an NLB or
+    /// an ENI target delivers it, `geneve://ADDR` for Geneve, as a Gateway Load Balancer
+    /// delivers it. Repeatable (comma-separated in the variable) to serve both at once.
+    /// Default for `run`: `vxlan://0.0.0.0:4789`; `capture` listens only where told.
+    #[arg(long, env = "MIRROR_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Listener>,
     /// Worker threads (each with a receive socket and a flow-table shard); 0 = one per core.
     #[arg(long, env = "MIRROR_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -327,6 +412,63 @@ pub struct PipelineSettings {
 pub struct RunSettings {
     pub pipeline: PipelineSettings,
     pub admission: crate::admission::Admission,
+    /// The UDP listeners (for `run`, the default one when none was given).
+    pub listeners: Vec<Listener>,
+    /// The interface to capture from (`capture`).
+    pub live: Option<LiveSettings>,
+}
+
+/// A checked `capture` configuration.
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    pub interface: String,
+    pub promiscuous: bool,
+    pub filter: Option<String>,
+    pub buffer: usize,
+    pub vni: u32,
+}
+
+impl LiveArgs {
+    /// Checks the capture settings (the filter expression compiles); `None` when no interface
+    /// was given.
+    pub fn check(&self) -> Result<Option<LiveSettings>, ConfigError> {
+        let Some(interface) = &self.interface else {
+            return Ok(None);
+        };
+        if interface.is_empty() || interface.len() >= libc::IF_NAMESIZE || interface.contains('/') {
+            return Err(bad(
+                "--interface",
+                interface,
+                "not an interface name (1-15 characters, no '/')",
+            ));
+        }
+        if self.capture_buffer < 1 << 20 {
+            return Err(bad(
+                "--capture-buffer",
+                self.capture_buffer,
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
+        if i32::try_from(self.capture_buffer).is_err() {
+            return Err(bad(
+                "--capture-buffer",
+                self.capture_buffer,
+                "must be below 2 GiB",
+            ));
+        }
+        let filter = self.capture_filter.clone().filter(|f| !f.trim().is_empty());
+        if let Some(f) = &filter {
+            crate::ingest::live::compile_filter(f)
+                .map_err(|why| bad("--capture-filter", f, &why))?;
+        }
+        Ok(Some(LiveSettings {
+            interface: interface.clone(),
+            promiscuous: self.promiscuous,
+            filter,
+            buffer: self.capture_buffer,
+            vni: self.vni,
+        }))
+    }
 }
 
 impl PipelineArgs {
@@ -477,8 +619,36 @@ impl RunArgs {
             .map_err(|why| bad("--allow-vni", self.allow_vnis.join(","), &why))
     }
 
-    /// Checks every setting of the daemon.
+    /// Checks every setting of the daemon (`run`).
     pub fn check(&self) -> Result<RunSettings, ConfigError> {
+        self.check_with(None)
+    }
+
+    /// Checks every setting of the daemon, capturing from `live` if given (`capture`, where
+    /// UDP is served only if `--listen` says where).
+    pub fn check_with(&self, live: Option<&LiveArgs>) -> Result<RunSettings, ConfigError> {
+        let live = match live {
+            Some(l) => Some(l.check()?.ok_or_else(|| {
+                bad(
+                    "--interface",
+                    "",
+                    "capture needs an interface (--interface IF)",
+                )
+            })?),
+            None => None,
+        };
+        let mut listeners = self.listen.clone();
+        if listeners.is_empty() && live.is_none() {
+            listeners.push(DEFAULT_LISTEN);
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            if listeners[..i]
+                .iter()
+                .any(|o| o.addr == l.addr && l.addr.port() != 0)
+            {
+                return Err(bad("--listen", l, "the same address is given twice"));
+            }
+        }
         let pipeline = self.pipeline.check()?;
         let admission = self.admission()?;
         self.output.check()?;
@@ -502,6 +672,8 @@ impl RunArgs {
         Ok(RunSettings {
             pipeline,
             admission,
+            listeners,
+            live,
         })
     }
 }

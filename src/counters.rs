@@ -35,6 +35,14 @@ pub struct ProcessCounters {
     pub handed_off: u64,
     /// 1 while the kernel steers datagrams to the worker of their flow.
     pub steering: u64,
+    /// Frames taken off the capture rings (`capture`).
+    pub capture_frames: u64,
+    /// Frames the kernel dropped because a capture ring was full (`tp_drops`).
+    pub capture_ring_drops: u64,
+    /// Frames the interface or its driver dropped.
+    pub capture_interface_drops: u64,
+    /// Frames captured before every worker joined the fanout group, skipped.
+    pub capture_startup_skipped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +186,10 @@ counters! {
         Counter "mirror_received_datagrams" => received, "Datagrams taken off the receive sockets.", |s| s.process.received;
         Counter "mirror_kernel_drops" => kernel_drops, "Datagrams the kernel dropped because a receive queue was full.", |s| s.process.kernel_drops;
         Counter "mirror_ingest_handed_off" => handed_off, "Datagrams a worker received for a flow another worker owns and handed to it (what the kernel's steering could not classify: QinQ, IPv6 extension headers; everything while the steering is off).", |s| s.process.handed_off;
+        Counter "mirror_capture_frames" => capture_frames, "Frames taken off the capture rings (capture --interface).", |s| s.process.capture_frames;
+        Counter "mirror_capture_ring_drops" => capture_ring_drops, "Frames the kernel dropped because a capture ring was full (tp_drops; raise --capture-buffer or --workers).", |s| s.process.capture_ring_drops;
+        Counter "mirror_capture_interface_drops" => capture_interface_drops, "Frames the captured interface or its driver dropped, as the kernel reports them.", |s| s.process.capture_interface_drops;
+        Counter "mirror_capture_startup_skipped" => capture_startup_skipped, "Frames captured before every worker had joined the fanout group (each worker saw them all until then), skipped rather than reported twice.", |s| s.process.capture_startup_skipped;
         Counter "mirror_datagrams" => datagrams, "Datagrams processed.", |s| s.p.wire.datagrams;
         Counter "mirror_datagram_bytes" => datagram_bytes, "Bytes of the datagrams processed.", |s| s.p.wire.bytes;
         Counter "mirror_segments" => segments, "TCP segments decoded from the datagrams.", |s| s.p.wire.segments;

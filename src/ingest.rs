@@ -17,10 +17,11 @@
 //! `SO_RXQ_OVFL` reports with each datagram, but exactly and at any time, not only when a later
 //! datagram arrives.
 
+pub mod live;
 pub mod steer;
 
 use crate::admission::{Admission, Verdict};
-use crate::wire::Datagram;
+use crate::wire::{Datagram, Encapsulation};
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver as Inbox, Sender, TryRecvError, TrySendError};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
@@ -370,6 +371,8 @@ pub struct Inlet<'a> {
     /// Per worker, what this one has for it (always empty for itself).
     pending: Vec<Batch>,
     error_log: crate::sink::RateLimit,
+    /// How the datagrams are encapsulated (the `--listen` group's).
+    encap: Encapsulation,
 }
 
 impl<'a> Inlet<'a> {
@@ -394,7 +397,14 @@ impl<'a> Inlet<'a> {
             pool,
             pending,
             error_log: crate::sink::RateLimit::new(Duration::from_secs(10)),
+            encap: Encapsulation::Vxlan,
         }
+    }
+
+    /// Datagrams of this group are in `encap` (VXLAN unless told).
+    pub fn with_encapsulation(mut self, encap: Encapsulation) -> Inlet<'a> {
+        self.encap = encap;
+        self
     }
 
     /// Handed-off batches waiting in this worker's inbox.
@@ -420,7 +430,7 @@ impl<'a> Inlet<'a> {
             if !admit(self.admission, self.counters, datagram, from) {
                 continue;
             }
-            let decoded = Datagram::decode(datagram);
+            let decoded = Datagram::decode_with(self.encap, datagram);
             // One worker owns every flow.
             let owner = (shards > 1).then(|| decoded.segment().map(|s| steer::shard(s, shards)));
             match owner.flatten() {
@@ -488,7 +498,7 @@ impl<'a> Inlet<'a> {
     /// Gives each datagram of a handed-off batch to `take`, and the batch back to the pool.
     fn take_batch(&self, batch: Batch, take: &mut dyn FnMut(&[u8], &Datagram<'_>)) {
         for datagram in batch.iter() {
-            take(datagram, &Datagram::decode(datagram));
+            take(datagram, &Datagram::decode_with(self.encap, datagram));
         }
         self.pool.give(batch);
     }

@@ -31,7 +31,8 @@ fn main() -> ExitCode {
     }
 
     let result = match &cli.command {
-        Command::Run(args) => mirror_receiver::app::run(args),
+        Command::Run(args) => mirror_receiver::app::run(args, None),
+        Command::Capture(args) => mirror_receiver::app::run(&args.run, Some(&args.live)),
         Command::Replay(args) => mirror_receiver::app::replay(args).map(|_| ()),
         Command::Validate(args) => validate(args),
         Command::Send(args) => mirror_receiver::app::send(args).map(|n| {
@@ -48,8 +49,14 @@ fn main() -> ExitCode {
 }
 
 fn validate(args: &config::ValidateArgs) -> anyhow::Result<()> {
-    args.run.check()?;
+    let live = args.live.interface.is_some().then_some(&args.live);
+    let settings = args.run.check_with(live)?;
     args.run.check_environment(args.offline)?;
+    if let Some(live) = &settings.live
+        && !args.offline
+    {
+        mirror_receiver::ingest::live::interface_exists(&live.interface)?;
+    }
     println!("configuration is valid");
     Ok(())
 }

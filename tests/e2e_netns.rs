@@ -482,33 +482,41 @@ fn start_daemon(
     records: &Path,
     extra: &[&str],
 ) -> Arc<Mutex<Vec<String>>> {
+    let mut args = vec!["run", "--listen", "0.0.0.0:4789"];
+    args.extend_from_slice(extra);
+    start_receiver(lab, ns, records, &args, "receiving VXLAN")
+}
+
+/// Starts `mirror-receiver <args>` in `ns` (admin on [`ADMIN`], records to `records`) and waits
+/// for a log line containing `ready`; returns its stderr lines.
+fn start_receiver(
+    lab: &mut Lab,
+    ns: &str,
+    records: &Path,
+    args: &[&str],
+    ready: &'static str,
+) -> Arc<Mutex<Vec<String>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut cmd = lab.exec(ns, Path::new(env!("CARGO_BIN_EXE_mirror-receiver")));
-    cmd.args([
-        "--log-level",
-        "info",
-        "run",
-        "--listen",
-        "0.0.0.0:4789",
-        "--admin-listen",
-        ADMIN,
-    ])
-    .args(extra)
-    .arg("--output")
-    .arg(records)
-    .env("NO_COLOR", "1")
-    .env_remove("RUST_LOG")
-    .env_remove("MIRROR_KAFKA_BROKERS")
-    .env_remove("AKTO_KAFKA_BROKER_MAL")
-    .env_remove("AKTO_KAFKA_BROKER_URL")
-    .env_remove("MIRROR_ADMIN_LISTEN")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["--log-level", "info"])
+        .args(args)
+        .args(["--admin-listen", ADMIN])
+        .arg("--output")
+        .arg(records)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("MIRROR_KAFKA_BROKERS")
+        .env_remove("AKTO_KAFKA_BROKER_MAL")
+        .env_remove("AKTO_KAFKA_BROKER_URL")
+        .env_remove("MIRROR_ADMIN_LISTEN")
+        .env_remove("MIRROR_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("starting mirror-receiver");
-    let ready = watch_lines(child.stderr.take().unwrap(), "receiving VXLAN", log.clone());
+    let seen = watch_lines(child.stderr.take().unwrap(), ready, log.clone());
     lab.children.push(("daemon", child));
-    wait_ready(&ready, "mirror-receiver", &log);
+    wait_ready(&seen, "mirror-receiver", &log);
     log
 }
 
@@ -3155,4 +3163,370 @@ fn start_python_server(
     let ready = watch_lines(process.stdout.take().unwrap(), "listening", log.clone());
     lab.children.push((child, process));
     wait_ready(&ready, child, &log);
+}
+
+/// Packets the interface `dev` of `ns` has received and sent, from its kernel counters.
+fn link_packets(lab: &Lab, ns: &str, dev: &str) -> u64 {
+    ["rx_packets", "tx_packets"]
+        .iter()
+        .map(|c| {
+            let path = format!("/sys/class/net/{dev}/statistics/{c}");
+            let out = check(lab.exec(ns, Path::new("/bin/cat")).arg(&path));
+            out.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{path}: {out:?}: {e}"))
+        })
+        .sum()
+}
+
+/// `capture --interface` with two workers on the server's end of the app link (no VXLAN: the
+/// frames themselves, as on a SPAN port, a GCP Packet Mirroring collector or a node's own
+/// interface): curl and ab against nginx, every exchange of nginx's log reported once. Then a
+/// flood while the daemon is stopped (SIGSTOP) overflows its 8 MiB rings: the ring drops are
+/// counted, and the frames taken, dropped and skipped at startup add up to every packet the
+/// interface's own counters saw, so nothing else was lost; traffic after the flood is still
+/// reported.
+#[test]
+fn live_capture_of_the_app_link_matches_access_log() {
+    const NAME: &str = "live_capture_of_the_app_link_matches_access_log";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-capture-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    std::fs::create_dir_all(d.join("www")).unwrap();
+    std::fs::write(d.join("www/page.html"), text(20_000, 7)).unwrap();
+    write_nginx_conf(&d);
+    let mut lab = Lab::new(&tools, 'c');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    // No IPv6 on the app link: its neighbour discovery would add frames of its own timing.
+    for (ns, dev) in [
+        (&net.server, &net.server_dev),
+        (&net.client, &format!("appc{}", lab.tag)),
+    ] {
+        check(
+            lab.exec(ns, Path::new("/usr/sbin/sysctl"))
+                .arg("-qw")
+                .arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")),
+        );
+    }
+    start_peers(&mut lab, &tools, &net.server, &d);
+    let records_path = d.join("records.jsonl");
+    let before = link_packets(&lab, &net.server, &net.server_dev);
+    let daemon_log = start_receiver(
+        &mut lab,
+        &net.server,
+        &records_path,
+        &[
+            "capture",
+            "--interface",
+            &net.server_dev,
+            "--workers",
+            "2",
+            "--capture-buffer",
+            "8388608",
+        ],
+        "capturing",
+    );
+    let mut failures = Vec::new();
+    // Keep-alive (several URLs on one connection), a POST with a JSON body, a 404, and ab's
+    // 4 concurrent keep-alive connections.
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &[&url("/page.html"), &url("/nocontent?a=1"), &url("/missing")],
+    );
+    let body = json_doc("capture", 20).to_string();
+    curl_in(
+        &lab,
+        &tools,
+        &net.client,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+            &url("/api/echo"),
+        ],
+    );
+    let ab = run(
+        lab.exec(&net.client, &tools.ab)
+            .args(["-q", "-k", "-n", "200", "-c", "4"])
+            .arg(url("/page.html")),
+        Duration::from_secs(60),
+    );
+    assert!(ab.status.success(), "ab: {}", ab.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    let before_flood = admin_get(&lab, &tools, &net.server, "/metrics");
+    if !before_flood.contains("mirror_capture_ring_drops_total 0\n") {
+        failures.push("the rings dropped frames before the flood".into());
+    }
+    // The flood: 200,000 datagrams (about 28 MB of frames) while the daemon is stopped, into
+    // rings of 8 MiB.
+    let pid = lab.child("daemon").id();
+    // SAFETY: kill on the pid of our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let flood = run(
+        lab.exec(&net.client, &tools.python3).arg("-c").arg(format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for i in range(200000):\n    s.sendto(b'x' * 100, ('{SERVER_IP}', 9))\n"
+        )),
+        Duration::from_secs(60),
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    assert!(flood.status.success(), "flood: {}", flood.stderr);
+    std::thread::sleep(Duration::from_millis(500));
+    // After the flood the capture goes on.
+    curl_in(&lab, &tools, &net.client, &[&url("/nocontent?after=flood")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let metrics = admin_get(&lab, &tools, &net.server, "/metrics");
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    failures.extend(daemon_exit_failure(status));
+    let after = link_packets(&lab, &net.server, &net.server_dev);
+
+    let records = read_records(&records_path, &mut failures);
+    let logged = logged_exchanges(&access_log(&d));
+    compare_with_log("capture", &logged, &records, &mut failures);
+    if logged.values().sum::<usize>() < 205 {
+        failures.push(format!("nginx logged only {logged:?}"));
+    }
+    for r in &records {
+        if field(r, "akto_vxlan_id") != "0" || field(r, "ip") != CLIENT_IP {
+            failures.push(format!(
+                "record of {} from {} with akto_vxlan_id {}",
+                field(r, "path"),
+                field(r, "ip"),
+                field(r, "akto_vxlan_id")
+            ));
+        }
+    }
+    match records.iter().find(|r| field(r, "path") == "/api/echo") {
+        Some(r) => {
+            if field(r, "requestPayload") != body {
+                failures.push("the POST's body is not the one sent".into());
+            }
+        }
+        None => failures.push("no record of the POST".into()),
+    }
+    match summary_fields(&daemon_stderr, "stopped") {
+        None => failures.push("no summary line at the daemon's exit".into()),
+        Some(f) => {
+            let get = |k: &str| summary_u64(&f, k).unwrap_or(0);
+            let (frames, drops, skipped) = (
+                get("capture_frames"),
+                get("capture_ring_drops"),
+                get("capture_startup_skipped"),
+            );
+            if drops == 0 {
+                failures.push("the flood into 8 MiB rings dropped nothing".into());
+            }
+            let on_metrics = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("mirror_capture_ring_drops_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            // Read before the exit, after the flood: what it says then, the exit says too.
+            if on_metrics != Some(drops) {
+                failures.push(format!(
+                    "/metrics says mirror_capture_ring_drops_total {on_metrics:?}, the exit {drops}"
+                ));
+            }
+            // Every packet the interface saw was taken, dropped by a full ring (counted), or
+            // skipped at startup (counted).
+            let seen = after - before;
+            if frames + drops + skipped != seen {
+                failures.push(format!(
+                    "the interface counted {seen} packets; the capture took {frames}, dropped \
+                     {drops}, skipped {skipped} (sum {})",
+                    frames + drops + skipped
+                ));
+            }
+            if get("datagrams") != frames {
+                failures.push(format!(
+                    "{frames} frames taken, {} processed",
+                    get("datagrams")
+                ));
+            }
+            println!(
+                "{NAME}: {seen} packets on the link: {frames} taken, {drops} ring drops, \
+                 {skipped} skipped at startup; {} records",
+                records.len()
+            );
+        }
+    }
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
+}
+
+const GENEVE_RELAY_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/geneve_relay.py");
+/// The relay's GWLB endpoint id (its default); its low 24 bits are the VNI of traffic that
+/// Geneve carries without the mirror's VXLAN.
+const GWLB_ENDPOINT_ID: u64 = 0x0E3C_5B1A_2F47_A901;
+
+/// Geneve as a Gateway Load Balancer delivers it, and VXLAN, served at once by one daemon
+/// (`--listen geneve://…:6081 --listen vxlan://…:4799`, two workers each). This kernel has no
+/// `geneve` device, so the kernel's VXLAN (mirroring the app link as before) sends to
+/// tests/e2e/geneve_relay.py in the receiver namespace, which wraps each datagram as GWLB does
+/// (Geneve with AWS's three TLVs of class 0x0108). Three phases, each its own requests:
+/// `nested` (Geneve around the mirror's IPv4/UDP/VXLAN packet: a mirror session whose target is
+/// a GWLB endpoint), `ip` (Geneve around the inner IP packet, as GWLB carries inline traffic) and
+/// `vxlan` (the datagrams forwarded unchanged to the VXLAN listener). Every request of nginx's
+/// log is reported once, with the VXLAN VNI where the mirror's VXLAN is inside and the low 24
+/// bits of the GWLB endpoint id where it is not.
+#[test]
+fn geneve_and_vxlan_served_at_once_match_access_log() {
+    const NAME: &str = "geneve_and_vxlan_served_at_once_match_access_log";
+    let _serial = serial();
+    let Some(tools) = tools_or_skip(NAME, false) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("mirror-e2e-geneve-")
+        .tempdir()
+        .expect("temporary directory");
+    let d = dir.path().to_path_buf();
+    std::fs::create_dir_all(d.join("www")).unwrap();
+    std::fs::write(d.join("www/page.html"), text(30_000, 11)).unwrap();
+    write_nginx_conf(&d);
+    let mut lab = Lab::new(&tools, 'v');
+    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    start_peers(&mut lab, &tools, &net.server, &d);
+    let records_path = d.join("records.jsonl");
+    let daemon_log = start_receiver(
+        &mut lab,
+        &net.recv,
+        &records_path,
+        &[
+            "run",
+            "--listen",
+            "geneve://127.0.0.1:6081",
+            "--listen",
+            "vxlan://127.0.0.1:4799",
+            "--workers",
+            "2",
+        ],
+        "receiving VXLAN",
+    );
+    let mut failures = Vec::new();
+    let phases = [
+        ("nested", "127.0.0.1:6081", VNI),
+        (
+            "ip",
+            "127.0.0.1:6081",
+            (GWLB_ENDPOINT_ID & 0xff_ffff) as u32,
+        ),
+        ("vxlan", "127.0.0.1:4799", VNI),
+    ];
+    let body = json_doc("geneve", 10).to_string();
+    for (mode, target, _) in phases {
+        start_python_server(
+            &mut lab,
+            &tools,
+            &net.recv,
+            "relay",
+            &[
+                GENEVE_RELAY_PY.as_ref(),
+                format!("0.0.0.0:{}", 4789).as_ref(),
+                target.as_ref(),
+                "--mode".as_ref(),
+                mode.as_ref(),
+            ],
+            &d.join(format!("relay-{mode}.err")),
+        );
+        // Keep-alive: three requests on one connection, a 30 KB page, a POST with a body.
+        curl_in(
+            &lab,
+            &tools,
+            &net.client,
+            &[
+                &url(&format!("/nocontent?via={mode}&n=1")),
+                &url(&format!("/nocontent?via={mode}&n=2")),
+                &url(&format!("/page.html?via={mode}")),
+            ],
+        );
+        curl_in(
+            &lab,
+            &tools,
+            &net.client,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body,
+                &url(&format!("/api/echo?via={mode}")),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let status = stop(lab.child("relay"), libc::SIGTERM, Duration::from_secs(5));
+        if !status.is_some_and(|s| s.success()) {
+            failures.push(format!("the {mode} relay exited with {status:?}"));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, daemon_stderr) = stop_daemon(&mut lab, &daemon_log, &d.join("daemon.log"));
+    failures.extend(daemon_exit_failure(status));
+    let records = read_records(&records_path, &mut failures);
+    let logged = logged_exchanges(&access_log(&d));
+    compare_with_log("geneve", &logged, &records, &mut failures);
+    for (mode, _, vni) in phases {
+        let mine: Vec<&Value> = records
+            .iter()
+            .filter(|r| field(r, "path").contains(&format!("via={mode}")))
+            .collect();
+        if mine.len() != 4 {
+            failures.push(format!("{mode}: {} records, not 4", mine.len()));
+        }
+        for r in &mine {
+            if field(r, "akto_vxlan_id") != vni.to_string() {
+                failures.push(format!(
+                    "{mode}: {} with akto_vxlan_id {}, not {vni}",
+                    field(r, "path"),
+                    field(r, "akto_vxlan_id")
+                ));
+            }
+        }
+        match mine.iter().find(|r| field(r, "method") == "POST") {
+            Some(r) if field(r, "responsePayload") == body => {}
+            Some(r) => failures.push(format!(
+                "{mode}: the POST's response is {:.80}",
+                field(r, "responsePayload")
+            )),
+            None => failures.push(format!("{mode}: no record of the POST")),
+        }
+        if let Some(r) = mine
+            .iter()
+            .find(|r| field(r, "path").starts_with("/page.html"))
+        {
+            if field(r, "responsePayload").len() != 30_000 {
+                failures.push(format!(
+                    "{mode}: the page's payload is {} bytes",
+                    field(r, "responsePayload").len()
+                ));
+            }
+        }
+    }
+    if let Some(f) = summary_fields(&daemon_stderr, "stopped") {
+        // The Geneve group has no steering program: what one socket received for the other
+        // worker was handed over, and counted.
+        if summary_u64(&f, "handed_off").unwrap_or(0) == 0 {
+            failures.push("nothing handed off in the Geneve group of two workers".into());
+        }
+        println!(
+            "{NAME}: {} records; handed_off={:?} decode_drops={:?}",
+            records.len(),
+            f.get("handed_off"),
+            f.get("decode_drops")
+        );
+    } else {
+        failures.push("no summary line at the daemon's exit".into());
+    }
+    finish(NAME, &failures, lab, dir, &daemon_stderr);
 }

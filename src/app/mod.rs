@@ -17,8 +17,9 @@ pub use replay::{ReplayError, replay, replay_capture};
 pub use send::send;
 pub use status::add_stats;
 
-use crate::config::{PipelineSettings, RunArgs, RunSettings};
+use crate::config::{Listener, LiveArgs, PipelineSettings, RunArgs, RunSettings};
 use crate::counters::ProcessCounters;
+use crate::ingest::live::CaptureCounters;
 use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH};
 use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;
@@ -33,13 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use worker::Worker;
+use worker::{Source, Worker};
 
 /// A worker thread, joined at shutdown.
 type Thread = JoinHandle<()>;
 
 /// Wall-clock time in µs since the Unix epoch.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -53,8 +54,11 @@ struct Shared {
     sink_failed: AtomicBool,
     workers: Vec<WorkerSlot>,
     sockets: Vec<SocketSlot>,
+    /// One per capture handle (`capture`).
+    captures: Vec<CaptureCounters>,
     records_too_large: AtomicU64,
-    /// The kernel steers datagrams to the worker of their flow (the program is attached).
+    /// The kernel steers datagrams to the worker of their flow (the program is attached to
+    /// every group of more than one socket).
     steering: bool,
 }
 
@@ -75,7 +79,7 @@ struct SocketSlot {
 }
 
 impl Shared {
-    fn new(workers: usize, sockets: &[Arc<UdpSocket>], steering: bool) -> Shared {
+    fn new(workers: usize, sockets: &[Arc<UdpSocket>], captures: usize, steering: bool) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             sink_failed: AtomicBool::new(false),
@@ -93,6 +97,7 @@ impl Shared {
                     counters: Default::default(),
                 })
                 .collect(),
+            captures: (0..captures).map(|_| CaptureCounters::default()).collect(),
             records_too_large: AtomicU64::new(0),
             steering,
         }
@@ -114,6 +119,12 @@ impl Shared {
             .iter()
             .filter_map(|s| crate::ingest::kernel_drops(&s.socket))
             .sum();
+        let captured = |read: fn(&CaptureCounters) -> &AtomicU64| {
+            self.captures
+                .iter()
+                .map(|c| read(c).load(Ordering::Relaxed))
+                .sum()
+        };
         ProcessCounters {
             received,
             kernel_drops,
@@ -122,61 +133,121 @@ impl Shared {
             refused_vni: sum(|c| &c.refused_vni),
             handed_off: sum(|c| &c.handed_off),
             steering: u64::from(self.steering),
+            capture_frames: captured(|c| &c.frames),
+            capture_ring_drops: captured(|c| &c.ring_drops),
+            capture_interface_drops: captured(|c| &c.interface_drops),
+            capture_startup_skipped: captured(|c| &c.startup_skipped),
         }
     }
 }
 
-/// `mirror-receiver run`: the daemon. Returns when a signal asked it to stop and everything in
-/// flight was delivered (or the shutdown timeout passed).
-pub fn run(args: &RunArgs) -> Result<()> {
+/// `mirror-receiver run` (`live` is `None`) and `mirror-receiver capture`: the daemon. Returns
+/// when a signal asked it to stop and everything in flight was delivered (or the shutdown
+/// timeout passed).
+pub fn run(args: &RunArgs, live: Option<&LiveArgs>) -> Result<()> {
     let signals = Signals::install()?;
     let RunSettings {
         pipeline: mut settings,
         admission,
-    } = args.check()?;
+        listeners,
+        live,
+    } = args.check_with(live)?;
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         args.workers
     };
-    // Each shard owns its flows, so each gets its share of the budget and of the flow count.
+    // `workers` per listener and per capture. Each shard owns its flows, so each gets its share
+    // of the budget and of the flow count.
+    let shards = workers * (listeners.len() + usize::from(live.is_some()));
     let flow = &mut settings.pipeline.flow;
-    flow.memory_budget /= workers;
-    flow.max_flows = flow.max_flows.div_ceil(workers);
+    flow.memory_budget /= shards;
+    flow.max_flows = flow.max_flows.div_ceil(shards);
     let sink_stats = Arc::new(SinkStats::default());
     let sink = open_sink(&args.output, sink_stats.clone())?;
-    let sockets: Vec<Arc<UdpSocket>> =
-        crate::ingest::bind_group(args.listen, workers, args.recv_buffer)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let local = sockets[0].local_addr()?;
-    let steering = workers > 1 && attach_steering(&sockets[0], workers);
-    tracing::info!(listen = %local, workers, steering, "receiving VXLAN");
-    let shared = Arc::new(Shared::new(workers, &sockets, steering));
+    let mut groups = Vec::new();
+    let mut steering = workers > 1;
+    for listener in &listeners {
+        let sockets: Vec<Arc<UdpSocket>> =
+            crate::ingest::bind_group(listener.addr, workers, args.recv_buffer)?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        let local = sockets[0].local_addr()?;
+        // The steering program reads VXLAN; a Geneve group's flows are handed over by whichever
+        // worker received them.
+        let steered = workers > 1
+            && listener.encap == crate::wire::Encapsulation::Vxlan
+            && attach_steering(&sockets[0], workers);
+        steering &= steered;
+        let what = match listener.encap {
+            crate::wire::Encapsulation::Vxlan => "VXLAN",
+            crate::wire::Encapsulation::Geneve => "Geneve",
+        };
+        tracing::info!(listen = %Listener { addr: local, ..*listener }, workers, steering = steered, "receiving {what}");
+        groups.push((*listener, sockets));
+    }
+    let captures = match &live {
+        Some(l) => {
+            let cfg = crate::ingest::live::LiveConfig {
+                interface: l.interface.clone(),
+                promiscuous: l.promiscuous,
+                filter: l.filter.clone(),
+                buffer: l.buffer,
+            };
+            let handles = crate::ingest::live::open_group(&cfg, workers)?;
+            tracing::info!(interface = %l.interface, workers, promiscuous = l.promiscuous, filter = l.filter.as_deref().unwrap_or(""), "capturing");
+            handles
+        }
+        None => Vec::new(),
+    };
+    let all_sockets: Vec<Arc<UdpSocket>> =
+        groups.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+    let shared = Arc::new(Shared::new(
+        shards,
+        &all_sockets,
+        captures.len(),
+        steering && !groups.is_empty(),
+    ));
     let admission = Arc::new(admission);
     let (rec_tx, rec_rx) = bounded::<Batch>(RECORD_QUEUE_BATCHES);
     // Spare batches kept for reuse: what is in flight in the steady state (a batch being filled
     // per worker, one being sent). Bursts allocate beyond it and free on return, so a burst does
     // not leave memory behind.
-    let record_pool = BatchPool::new(2 * workers + 2, RECORDS_PER_BATCH, RECORD_BATCH_BYTES / 4);
+    let record_pool = BatchPool::new(2 * shards + 2, RECORDS_PER_BATCH, RECORD_BATCH_BYTES / 4);
     let flush_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let sink_thread = spawn_sink(&shared, sink, rec_rx, &record_pool, flush_timeout)?;
 
-    // Spare hand-off batches kept for reuse: a few per pair of workers. Beyond that (bursts the
-    // kernel could not steer) batches are allocated and freed on return, so a burst does not
-    // leave memory behind.
-    let pool = BatchPool::new(
-        2 * workers * workers,
-        RECV_BATCH,
-        RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
-    );
-    let ingest = Ingest {
-        sockets,
-        admission,
-        pool,
-    };
-    let worker_threads = spawn_workers(&shared, &settings, ingest, &rec_tx, &record_pool)?;
+    let mut sources = Vec::with_capacity(shards);
+    let mut slot = 0;
+    for (listener, sockets) in groups {
+        // Spare hand-off batches kept for reuse: a few per pair of workers. Beyond that (bursts
+        // the kernel could not steer) batches are allocated and freed on return, so a burst
+        // does not leave memory behind.
+        let pool = BatchPool::new(
+            2 * workers * workers,
+            RECV_BATCH,
+            RECV_BATCH * BATCH_BYTES_PER_DATAGRAM,
+        );
+        let links = crate::ingest::links(sockets.len());
+        for (shard, (socket, link)) in sockets.into_iter().zip(links).enumerate() {
+            sources.push(Source::Udp {
+                shard,
+                slot,
+                socket,
+                encap: listener.encap,
+                admission: admission.clone(),
+                link,
+                pool: pool.clone(),
+            });
+            slot += 1;
+        }
+    }
+    let vni = live.as_ref().map_or(0, |l| l.vni);
+    for (slot, capture) in captures.into_iter().enumerate() {
+        sources.push(Source::Live { slot, capture, vni });
+    }
+    let worker_threads = spawn_workers(&shared, &settings, sources, &rec_tx, &record_pool)?;
     drop(rec_tx);
 
     let admin_stop = Arc::new(AtomicBool::new(false));
@@ -248,31 +319,23 @@ fn attach_steering(socket: &UdpSocket, workers: usize) -> bool {
     }
 }
 
-/// What the workers receive with: one socket each (in the reuseport group's order), the
-/// admission rules, and the pool of hand-off batches.
-struct Ingest {
-    sockets: Vec<Arc<UdpSocket>>,
-    admission: Arc<crate::admission::Admission>,
-    pool: BatchPool,
-}
-
-/// Starts one worker thread per socket; returns their handles.
+/// Starts one worker thread per source; returns their handles.
 fn spawn_workers(
     shared: &Arc<Shared>,
     settings: &PipelineSettings,
-    ingest: Ingest,
+    sources: Vec<Source>,
     rec_tx: &Sender<Batch>,
     record_pool: &BatchPool,
 ) -> Result<Vec<Thread>> {
-    let links = crate::ingest::links(ingest.sockets.len());
     let mut threads = Vec::new();
-    for (me, (socket, link)) in ingest.sockets.into_iter().zip(links).enumerate() {
+    for (me, source) in sources.into_iter().enumerate() {
+        let name = match &source {
+            Source::Udp { .. } => format!("worker-{me}"),
+            Source::Live { slot, .. } => format!("capture-{slot}"),
+        };
         let w = Worker {
             me,
-            socket,
-            admission: ingest.admission.clone(),
-            link,
-            pool: ingest.pool.clone(),
+            source,
             records: RecordsOut {
                 batch: record_pool.take(),
                 pool: record_pool.clone(),
@@ -283,7 +346,7 @@ fn spawn_workers(
         let settings = settings.clone();
         threads.push(
             std::thread::Builder::new()
-                .name(format!("worker-{me}"))
+                .name(name)
                 .spawn(move || w.run(&settings.pipeline, settings.filter, settings.record))?,
         );
     }

@@ -24,7 +24,11 @@ fn parse(args: &[&str], alias_env: &[(&str, &str)]) -> Result<RunArgs, ConfigErr
 #[test]
 fn defaults_are_documented_values() {
     let a = parse(&["run"], &[]).unwrap();
-    assert_eq!(a.listen, "0.0.0.0:4789".parse().unwrap());
+    assert!(a.listen.is_empty());
+    let settings = a.check().unwrap();
+    assert_eq!(settings.listeners, vec![DEFAULT_LISTEN]);
+    assert_eq!(settings.listeners[0].to_string(), "vxlan://0.0.0.0:4789");
+    assert!(settings.live.is_none());
     assert_eq!(a.output.topic, "akto.api.logs");
     assert_eq!(a.output.output, "-");
     assert_eq!(a.output.kafka_brokers, None);
@@ -261,4 +265,95 @@ fn the_flags_defaults_are_the_stages_defaults() {
         }
     );
     assert_eq!(record, RecordConfig::default());
+}
+
+#[test]
+fn listeners_name_their_encapsulation() {
+    let a = parse(
+        &[
+            "run",
+            "--listen",
+            "geneve://0.0.0.0:6081",
+            "--listen",
+            "127.0.0.1:4789",
+        ],
+        &[],
+    )
+    .unwrap();
+    let l = a.check().unwrap().listeners;
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].encap, crate::wire::Encapsulation::Geneve);
+    assert_eq!(l[0].addr, "0.0.0.0:6081".parse().unwrap());
+    assert_eq!(l[1].encap, crate::wire::Encapsulation::Vxlan);
+    assert_eq!(l[1].to_string(), "vxlan://127.0.0.1:4789");
+    let l: Listener = "geneve://[::1]:6081".parse().unwrap();
+    assert_eq!(l.addr, "[::1]:6081".parse().unwrap());
+    for bad in ["udp://0.0.0.0:1", "geneve://nowhere", "4789"] {
+        let e = bad.parse::<Listener>().unwrap_err();
+        assert!(
+            e.contains("unknown encapsulation") || e.contains("not an address"),
+            "{bad}: {e}"
+        );
+    }
+    let twice = parse(
+        &[
+            "run",
+            "--listen",
+            "0.0.0.0:4789",
+            "--listen",
+            "vxlan://0.0.0.0:4789",
+        ],
+        &[],
+    )
+    .unwrap();
+    let e = twice.check().err().unwrap();
+    assert!(e.to_string().contains("--listen"), "{e}");
+}
+
+#[test]
+fn capture_checks_its_interface_and_filter() {
+    let parse_capture = |args: &[&str]| {
+        let argv: Vec<std::ffi::OsString> = std::iter::once("mirror-receiver")
+            .chain(std::iter::once("capture"))
+            .chain(args.iter().copied())
+            .map(std::ffi::OsString::from)
+            .collect();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Capture(c) => c,
+            _ => unreachable!(),
+        }
+    };
+    let c = parse_capture(&[
+        "--interface",
+        "eth0",
+        "--capture-filter",
+        "tcp port 80",
+        "--vni",
+        "7",
+    ]);
+    let s = c.run.check_with(Some(&c.live)).unwrap();
+    // capture listens on UDP only where told.
+    assert!(s.listeners.is_empty());
+    let live = s.live.unwrap();
+    assert_eq!(live.interface, "eth0");
+    assert_eq!(live.filter.as_deref(), Some("tcp port 80"));
+    assert_eq!(
+        (live.vni, live.buffer, live.promiscuous),
+        (7, 64 << 20, false)
+    );
+
+    let c = parse_capture(&[]);
+    let e = c.run.check_with(Some(&c.live)).err().unwrap();
+    assert!(e.to_string().contains("--interface"), "{e}");
+    let c = parse_capture(&["--interface", "eth0", "--capture-filter", "tcp prot 80"]);
+    let e = c.run.check_with(Some(&c.live)).err().unwrap();
+    assert!(e.to_string().contains("--capture-filter"), "{e}");
+    let c = parse_capture(&["--interface", "a-name-that-is-too-long"]);
+    assert!(c.run.check_with(Some(&c.live)).is_err());
+    let c = parse_capture(&["--interface", "eth0", "--capture-buffer", "1000"]);
+    let e = c.run.check_with(Some(&c.live)).err().unwrap();
+    assert!(e.to_string().contains("--capture-buffer"), "{e}");
+    let c = parse_capture(&["--interface", "eth0", "--listen", "geneve://0.0.0.0:6081"]);
+    let s = c.run.check_with(Some(&c.live)).unwrap();
+    assert_eq!(s.listeners.len(), 1);
 }
