@@ -1,6 +1,9 @@
 // mirror-receiver AMI: Amazon Linux 2023 with the release binary, the hardened systemd unit,
 // UDP receive tuning and bounded journald, for the Auto Scaling group of
-// cloudformation/mirror-receiver.yaml (behind the NLB's UDP 4789 target group).
+// cloudformation/mirror-receiver.yaml (behind the NLB's UDP 4789 target group, or the
+// Gateway Load Balancer's GENEVE 6081 one). It also carries mirror-receiver-capture.service
+// (`mirror-receiver capture`, live from an interface: SPAN/TAP ports, packet mirroring
+// collectors), installed but disabled: a host runs one of the two.
 //
 // Build both architectures (binaries built beforehand, e.g. with cargo build --release
 // --target x86_64-unknown-linux-gnu / aarch64-unknown-linux-gnu):
@@ -14,8 +17,10 @@
 //
 // The binaries link glibc, OpenSSL 3 and zlib dynamically: build them where glibc is at most
 // 2.34 (Amazon Linux 2023's), e.g. on Debian 12 today (the binary needs GLIBC_2.34) or on
-// AL2023 itself. The build runs `mirror-receiver --version` on the instance and fails if the
-// binary cannot start there.
+// AL2023 itself. A binary that links libpcap too (for `capture`'s filter expressions) finds
+// the AMI's (dnf libpcap) only under the soname it was linked with: Debian's libpcap has its
+// own, libpcap.so.0.8, so a binary built there may need building on AL2023 instead. The build
+// runs `mirror-receiver --version` on the instance and fails if the binary cannot start there.
 //
 // IMDSv2: Amazon Linux 2023 AMIs are registered with ImdsSupport v2.0, so the build instance
 // requires IMDSv2 (unless the account's IMDS default says otherwise); the receivers' launch
@@ -176,6 +181,7 @@ build {
   provisioner "file" {
     sources = [
       "${path.root}/files/mirror-receiver.service",
+      "${path.root}/files/mirror-receiver-capture.service",
       "${path.root}/files/mirror-receiver.env",
       "${path.root}/files/90-mirror-receiver-sysctl.conf",
       "${path.root}/files/90-mirror-receiver-journald.conf",
@@ -190,12 +196,13 @@ build {
     execute_command = "sudo sh -eux '{{ .Path }}'"
     inline = [
       "dnf -y upgrade --releasever=latest",
-      "dnf -y install amazon-cloudwatch-agent",
+      "dnf -y install amazon-cloudwatch-agent libpcap",
       "cd /tmp/mirror-receiver",
       // The binary must run on this machine (right architecture, libraries present).
       "install -m 0755 -o root -g root mirror-receiver /usr/bin/mirror-receiver",
       "/usr/bin/mirror-receiver --version",
       "install -D -m 0644 -o root -g root mirror-receiver.service /etc/systemd/system/mirror-receiver.service",
+      "install -D -m 0644 -o root -g root mirror-receiver-capture.service /etc/systemd/system/mirror-receiver-capture.service",
       "install -d -m 0755 -o root -g root /etc/mirror-receiver",
       "install -m 0600 -o root -g root mirror-receiver.env /etc/mirror-receiver/env",
       "install -D -m 0644 -o root -g root README.md /usr/share/doc/mirror-receiver/README.md",
@@ -206,8 +213,11 @@ build {
       "sysctl --system",
       "test \"$(sysctl -n net.core.rmem_max)\" = 134217728",
       "systemctl daemon-reload",
-      "systemd-analyze verify /etc/systemd/system/mirror-receiver.service",
+      "systemd-analyze verify /etc/systemd/system/mirror-receiver.service /etc/systemd/system/mirror-receiver-capture.service",
       "systemctl enable mirror-receiver",
+      // Installed, not enabled: `systemctl disable --now mirror-receiver` and `systemctl enable
+      // --now mirror-receiver-capture` on a host that captures (README "Deployment (AWS)").
+      "test \"$(systemctl is-enabled mirror-receiver-capture)\" = disabled",
       "rm -rf /tmp/mirror-receiver",
       // No host keys, logs or cloud-init state from the build in the image.
       "dnf clean all",

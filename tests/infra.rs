@@ -2,10 +2,20 @@
 //! checkov (no failed checks; skips only with a written reason), and
 //! `packer/mirror-receiver.pkr.hcl` passes `packer validate` and `packer fmt -check`.
 //!
+//! The template has two mirror targets, chosen by `TargetKind`: `NLB` (the default) and `GWLB`.
+//! cfn-lint also lints each one with deployment parameters (it then resolves the conditions),
+//! and fails on a reference to a resource the chosen kind leaves out; checkov, which follows
+//! the parameters' defaults, checks a copy whose default is `GWLB` too. The template itself,
+//! read through PyYAML, is checked branch by branch: the Gateway Load Balancer path (GENEVE
+//! 6081 target group health-checked like the NLB's, 2-tuple stickiness, the endpoint service,
+//! endpoint and mirror target), and that the sessions, receivers, security group, alarms and
+//! outputs use whichever target the kind creates.
+//!
 //! Each tool test skips with a message when its tool is missing, and fails instead when
 //! `MIRROR_INFRA_REQUIRE=1`. The tools are looked up on `PATH`, or at `CFN_LINT_BIN`,
-//! `CHECKOV_BIN` and `PACKER_BIN`. CI installs them with
-//! `apt-get install -y packer` and `pip install cfn-lint checkov`.
+//! `CHECKOV_BIN` and `PACKER_BIN`; the Python with PyYAML at `MIRROR_INFRA_PYTHON`, else the CI
+//! venv's (`/opt/mirror-receiver-ci-venv/bin/python`, where cfn-lint brings PyYAML), else
+//! `python3`. CI installs them with `apt-get install -y packer` and `pip install cfn-lint checkov`.
 //!
 //! The packer template keeps to what Debian 12's packer 1.6.6 (with its built-in amazon-ebs
 //! builder) knows, so the full `packer validate` runs with it; from Packer 1.10 on it needs
@@ -101,8 +111,92 @@ fn cloudformation_passes_cfn_lint() {
     }
 }
 
+/// Deployment parameters: the required ones, plus `extra`.
+fn parameters(extra: &[(&str, serde_json::Value)]) -> serde_json::Value {
+    use serde_json::json;
+    let mut params = vec![
+        ("VpcId", json!("vpc-0123456789abcdef0")),
+        ("VpcCidr", json!("10.0.0.0/16")),
+        (
+            "SubnetIds",
+            json!(["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]),
+        ),
+        ("ImageId", json!("ami-0123456789abcdef0")),
+        ("KafkaBootstrapServers", json!("b-1.kafka.internal:9092")),
+    ];
+    params.extend(extra.iter().cloned());
+    serde_json::Value::Array(
+        params
+            .into_iter()
+            .map(|(k, v)| json!({"ParameterKey": k, "ParameterValue": v}))
+            .collect(),
+    )
+}
+
+/// With deployment parameters cfn-lint resolves the conditions: each target kind, and the
+/// Gateway Load Balancer endpoint in another VPC with principals of other accounts, lints
+/// without errors and without W1001 (a Ref or GetAtt to a resource the kind leaves out, which
+/// CloudFormation would refuse).
 #[test]
-fn cloudformation_passes_checkov() {
+fn cloudformation_passes_cfn_lint_with_each_target_kind() {
+    use serde_json::json;
+    let Some(cfn_lint) = tool(
+        "cfn-lint",
+        "CFN_LINT_BIN",
+        &["--version"],
+        "pip install cfn-lint",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("nlb-default", parameters(&[])),
+        ("nlb", parameters(&[("TargetKind", json!("NLB"))])),
+        ("gwlb", parameters(&[("TargetKind", json!("GWLB"))])),
+        (
+            "gwlb-endpoint-elsewhere",
+            parameters(&[
+                ("TargetKind", json!("GWLB")),
+                ("EndpointVpcId", json!("vpc-0123456789abcdef1")),
+                ("EndpointSubnetId", json!("subnet-0cccccccccccccccc")),
+                (
+                    "EndpointServicePrincipals",
+                    json!([
+                        "arn:aws:iam::111122223333:root",
+                        "arn:aws:iam::444455556666:root"
+                    ]),
+                ),
+            ]),
+        ),
+    ];
+    for (name, params) in cases {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, params.to_string()).unwrap();
+        let mut cmd = Command::new(&cfn_lint);
+        cmd.args(["--format", "json", "--parameter-files"])
+            .arg(&file)
+            .arg("--")
+            .arg(template());
+        let out = run(cmd, Duration::from_secs(60));
+        let code = out.status.code().expect("cfn-lint killed by a signal");
+        assert_eq!(code & 0b1, 0, "{name}: cfn-lint failed: {}", text(&out));
+        let matches: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: cfn-lint JSON: {e}: {}", text(&out)));
+        let bad: Vec<String> = matches
+            .iter()
+            .filter(|m| m["Level"] == "Error" || m["Rule"]["Id"] == "W1001")
+            .map(|m| format!("{} {}", m["Rule"]["Id"], m["Message"]))
+            .collect();
+        assert!(bad.is_empty(), "{name}: {bad:#?}");
+        if !matches.is_empty() {
+            let all = serde_json::to_string_pretty(&matches).unwrap();
+            eprintln!("{name}: cfn-lint warnings or notes (not failures): {all}");
+        }
+    }
+}
+
+/// checkov's report on `template`: no failed check, no parsing error, every skip with a reason.
+fn checkov_passes(template: &Path) {
     let Some(checkov) = tool(
         "checkov",
         "CHECKOV_BIN",
@@ -113,7 +207,7 @@ fn cloudformation_passes_checkov() {
     };
     let mut cmd = Command::new(checkov);
     cmd.arg("-f")
-        .arg(template())
+        .arg(template)
         .args(["--framework", "cloudformation", "--output", "json"])
         // Offline: no Prisma Cloud guidelines or mappings.
         .args(["--skip-download", "--compact"])
@@ -181,6 +275,28 @@ fn cloudformation_passes_checkov() {
         "checkov ran only {passed} checks: {}",
         text(&out)
     );
+}
+
+#[test]
+fn cloudformation_passes_checkov() {
+    checkov_passes(&template());
+}
+
+/// checkov evaluates conditions with the parameters' defaults, so the Gateway Load Balancer
+/// resources are checked in a copy of the template whose `TargetKind` defaults to `GWLB`.
+#[test]
+fn cloudformation_passes_checkov_with_target_kind_gwlb() {
+    let yaml = std::fs::read_to_string(template()).unwrap();
+    let default = "  TargetKind:\n    Type: String\n    Default: NLB\n";
+    assert_eq!(yaml.matches(default).count(), 1, "TargetKind's default");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("mirror-receiver-gwlb.yaml");
+    std::fs::write(
+        &copy,
+        yaml.replace(default, &default.replace("NLB", "GWLB")),
+    )
+    .unwrap();
+    checkov_passes(&copy);
 }
 
 /// `packer validate` with the binary under test as both architectures' binary (the file
@@ -329,11 +445,19 @@ fn templates_have_the_required_settings() {
     )
     .unwrap();
     assert!(scrape.contains("job_name: mirror-receiver") && scrape.contains("127.0.0.1:8080"));
-    assert!(hcl.contains("systemctl enable mirror-receiver"));
+    // The daemon's unit is enabled; the capture unit is installed, verified and left disabled.
+    assert!(hcl.contains("\"systemctl enable mirror-receiver\","));
+    assert!(!hcl.contains("enable mirror-receiver-capture"));
+    assert!(hcl.contains("systemctl is-enabled mirror-receiver-capture)\\\" = disabled"));
+    assert!(hcl.contains("verify /etc/systemd/system/mirror-receiver.service /etc/systemd/system/mirror-receiver-capture.service"));
     for (file, dest) in [
         (
             "mirror-receiver.service",
             "/etc/systemd/system/mirror-receiver.service",
+        ),
+        (
+            "mirror-receiver-capture.service",
+            "/etc/systemd/system/mirror-receiver-capture.service",
         ),
         ("mirror-receiver.env", "/etc/mirror-receiver/env"),
         (
@@ -364,5 +488,490 @@ fn templates_have_the_required_settings() {
         "net.core.netdev_max_backlog =",
     ] {
         assert!(sysctl.contains(setting), "sysctl lacks {setting}");
+    }
+}
+
+// ---- The template's two target kinds, read as data -------------------------------------------
+
+use serde_json::{Value, json};
+
+const CI_VENV_PYTHON: &str = "/opt/mirror-receiver-ci-venv/bin/python";
+
+/// Loads a CloudFormation template with PyYAML, the short forms (`!Ref`, `!GetAtt A.B`,
+/// `!If`, ...) becoming their long forms, and prints it as JSON.
+const YAML_TO_JSON: &str = r#"
+import json, sys, yaml
+
+class Loader(yaml.SafeLoader):
+    pass
+
+def intrinsic(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "Condition":
+        return {"Condition": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+Loader.add_multi_constructor("!", intrinsic)
+with open(sys.argv[1]) as f:
+    json.dump(yaml.load(f, Loader=Loader), sys.stdout)
+"#;
+
+/// The template as JSON, or `None` (a skip) without a Python that has PyYAML.
+fn template_json() -> Option<Value> {
+    let candidates = match std::env::var("MIRROR_INFRA_PYTHON") {
+        Ok(p) => vec![p],
+        Err(_) => vec![CI_VENV_PYTHON.to_string(), "python3".to_string()],
+    };
+    let mut why = Vec::new();
+    for python in &candidates {
+        match Command::new(python)
+            .args(["-c", YAML_TO_JSON])
+            .arg(template())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                return Some(serde_json::from_slice(&out.stdout).expect("template JSON"));
+            }
+            Ok(out) => why.push(format!(
+                "{python}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => why.push(format!("{python}: {e}")),
+        }
+    }
+    let why = format!(
+        "no Python with PyYAML ({}); install: pip install pyyaml (or set MIRROR_INFRA_PYTHON)",
+        why.join("; ")
+    );
+    skip(Need::Infra, "the template's structure", &why);
+    None
+}
+
+/// The target kinds and the condition each one makes true.
+const KINDS: [(&str, &str); 2] = [("NLB", "IsNlb"), ("GWLB", "IsGwlb")];
+
+/// `value` as deployed with `TargetKind` = `kind`: every `Fn::If` on IsNlb or IsGwlb replaced
+/// by the branch taken (other conditions are left as they are).
+fn resolve(value: &Value, kind: &str) -> Value {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(args)) = map.get("Fn::If")
+                && let [Value::String(cond), then, otherwise] = args.as_slice()
+                && KINDS.iter().any(|(_, c)| c == cond)
+            {
+                let taken = KINDS.iter().any(|(k, c)| *k == kind && c == cond);
+                return resolve(if taken { then } else { otherwise }, kind);
+            }
+            Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), resolve(v, kind)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| resolve(v, kind)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether an entry with this `Condition` exists with `TargetKind` = `kind`.
+fn exists(entry: &Value, kind: &str) -> bool {
+    match entry["Condition"].as_str() {
+        Some(cond) if KINDS.iter().any(|(_, c)| *c == cond) => {
+            KINDS.iter().any(|(k, c)| *k == kind && *c == cond)
+        }
+        _ => true,
+    }
+}
+
+/// The resources (or outputs) that exist with `TargetKind` = `kind`, resolved for it.
+fn section(t: &Value, name: &str, kind: &str) -> serde_json::Map<String, Value> {
+    t[name]
+        .as_object()
+        .unwrap_or_else(|| panic!("no {name}"))
+        .iter()
+        .filter(|(_, v)| exists(v, kind))
+        .map(|(k, v)| (k.clone(), resolve(v, kind)))
+        .collect()
+}
+
+/// The names `value` refers to: Ref, Fn::GetAtt, ${...} in Fn::Sub, DependsOn.
+fn references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("Ref", Value::String(name)) => out.push(name.clone()),
+                    ("Fn::GetAtt", Value::Array(parts)) => {
+                        if let Some(Value::String(name)) = parts.first() {
+                            out.push(name.clone());
+                        }
+                    }
+                    ("Fn::Sub", sub) => {
+                        let (text, vars) = match sub {
+                            Value::String(t) => (t.as_str(), None),
+                            Value::Array(a) => (a[0].as_str().unwrap(), a.get(1)),
+                            _ => panic!("Fn::Sub {sub}"),
+                        };
+                        let vars = vars.and_then(Value::as_object);
+                        for piece in text.split("${").skip(1) {
+                            let name = piece.split(['}', '.']).next().unwrap();
+                            if !name.starts_with('!') && !vars.is_some_and(|v| v.contains_key(name))
+                            {
+                                out.push(name.to_string());
+                            }
+                        }
+                        if let Some(vars) = vars {
+                            references(&Value::Object(vars.clone()), out);
+                        }
+                        continue;
+                    }
+                    ("DependsOn", Value::String(name)) => out.push(name.clone()),
+                    ("DependsOn", Value::Array(names)) => {
+                        out.extend(names.iter().filter_map(|n| n.as_str().map(String::from)))
+                    }
+                    _ => {}
+                }
+                references(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, out)),
+        _ => {}
+    }
+}
+
+fn r(name: &str) -> Value {
+    json!({ "Ref": name })
+}
+
+/// A target group's attributes as key -> value.
+fn attributes(tg: &Value) -> std::collections::BTreeMap<String, String> {
+    tg["Properties"]["TargetGroupAttributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["Key"].as_str().unwrap().to_string(),
+                a["Value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn target_kind_chooses_nlb_by_default_or_gwlb() {
+    let Some(t) = template_json() else {
+        return;
+    };
+    let p = &t["Parameters"]["TargetKind"];
+    assert_eq!(p["Default"], "NLB");
+    assert_eq!(p["AllowedValues"], json!(["NLB", "GWLB"]));
+    assert_eq!(
+        t["Conditions"]["IsNlb"],
+        json!({"Fn::Equals": [r("TargetKind"), "NLB"]})
+    );
+    assert_eq!(
+        t["Conditions"]["IsGwlb"],
+        json!({"Fn::Equals": [r("TargetKind"), "GWLB"]})
+    );
+    // Today's NLB resources keep their logical ids (an existing stack keeps them), and each
+    // kind's own resources exist only with it.
+    let resources = t["Resources"].as_object().unwrap();
+    for (name, cond) in [
+        ("LoadBalancer", "IsNlb"),
+        ("TargetGroup", "IsNlb"),
+        ("Listener", "IsNlb"),
+        ("MirrorTarget", "IsNlb"),
+        ("GatewayLoadBalancer", "IsGwlb"),
+        ("GatewayTargetGroup", "IsGwlb"),
+        ("GatewayListener", "IsGwlb"),
+        ("EndpointService", "IsGwlb"),
+        ("EndpointServicePermissions", "IsGwlb"),
+        ("GatewayEndpoint", "IsGwlb"),
+        ("GatewayMirrorTarget", "IsGwlb"),
+    ] {
+        assert_eq!(resources[name]["Condition"], cond, "{name}");
+    }
+}
+
+/// The GENEVE target group: port 6081, the NLB's health check (HTTP /readyz on the same admin
+/// port, same timing), 2-tuple stickiness so that both directions of a connection, whose
+/// VXLAN source ports differ, reach the same receiver, and failover that moves a failed
+/// receiver's flows.
+#[test]
+fn gwlb_target_group_is_geneve_6081_health_checked_like_the_nlb_and_sticky_on_two_tuples() {
+    let Some(t) = template_json() else {
+        return;
+    };
+    let nlb = &t["Resources"]["TargetGroup"];
+    let gwlb = &t["Resources"]["GatewayTargetGroup"];
+    let p = &gwlb["Properties"];
+    assert_eq!(gwlb["Type"], "AWS::ElasticLoadBalancingV2::TargetGroup");
+    assert_eq!(p["Protocol"], "GENEVE");
+    assert_eq!(p["Port"], 6081);
+    assert_eq!(p["TargetType"], "instance");
+    assert_eq!(p["VpcId"], r("VpcId"));
+    assert_eq!(p["HealthCheckProtocol"], "HTTP");
+    assert_eq!(p["HealthCheckPath"], "/readyz");
+    assert_eq!(p["HealthCheckPort"], "8080");
+    for key in [
+        "HealthCheckEnabled",
+        "HealthCheckProtocol",
+        "HealthCheckPort",
+        "HealthCheckPath",
+        "Matcher",
+        "HealthCheckIntervalSeconds",
+        "HealthCheckTimeoutSeconds",
+        "HealthyThresholdCount",
+        "UnhealthyThresholdCount",
+    ] {
+        assert_eq!(p[key], nlb["Properties"][key], "{key}");
+    }
+    let attrs = attributes(gwlb);
+    assert_eq!(attrs["stickiness.enabled"], "true");
+    assert_eq!(attrs["stickiness.type"], "source_ip_dest_ip");
+    assert_eq!(attrs["target_failover.on_deregistration"], "rebalance");
+    assert_eq!(attrs["target_failover.on_unhealthy"], "rebalance");
+    assert_eq!(
+        attrs["deregistration_delay.timeout_seconds"],
+        attributes(nlb)["deregistration_delay.timeout_seconds"]
+    );
+}
+
+/// Gateway Load Balancer -> listener -> endpoint service -> endpoint -> mirror target.
+#[test]
+fn gwlb_path_runs_from_the_mirror_target_to_the_receivers() {
+    let Some(t) = template_json() else {
+        return;
+    };
+    let res = &t["Resources"];
+    let lb = &res["GatewayLoadBalancer"]["Properties"];
+    assert_eq!(lb["Type"], "gateway");
+    assert_eq!(lb["Subnets"], r("SubnetIds"));
+    assert_eq!(
+        lb["LoadBalancerAttributes"],
+        json!([{"Key": "load_balancing.cross_zone.enabled", "Value": "true"}])
+    );
+    let listener = &res["GatewayListener"]["Properties"];
+    assert_eq!(listener["LoadBalancerArn"], r("GatewayLoadBalancer"));
+    assert!(listener.get("Protocol").is_none() && listener.get("Port").is_none());
+    assert_eq!(
+        listener["DefaultActions"],
+        json!([{"Type": "forward", "TargetGroupArn": r("GatewayTargetGroup")}])
+    );
+    let service = &res["EndpointService"]["Properties"];
+    assert_eq!(
+        service["GatewayLoadBalancerArns"],
+        json!([r("GatewayLoadBalancer")])
+    );
+    assert_eq!(service["AcceptanceRequired"], false);
+    assert_eq!(
+        res["EndpointServicePermissions"]["Properties"]["ServiceId"],
+        r("EndpointService")
+    );
+    let endpoint = &res["GatewayEndpoint"]["Properties"];
+    assert_eq!(endpoint["VpcEndpointType"], "GatewayLoadBalancer");
+    assert_eq!(
+        endpoint["ServiceName"],
+        json!({"Fn::Sub": "com.amazonaws.vpce.${AWS::Region}.${EndpointService}"})
+    );
+    assert_eq!(
+        endpoint["VpcId"],
+        json!({"Fn::If": ["HasEndpointVpc", r("EndpointVpcId"), r("VpcId")]})
+    );
+    // One subnet, by default the first of the receivers'.
+    assert_eq!(
+        endpoint["SubnetIds"],
+        json!([{"Fn::If": ["HasEndpointSubnet", r("EndpointSubnetId"),
+                           {"Fn::Select": [0, r("SubnetIds")]}]}])
+    );
+    let target = &res["GatewayMirrorTarget"];
+    assert_eq!(target["Type"], "AWS::EC2::TrafficMirrorTarget");
+    assert_eq!(
+        target["Properties"]["GatewayLoadBalancerEndpointId"],
+        r("GatewayEndpoint")
+    );
+    assert!(target["Properties"].get("NetworkLoadBalancerArn").is_none());
+    // EndpointSubnetId is required with EndpointVpcId, and both need GWLB.
+    let rules = t["Rules"].as_object().unwrap();
+    assert_eq!(
+        rules["EndpointVpcNeedsSubnet"]["RuleCondition"],
+        json!({"Fn::Not": [{"Fn::Equals": [r("EndpointVpcId"), ""]}]})
+    );
+    assert_eq!(
+        rules["EndpointSettingsNeedGwlb"]["RuleCondition"],
+        json!({"Fn::Equals": [r("TargetKind"), "NLB"]})
+    );
+}
+
+/// For each kind: the mirror target the session sync creates sessions to (the function's
+/// TARGET_ID, its IAM policy, the custom resource), the target group the receivers join, what
+/// the security group admits, what the receivers listen on, the alarms' load balancer and the
+/// outputs are that kind's own.
+#[test]
+fn each_target_kind_points_sessions_receivers_and_alarms_at_its_own_resources() {
+    let Some(t) = template_json() else {
+        return;
+    };
+    for (kind, target, tg, lb, port, listen, namespace) in [
+        (
+            "NLB",
+            "MirrorTarget",
+            "TargetGroup",
+            "LoadBalancer",
+            4789,
+            "0.0.0.0:4789",
+            "AWS/NetworkELB",
+        ),
+        (
+            "GWLB",
+            "GatewayMirrorTarget",
+            "GatewayTargetGroup",
+            "GatewayLoadBalancer",
+            6081,
+            "geneve://0.0.0.0:6081",
+            "AWS/GatewayELB",
+        ),
+    ] {
+        let res = section(&t, "Resources", kind);
+        let outputs = section(&t, "Outputs", kind);
+        assert!(res.contains_key(target) && res.contains_key(tg) && res.contains_key(lb));
+
+        assert_eq!(
+            res["SessionSync"]["Properties"]["TrafficMirrorTargetId"],
+            r(target),
+            "{kind}"
+        );
+        assert_eq!(
+            res["SessionSyncFunction"]["Properties"]["Environment"]["Variables"]["TARGET_ID"],
+            r(target),
+            "{kind}"
+        );
+        let policy = res["SessionSyncRole"]["Properties"]["Policies"].to_string();
+        let arn = "traffic-mirror-target/${Target}";
+        assert_eq!(policy.matches(arn).count(), 2, "{kind}: {policy}");
+        assert_eq!(
+            policy
+                .matches(&json!({ "Target": r(target) }).to_string())
+                .count(),
+            2,
+            "{kind}: {policy}"
+        );
+        assert_eq!(
+            outputs["TrafficMirrorTargetId"]["Value"],
+            r(target),
+            "{kind}"
+        );
+
+        assert_eq!(
+            res["AutoScalingGroup"]["Properties"]["TargetGroupARNs"],
+            json!([r(tg)]),
+            "{kind}"
+        );
+        let health_port: u16 = res[tg]["Properties"]["HealthCheckPort"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ingress = res["InstanceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+            .as_array()
+            .unwrap();
+        let rules: Vec<(String, Value, Value, Value)> = ingress
+            .iter()
+            .map(|i| {
+                (
+                    i["IpProtocol"].as_str().unwrap().to_string(),
+                    i["FromPort"].clone(),
+                    i["ToPort"].clone(),
+                    i["CidrIp"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("udp".to_string(), json!(port), json!(port), r("VpcCidr")),
+                (
+                    "tcp".to_string(),
+                    json!(health_port),
+                    json!(health_port),
+                    r("VpcCidr")
+                ),
+            ],
+            "{kind}"
+        );
+
+        let user_data = &res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+            ["Fn::Sub"];
+        assert!(
+            user_data[0]
+                .as_str()
+                .unwrap()
+                .contains("MIRROR_LISTEN=${Listen}\n")
+        );
+        assert_eq!(user_data[1]["Listen"], listen, "{kind}");
+
+        for alarm in ["UnhealthyTargetsAlarm", "NoHealthyTargetsAlarm"] {
+            let p = &res[alarm]["Properties"];
+            assert_eq!(p["Namespace"], namespace, "{kind} {alarm}");
+            assert_eq!(
+                p["Dimensions"],
+                json!([
+                    {"Name": "LoadBalancer", "Value": {"Fn::GetAtt": [lb, "LoadBalancerFullName"]}},
+                    {"Name": "TargetGroup", "Value": {"Fn::GetAtt": [tg, "TargetGroupFullName"]}},
+                ]),
+                "{kind} {alarm}"
+            );
+        }
+    }
+    let gwlb = section(&t, "Outputs", "GWLB");
+    for output in [
+        "GatewayLoadBalancerArn",
+        "GatewayLoadBalancerEndpointId",
+        "EndpointServiceId",
+        "EndpointServiceName",
+    ] {
+        assert!(gwlb.contains_key(output), "GWLB lacks output {output}");
+        assert!(!section(&t, "Outputs", "NLB").contains_key(output));
+    }
+}
+
+/// No resource or output of a kind refers to a resource that kind leaves out (CloudFormation
+/// refuses such a template for those parameters).
+#[test]
+fn no_target_kind_refers_to_a_resource_it_leaves_out() {
+    let Some(t) = template_json() else {
+        return;
+    };
+    let all: Vec<&String> = t["Resources"].as_object().unwrap().keys().collect();
+    for (kind, _) in KINDS {
+        let res = section(&t, "Resources", kind);
+        let mut checked = 0;
+        for (what, entries) in [
+            ("resource", &res),
+            ("output", &section(&t, "Outputs", kind)),
+        ] {
+            for (name, entry) in entries {
+                let mut refs = Vec::new();
+                references(entry, &mut refs);
+                for target in refs.iter().filter(|n| all.contains(n)) {
+                    assert!(
+                        res.contains_key(target),
+                        "{kind}: {what} {name} refers to {target}, which {kind} leaves out"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 40, "{kind}: only {checked} references");
     }
 }
