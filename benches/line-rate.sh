@@ -43,10 +43,18 @@
 #
 # 6. Scaling. Zero-loss capacity by the wall clock, 2 workers against 1, and its projection to 16
 #    vCPUs (see measure_scaling).
+# 7. Live capture ingest. Frames per CPU-second of one core: `mirror-receiver capture` (one
+#    worker, the whole pipeline, records to /dev/null) against tcpdump -w /dev/null (libpcap's
+#    TPACKET_V3 ring and nothing else: the plain packet-socket reader), each with a 256 MiB ring,
+#    on one end of a veth pair in a network namespace of its own. The receiver, pinned to the last
+#    CPU, is stopped; a python AF_PACKET sender puts CAPTURE's inner frames (VXLAN removed) on the
+#    other end; the receiver is continued and takes them all from its ring; rate = frames / its
+#    CPU time for them (schedstat, the daemon's idle CPU subtracted). Best of $INGEST_RUNS, in
+#    turns. Needs root and tcpdump. No target: reported.
 #
 # Usage: benches/line-rate.sh
 #   env: RUNS=5 INGEST_RUNS=5 KAFKA_RUNS=7 SCALE_RUNS=5 CAPTURE=FILE TANSU=BIN
-#   ONLY="1 2 3 4 5 6" (rows to take)
+#   ONLY="1 2 3 4 5 6 7" (rows to take)
 # Needs: cargo, python3, curl, taskset; tshark for row 1, tansu for row 5 (~/.cargo/bin/tansu).
 # CPU times come from getrusage/schedstat at microsecond resolution (GNU time's 10 ms is too
 # coarse for a 0.06 s replay). Takes about 90 s after the build. Exits non-zero when a
@@ -668,8 +676,145 @@ measure_scaling() {
     "> 1x; 16 vCPU: $(fmt "$per16" ',.0f')/s" "$(pass_if "$ratio > 1")"
 }
 
+# 7 -------------------------------------------------------------------------------------------
+cat > "$TMP/inject.py" <<'EOF'
+# inject.py CAPTURE DEV: sends the inner Ethernet frame of every VXLAN datagram of CAPTURE (pcap,
+# Ethernet/IPv4/UDP 4789) on DEV through an AF_PACKET socket; prints how many.
+import socket, struct, sys, time
+data = open(sys.argv[1], "rb").read()
+magic = struct.unpack("<I", data[:4])[0]
+e = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+frames, off = [], 24
+while off + 16 <= len(data):
+    _, _, incl, _ = struct.unpack(e + "IIII", data[off:off + 16])
+    pkt = data[off + 16:off + 16 + incl]
+    off += 16 + incl
+    if len(pkt) < 50 or pkt[12:14] != b"\x08\x00":
+        continue
+    ihl = (pkt[14] & 15) * 4
+    if pkt[23] != 17 or struct.unpack(">H", pkt[14 + ihl + 2:14 + ihl + 4])[0] != 4789:
+        continue
+    frames.append(pkt[14 + ihl + 16:])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[2], 0))
+# In bursts: a veth hands each frame to the per-CPU backlog, which drops past
+# net.core.netdev_max_backlog (1000 by default) frames.
+for i, f in enumerate(frames):
+    s.send(f)
+    if i % 200 == 199:
+        time.sleep(0.002)
+print(len(frames))
+EOF
+cap_metric() { # NAME: a metric of the capture daemon, read inside the namespace
+  ip netns exec "$CAP_NS" curl -sf "http://127.0.0.1:$CAP_ADMIN/metrics" > "$TMP/cm.txt" || true
+  metric "$1" "$TMP/cm.txt"
+}
+cap_quiet() { # PID SECONDS: waits until it has not run for SECONDS (it took what its ring held)
+  local a b
+  a=$(cpu_ns "$1")
+  while :; do
+    sleep "$2"
+    b=$(cpu_ns "$1")
+    [ "$a" = "$b" ] && break
+    a=$b
+  done
+}
+capture_trial() { # ours|ref: sets TR_RATE, TR_GOT, TR_DROPS, CAP_SENT
+  local pid c0 c1 t0 t1 idle=0 got drops i n sent
+  if [ "$1" = ours ]; then
+    CAP_ADMIN=$(free_port tcp)
+    ip netns exec "$CAP_NS" "${RECV_PIN[@]}" "$BIN" --log-level warn capture --interface lrcb \
+      --workers 1 --capture-buffer 268435456 --admin-listen "127.0.0.1:$CAP_ADMIN" \
+      --output /dev/null --spool-dir "$TMP/spool" 2>> "$TMP/capture.log" &
+    pid=$!
+    for i in $(seq 100); do
+      ip netns exec "$CAP_NS" curl -sf "http://127.0.0.1:$CAP_ADMIN/metrics" > /dev/null && break
+      sleep 0.1
+    done
+    c0=$(cpu_ns "$pid"); t0=$(date +%s.%N)
+    sleep 2
+    c1=$(cpu_ns "$pid"); t1=$(date +%s.%N)
+    idle=$(calc "($c1 - $c0) / ($t1 - $t0)")
+  else
+    : > "$TMP/tcpdump.err"
+    ip netns exec "$CAP_NS" "${RECV_PIN[@]}" tcpdump -i lrcb -n -B 262144 -w /dev/null \
+      2> "$TMP/tcpdump.err" &
+    pid=$!
+    for i in $(seq 100); do grep -q listening "$TMP/tcpdump.err" && break; sleep 0.1; done
+  fi
+  PIDS+=("$pid")
+  kill -STOP "$pid"
+  sent=$(ip netns exec "$CAP_NS" "${SEND_PIN[@]}" python3 "$TMP/inject.py" "$CAPTURE" lrca)
+  c0=$(cpu_ns "$pid"); t0=$(date +%s.%N)
+  kill -CONT "$pid"
+  if [ "$1" = ours ]; then
+    for i in $(seq 120); do
+      sleep 0.25
+      n=$(cap_metric mirror_datagrams_total)
+      [ "${n:-0}" -ge "$sent" ] && break
+    done
+  fi
+  # tcpdump's ring hands over a block when it is full or after its 1 s timeout; the daemon is
+  # done once it processed them all (it wakes every 20 ms, so it is never quiet).
+  [ "$1" = ours ] || cap_quiet "$pid" 1.5
+  c1=$(cpu_ns "$pid"); t1=$(date +%s.%N)
+  if [ "$1" = ours ]; then
+    got=$(cap_metric mirror_capture_frames_total)
+    drops=$(cap_metric mirror_capture_ring_drops_total)
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  if [ "$1" = ref ]; then
+    got=$(sed -n 's/^\([0-9]*\) packets captured.*/\1/p' "$TMP/tcpdump.err")
+    drops=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$TMP/tcpdump.err")
+  fi
+  CAP_SENT=$sent
+  TR_GOT=${got:-0} TR_DROPS=${drops:-?}
+  TR_RATE=$(calc "int($TR_GOT / max(1e-9, ($c1 - $c0 - $idle * ($t1 - $t0)) / 1e9))")
+}
+measure_capture() {
+  if [ "$(id -u)" != 0 ]; then
+    log "7: skipped: a network namespace and a veth pair need root"
+    row "7. live capture ingest, frames per CPU-second of one core" "-" "-" "-" "reported" "not measured (needs root)"
+    return 1
+  fi
+  local n i o=() r=() bo br
+  n=$(nproc)
+  if [ "$n" -ge 2 ]; then
+    RECV_PIN=(taskset -c $((n - 1)))
+    SEND_PIN=(taskset -c "0-$((n - 2))")
+  fi
+  CAP_NS=lrcap$$
+  ip netns add "$CAP_NS"
+  ip netns exec "$CAP_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$CAP_NS" link add lrca mtu 9000 type veth peer name lrcb mtu 9000
+  ip -n "$CAP_NS" link set lo up
+  ip -n "$CAP_NS" link set lrca up
+  ip -n "$CAP_NS" link set lrcb up
+  for i in $(seq "$INGEST_RUNS"); do
+    capture_trial ref
+    log "7: tcpdump: $TR_RATE frames per CPU-second; sent $CAP_SENT, captured $TR_GOT, dropped $TR_DROPS"
+    if [ "$TR_DROPS" = 0 ] && [ "$TR_GOT" = "$CAP_SENT" ]; then r+=("$TR_RATE"); fi
+    capture_trial ours
+    log "7: capture: $TR_RATE frames per CPU-second; sent $CAP_SENT, taken $TR_GOT, ring drops $TR_DROPS"
+    if [ "$TR_DROPS" = 0 ] && [ "$TR_GOT" = "$CAP_SENT" ]; then o+=("$TR_RATE"); fi
+  done
+  ip netns delete "$CAP_NS"
+  RECV_PIN=()
+  SEND_PIN=()
+  if [ "${#o[@]}" = 0 ] || [ "${#r[@]}" = 0 ]; then
+    row "7. live capture ingest, frames per CPU-second of one core" "-" "-" "-" "reported" "not measured"
+    return 1
+  fi
+  bo=$(echo "${o[*]}" | max_of) br=$(echo "${r[*]}" | max_of)
+  log "7: best capture $bo, best tcpdump $br (medians $(echo "${o[*]}" | median_of), $(echo "${r[*]}" | median_of))"
+  row "7. live capture ingest without loss (veth, 256 MiB ring), frames per CPU-second of one core" \
+    "$(fmt "$bo" ',.0f') (whole pipeline)" "$(fmt "$br" ',.0f') (tcpdump -w /dev/null)" \
+    "$(fmt "$(calc "100 * $bo / $br")" .0f) %" "reported" "-"
+}
+
 start=$(date +%s)
-ONLY=${ONLY:-1 2 3 4 5 6}
+ONLY=${ONLY:-1 2 3 4 5 6 7}
 for m in $ONLY; do
   case $m in
     1) measure_tshark || FAILED+=(1) ;;
@@ -678,6 +823,7 @@ for m in $ONLY; do
     4) measure_accounting || FAILED+=(4) ;;
     5) measure_kafka || FAILED+=(5) ;;
     6) measure_scaling || FAILED+=(6) ;;
+    7) measure_capture || FAILED+=(7) ;;
   esac
 done
 

@@ -15,9 +15,15 @@
 //! handle joined are skipped (counted, logged once) rather than reported twice.
 
 use crate::wire::LinkType;
+#[cfg(not(feature = "live-capture"))]
+pub use absent::*;
 use anyhow::{Context, Result};
+#[cfg(feature = "live-capture")]
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+#[cfg(feature = "live-capture")]
+use std::sync::atomic::Ordering;
+#[cfg(feature = "live-capture")]
 use std::time::Duration;
 
 /// Bytes of a frame kept: the largest IP packet, so a frame the kernel coalesced (GRO, or TSO
@@ -28,6 +34,7 @@ pub const TIMEOUT_MS: i32 = 20;
 /// Frames taken per call.
 pub const BATCH: usize = 256;
 /// `PACKET_FANOUT_FLAG_DEFRAG`: reassemble IP fragments before hashing.
+#[cfg(feature = "live-capture")]
 const FANOUT_FLAG_DEFRAG: u32 = 0x8000;
 
 /// Counters of one capture handle, published by its worker.
@@ -55,6 +62,7 @@ pub struct LiveConfig {
 
 /// Compiles a filter expression for Ethernet, without opening anything: how the configuration
 /// is checked.
+#[cfg(feature = "live-capture")]
 pub fn compile_filter(expr: &str) -> Result<(), String> {
     let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| e.to_string())?;
     dead.compile(expr, true)
@@ -70,6 +78,7 @@ pub fn interface_exists(name: &str) -> Result<()> {
 }
 
 /// One worker's capture handle.
+#[cfg(feature = "live-capture")]
 pub struct LiveCapture {
     cap: pcap::Capture<pcap::Active>,
     link: Option<LinkType>,
@@ -82,6 +91,7 @@ pub struct LiveCapture {
 
 /// Opens `n` handles on the interface, each with its ring, the filter and, for more than one,
 /// the fanout group.
+#[cfg(feature = "live-capture")]
 pub fn open_group(cfg: &LiveConfig, n: usize) -> Result<Vec<LiveCapture>> {
     // One group per process (the id is 16 bits; the pid's low bits are unique enough on a host,
     // and a clash with another process's group is refused by the kernel, not silently shared,
@@ -123,6 +133,7 @@ pub fn open_group(cfg: &LiveConfig, n: usize) -> Result<Vec<LiveCapture>> {
     Ok(handles)
 }
 
+#[cfg(feature = "live-capture")]
 fn open_one(cfg: &LiveConfig) -> Result<pcap::Capture<pcap::Active>, pcap::Error> {
     pcap::Capture::from_device(cfg.interface.as_str())?
         .promisc(cfg.promiscuous)
@@ -135,6 +146,7 @@ fn open_one(cfg: &LiveConfig) -> Result<pcap::Capture<pcap::Active>, pcap::Error
         .setnonblock()
 }
 
+#[cfg(feature = "live-capture")]
 fn join_fanout(cap: &pcap::Capture<pcap::Active>, group: u16) -> std::io::Result<()> {
     let arg: u32 = u32::from(group) | ((libc::PACKET_FANOUT_HASH | FANOUT_FLAG_DEFRAG) << 16);
     // SAFETY: setsockopt on the handle's own packet socket, with a correctly sized int value.
@@ -154,6 +166,7 @@ fn join_fanout(cap: &pcap::Capture<pcap::Active>, group: u16) -> std::io::Result
     }
 }
 
+#[cfg(feature = "live-capture")]
 impl LiveCapture {
     /// The link type of the frames.
     pub fn link(&self) -> Option<LinkType> {
@@ -247,6 +260,43 @@ impl LiveCapture {
                 Ordering::Relaxed,
             );
             self.last = (dropped, if_dropped);
+        }
+    }
+}
+
+/// A build without the `live-capture` feature (no libpcap to link with): the configuration and
+/// the daemon say so instead of capturing.
+#[cfg(not(feature = "live-capture"))]
+mod absent {
+    use super::{CaptureCounters, LinkType, LiveConfig};
+    use anyhow::Result;
+
+    const WHY: &str = "this build has no live capture (built without the `live-capture` feature, \
+                       which links libpcap)";
+
+    pub fn compile_filter(_expr: &str) -> Result<(), String> {
+        Err(WHY.into())
+    }
+
+    pub fn open_group(_cfg: &LiveConfig, _n: usize) -> Result<Vec<LiveCapture>> {
+        anyhow::bail!(WHY)
+    }
+
+    /// Never made.
+    pub enum LiveCapture {}
+
+    impl LiveCapture {
+        pub fn link(&self) -> Option<LinkType> {
+            match *self {}
+        }
+        pub fn receive(&mut self, _: &CaptureCounters, _: &mut dyn FnMut(&[u8], u64)) -> usize {
+            match *self {}
+        }
+        pub fn drain(&mut self, _: &CaptureCounters, _: &mut dyn FnMut(&[u8], u64)) -> usize {
+            match *self {}
+        }
+        pub fn publish(&mut self, _: &CaptureCounters) {
+            match *self {}
         }
     }
 }
