@@ -3179,9 +3179,19 @@ fn link_packets(lab: &Lab, ns: &str, dev: &str) -> u64 {
         .sum()
 }
 
+/// Real captures of tagged traffic (802.1Q, QinQ) the capture test puts on the link.
+const TAGGED: [&str; 3] = [
+    "pcap/http-zeek-vlan.pcap",
+    "pcap/http-zeek-qinq.pcap",
+    "pcap/http-suricata-filecontainer-vlan-gzip.pcap",
+];
+const INJECT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/inject_frames.py");
+
 /// `capture --interface` with two workers on the server's end of the app link (no VXLAN: the
 /// frames themselves, as on a SPAN port, a GCP Packet Mirroring collector or a node's own
-/// interface): curl and ab against nginx, every exchange of nginx's log reported once. Then a
+/// interface), with jumbo frames (MTU 9001): curl and ab against nginx, every exchange of nginx's
+/// log reported once, pages whole; real captures of 802.1Q and QinQ traffic put on the link
+/// reported as `replay` reports the files. Then a
 /// flood while the daemon is stopped (SIGSTOP) overflows its 8 MiB rings: the ring drops are
 /// counted, and the frames taken, dropped and skipped at startup add up to every packet the
 /// interface's own counters saw, so nothing else was lost; traffic after the flood is still
@@ -3202,7 +3212,8 @@ fn live_capture_of_the_app_link_matches_access_log() {
     std::fs::write(d.join("www/page.html"), text(20_000, 7)).unwrap();
     write_nginx_conf(&d);
     let mut lab = Lab::new(&tools, 'c');
-    let net = build_network(&mut lab, &tools, &STANDARD_MTUS);
+    // Jumbo frames on the app link: the 20 KB page in 9001-byte frames, kept whole.
+    let net = build_network(&mut lab, &tools, &JUMBO_MTUS);
     // No IPv6 on the app link: its neighbour discovery would add frames of its own timing.
     for (ns, dev) in [
         (&net.server, &net.server_dev),
@@ -3263,6 +3274,27 @@ fn live_capture_of_the_app_link_matches_access_log() {
         Duration::from_secs(60),
     );
     assert!(ab.status.success(), "ab: {}", ab.stderr);
+    // Tagged frames (this kernel has neither vlan devices nor tc's vlan action): real captures
+    // of 802.1Q and QinQ traffic put on the link as they are. The kernel takes the outer tag
+    // into the frame's metadata; libpcap puts it back.
+    let tagged = match common::corpus_dir(&TAGGED) {
+        Ok(dir) => {
+            let files: Vec<PathBuf> = TAGGED.iter().map(|f| dir.join(f)).collect();
+            let sent = run(
+                lab.exec(&net.client, &tools.python3)
+                    .arg(INJECT_PY)
+                    .arg(format!("appc{}", lab.tag))
+                    .args(&files),
+                Duration::from_secs(60),
+            );
+            assert!(sent.status.success(), "inject_frames.py: {}", sent.stderr);
+            Some(files)
+        }
+        Err(why) => {
+            common::skip(Need::Corpus, NAME, &format!("the tagged part: {why}"));
+            None
+        }
+    };
     std::thread::sleep(Duration::from_millis(300));
     let before_flood = admin_get(&lab, &tools, &net.server, "/metrics");
     if !before_flood.contains("mirror_capture_ring_drops_total 0\n") {
@@ -3292,14 +3324,68 @@ fn live_capture_of_the_app_link_matches_access_log() {
     failures.extend(daemon_exit_failure(status));
     let after = link_packets(&lab, &net.server, &net.server_dev);
 
-    let records = read_records(&records_path, &mut failures);
+    let all = read_records(&records_path, &mut failures);
+    let (records, injected): (Vec<Value>, Vec<Value>) =
+        all.into_iter().partition(|r| field(r, "ip") == CLIENT_IP);
+    // The tagged captures: what the capture reports of them is what replay reports of the
+    // files (the pipeline's reading of tagged frames; the live path must lose no tag).
+    if let Some(files) = &tagged {
+        let key = |r: &Value| {
+            format!(
+                "{} {} {} {}",
+                field(r, "method"),
+                field(r, "path"),
+                field(r, "statusCode"),
+                field(r, "responsePayload").len()
+            )
+        };
+        let mut want: Vec<String> = Vec::new();
+        for f in files {
+            let out = run(
+                Command::new(env!("CARGO_BIN_EXE_mirror-receiver"))
+                    .args(["--log-level", "warn", "replay"])
+                    .arg(f)
+                    .env_remove("MIRROR_KAFKA_BROKERS")
+                    .env_remove("AKTO_KAFKA_BROKER_MAL")
+                    .env_remove("AKTO_KAFKA_BROKER_URL"),
+                Duration::from_secs(60),
+            );
+            assert!(
+                out.status.success(),
+                "replay {}: {}",
+                f.display(),
+                out.stderr
+            );
+            for line in out.stdout.lines() {
+                want.push(key(&serde_json::from_str(line).unwrap()));
+            }
+        }
+        let mut got: Vec<String> = injected.iter().map(key).collect();
+        want.sort();
+        got.sort();
+        if want.len() < 12 || got != want {
+            failures.push(format!(
+                "tagged captures: replay reports {want:?}, the live capture {got:?}"
+            ));
+        }
+    }
     let logged = logged_exchanges(&access_log(&d));
     compare_with_log("capture", &logged, &records, &mut failures);
     if logged.values().sum::<usize>() < 205 {
         failures.push(format!("nginx logged only {logged:?}"));
     }
     for r in &records {
-        if field(r, "akto_vxlan_id") != "0" || field(r, "ip") != CLIENT_IP {
+        if field(r, "path").starts_with("/page.html") && field(r, "responsePayload").len() != 20_000
+        {
+            failures.push(format!(
+                "{}: the page's payload is {} bytes, not 20,000",
+                field(r, "path"),
+                field(r, "responsePayload").len()
+            ));
+        }
+    }
+    for r in records.iter().chain(&injected) {
+        if field(r, "akto_vxlan_id") != "0" {
             failures.push(format!(
                 "record of {} from {} with akto_vxlan_id {}",
                 field(r, "path"),
