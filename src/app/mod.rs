@@ -174,11 +174,7 @@ pub fn run(args: &RunArgs, live: Option<&LiveArgs>) -> Result<()> {
                 .map(Arc::new)
                 .collect();
         let local = sockets[0].local_addr()?;
-        // The steering program reads VXLAN; a Geneve group's flows are handed over by whichever
-        // worker received them.
-        let steered = workers > 1
-            && listener.encap == crate::wire::Encapsulation::Vxlan
-            && attach_steering(&sockets[0], workers);
+        let steered = workers > 1 && attach_steering(&sockets[0], workers, listener.encap);
         steering &= steered;
         let what = match listener.encap {
             crate::wire::Encapsulation::Vxlan => "VXLAN",
@@ -305,8 +301,8 @@ fn spawn_sink(
 /// Attaches the kernel's steering program to the sockets' reuseport group. Without it (an old
 /// kernel, a seccomp policy) every datagram still reaches the worker of its flow, handed over by
 /// whichever worker received it: slower, counted, and said here once.
-fn attach_steering(socket: &UdpSocket, workers: usize) -> bool {
-    match crate::ingest::steer::attach(socket, workers) {
+fn attach_steering(socket: &UdpSocket, workers: usize, encap: crate::wire::Encapsulation) -> bool {
+    match crate::ingest::steer::attach_for(socket, workers, encap) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(

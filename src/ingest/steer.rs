@@ -4,6 +4,10 @@
 //! directions the same outer source port; the kernel's own VXLAN and other encapsulators do
 //! not).
 //!
+//! A Geneve group's program first checks for the shape a Gateway Load Balancer gives a mirror
+//! session's packets (AWS's three options, the mirror's IPv4/UDP 4789/VXLAN packet inside) and
+//! then reads the same inner frame further on; other Geneve goes to the fallback.
+//!
 //! The kernel runs the program with the UDP header pulled (`run_bpf_filter` with
 //! `sizeof(struct udphdr)`), so offset 0 is the VXLAN header and the inner Ethernet frame starts
 //! at 8. The program reads IPv4 (any header length) and IPv6 without extension headers, each
@@ -14,13 +18,20 @@
 //! with 0, socket 0. Either way the receiving worker decodes the datagram, and hands what it
 //! does not own to its owner ([`super::Inlet`]), counted.
 
-use crate::wire::TcpSegment;
+use crate::wire::{Encapsulation, TcpSegment};
 use libc::sock_filter;
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 /// Where the inner Ethernet frame starts: after the 8-byte VXLAN header.
 const INNER: u32 = crate::wire::VXLAN_HEADER_LEN as u32;
+/// Where it starts in Geneve as a Gateway Load Balancer sends a mirror session's packets: the
+/// Geneve header (8 bytes), AWS's three options (32), then the mirror's own packet: IPv4 without
+/// options (20), UDP (8), VXLAN (8). Other Geneve shapes (other options, an IP packet inside)
+/// are left to the fallback.
+const GWLB_INNER: u32 = 8 + 32 + 20 + 8 + 8;
+/// Where that IPv4 header starts.
+const GWLB_IP: u32 = 8 + 32;
 /// Odd 32-bit multipliers: of the addresses' sum (the golden ratio's), and of the mix
 /// (MurmurHash3's).
 const SPREAD: u32 = 0x9E37_79B1;
@@ -55,10 +66,16 @@ fn mix(h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Attaches the steering program for `shards` sockets to the reuseport group of `socket`. The
-/// group's sockets are numbered in the order they were bound, so socket `i` must be shard `i`.
+/// Attaches the steering program for `shards` sockets of VXLAN to the reuseport group of
+/// `socket`. The group's sockets are numbered in the order they were bound, so socket `i` must
+/// be shard `i`.
 pub fn attach(socket: &UdpSocket, shards: usize) -> std::io::Result<()> {
-    let mut program = program(shards)?;
+    attach_for(socket, shards, Encapsulation::Vxlan)
+}
+
+/// [`attach`] for a group whose datagrams are in `encap`.
+pub fn attach_for(socket: &UdpSocket, shards: usize, encap: Encapsulation) -> std::io::Result<()> {
+    let mut program = program_for(shards, encap)?;
     let prog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
@@ -174,18 +191,49 @@ impl Asm {
     }
 }
 
-/// The steering program for `shards` sockets.
+/// The steering program for `shards` sockets of VXLAN.
+#[cfg(test)]
 fn program(shards: usize) -> std::io::Result<Vec<sock_filter>> {
+    program_for(shards, Encapsulation::Vxlan)
+}
+
+/// The steering program for `shards` sockets whose datagrams are in `encap`.
+fn program_for(shards: usize, encap: Encapsulation) -> std::io::Result<Vec<sock_filter>> {
     let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
     let mut a = Asm::default();
+    let inner = match encap {
+        Encapsulation::Vxlan => INNER,
+        Encapsulation::Geneve => {
+            // Version 0 with 32 bytes of options (AWS's three), IPv4 inside; it has no
+            // options, carries UDP to 4789 and is not a fragment.
+            a.stmt(LD_B, 0);
+            a.jump(JEQ, 0x08, Label::Next, Label::Fallback);
+            a.stmt(LD_H, 2);
+            a.jump(JEQ, 0x0800, Label::Next, Label::Fallback);
+            a.stmt(LD_B, GWLB_IP);
+            a.jump(JEQ, 0x45, Label::Next, Label::Fallback);
+            a.stmt(LD_B, GWLB_IP + 9);
+            a.jump(JEQ, 17, Label::Next, Label::Fallback);
+            a.stmt(LD_H, GWLB_IP + 6);
+            a.jump(JSET, 0x3fff, Label::Fallback, Label::Next);
+            a.stmt(LD_H, GWLB_IP + 20 + 2);
+            a.jump(
+                JEQ,
+                u32::from(crate::wire::VXLAN_PORT),
+                Label::Next,
+                Label::Fallback,
+            );
+            GWLB_INNER
+        }
+    };
     // The Ethernet type, then behind one 802.1Q tag.
-    let (bare, tagged) = (INNER + 14, INNER + 18);
-    a.stmt(LD_H, INNER + 12);
+    let (bare, tagged) = (inner + 14, inner + 18);
+    a.stmt(LD_H, inner + 12);
     a.jump(JEQ, 0x0800, Label::V4(bare), Label::Next);
     a.jump(JEQ, 0x86dd, Label::V6(bare), Label::Next);
     a.jump(JEQ, 0x8100, Label::Vlan, Label::Fallback);
     a.label(Label::Vlan);
-    a.stmt(LD_H, INNER + 16);
+    a.stmt(LD_H, inner + 16);
     a.jump(JEQ, 0x0800, Label::V4(tagged), Label::Next);
     a.jump(JEQ, 0x86dd, Label::V6(tagged), Label::Fallback);
     for ip in [bare, tagged] {

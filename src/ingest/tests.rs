@@ -90,9 +90,20 @@ pub(crate) fn run_group(
     senders: usize,
     datagrams: &[Send],
 ) -> Vec<Taken> {
+    run_group_in(Encapsulation::Vxlan, workers, steer, senders, datagrams)
+}
+
+/// [`run_group`] for datagrams in `encap`.
+pub(crate) fn run_group_in(
+    encap: Encapsulation,
+    workers: usize,
+    steer: bool,
+    senders: usize,
+    datagrams: &[Send],
+) -> Vec<Taken> {
     let sockets = bind_group("127.0.0.1:0".parse().unwrap(), workers, 4 << 20).unwrap();
     if steer {
-        steer::attach(&sockets[0], workers).expect("attaching the steering program");
+        steer::attach_for(&sockets[0], workers, encap).expect("attaching the steering program");
     }
     let to = sockets[0].local_addr().unwrap();
     let admission = Admission::new(&[], &[]).unwrap();
@@ -114,7 +125,8 @@ pub(crate) fn run_group(
                     (&sockets[me], &counters[me], &admission, pool.clone(), &stop);
                 scope.spawn(move || {
                     let mut got = Vec::new();
-                    let mut inlet = Inlet::new(me, socket, admission, counters, link, pool);
+                    let mut inlet = Inlet::new(me, socket, admission, counters, link, pool)
+                        .with_encapsulation(encap);
                     let mut take = |d: &[u8], _: &Datagram<'_>| got.push(d.to_vec());
                     while !stop.load(Ordering::Relaxed) {
                         let (_, alive) = inlet.receive(&mut take);
@@ -191,8 +203,8 @@ pub(crate) fn flows(flows: u16, v6: bool, shape: crate::testkit::Shape) -> Vec<S
 }
 
 /// The flow of a datagram (its client port), and the worker that owns it, if it has one.
-fn owner(d: &[u8], workers: usize) -> Option<(u16, usize)> {
-    let dg = Datagram::decode(d);
+fn owner(encap: Encapsulation, d: &[u8], workers: usize) -> Option<(u16, usize)> {
+    let dg = Datagram::decode_with(encap, d);
     let seg = dg.segment()?;
     let client = if seg.src.port() == 8080 {
         seg.dst
@@ -205,6 +217,15 @@ fn owner(d: &[u8], workers: usize) -> Option<(u16, usize)> {
 /// Every datagram sent was taken exactly once, by the worker that owns its flow (datagrams
 /// without a flow by any). Returns how many flows each worker owned.
 pub(crate) fn assert_taken_by_owners(taken: &[Taken], sent: &[Send]) -> Vec<usize> {
+    assert_taken_by_owners_in(Encapsulation::Vxlan, taken, sent)
+}
+
+/// [`assert_taken_by_owners`] for datagrams in `encap`.
+pub(crate) fn assert_taken_by_owners_in(
+    encap: Encapsulation,
+    taken: &[Taken],
+    sent: &[Send],
+) -> Vec<usize> {
     let workers = taken.len();
     let mut want: Vec<&[u8]> = sent.iter().map(|(_, d)| d.as_slice()).collect();
     let mut got: Vec<&[u8]> = Vec::new();
@@ -212,7 +233,7 @@ pub(crate) fn assert_taken_by_owners(taken: &[Taken], sent: &[Send]) -> Vec<usiz
     for (w, t) in taken.iter().enumerate() {
         for d in &t.datagrams {
             got.push(d);
-            if let Some((flow, owner)) = owner(d, workers) {
+            if let Some((flow, owner)) = owner(encap, d, workers) {
                 assert_eq!(
                     owner, w,
                     "flow {flow} taken by worker {w}, owned by {owner}"

@@ -1,5 +1,7 @@
 use super::*;
-use crate::ingest::tests::{assert_taken_by_owners, flows, run_group};
+use crate::ingest::tests::{
+    assert_taken_by_owners, assert_taken_by_owners_in, flows, run_group, run_group_in,
+};
 use crate::testkit::Shape;
 use std::sync::atomic::Ordering;
 
@@ -98,4 +100,89 @@ fn what_the_program_cannot_classify_is_handed_off_and_nothing_stalls() {
         handed > 0 && handed <= fallback,
         "{handed} handed off, of {fallback} datagrams the program leaves to the kernel's hash"
     );
+}
+
+/// A VXLAN datagram as a Gateway Load Balancer delivers it when a mirror session's target is its
+/// endpoint: Geneve with AWS's three options around the mirror's IPv4/UDP 4789 packet.
+fn gwlb(vxlan: &[u8], mirror_port: u16) -> Vec<u8> {
+    let mut d = vec![0x08, 0x00, 0x08, 0x00, 0, 0, 0, 0];
+    for (kind, value) in [(1u8, &[7u8; 8][..]), (2, &[9u8; 8][..]), (3, &[5u8; 4][..])] {
+        d.extend_from_slice(&[0x01, 0x08, kind, (value.len() / 4) as u8]);
+        d.extend_from_slice(value);
+    }
+    let udp_len = (8 + vxlan.len()) as u16;
+    let total = 20 + udp_len;
+    d.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    d.extend_from_slice(&[10, 9, 0, 1, 10, 9, 0, 2]);
+    d.extend_from_slice(&mirror_port.to_be_bytes());
+    d.extend_from_slice(&crate::wire::VXLAN_PORT.to_be_bytes());
+    d.extend_from_slice(&udp_len.to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(vxlan);
+    assert_eq!(d.len(), GWLB_INNER as usize - 8 + vxlan.len());
+    d
+}
+
+#[test]
+fn the_geneve_program_is_valid_classic_bpf() {
+    for shards in [1, 2, 3, 4, 1024] {
+        let p = program_for(shards, Encapsulation::Geneve).unwrap();
+        assert!(p.len() < libc::BPF_MAXINSNS as usize);
+        for (i, insn) in p.iter().enumerate() {
+            if insn.code == JA {
+                assert!(i + 1 + (insn.k as usize) < p.len());
+            } else if insn.code & 0x07 == JEQ & 0x07 {
+                assert!(i + 1 + usize::from(insn.jt.max(insn.jf)) < p.len());
+            }
+        }
+    }
+}
+
+/// GWLB's nesting is steered by the mirrored connection too: both directions (different
+/// outer senders, different mirror source ports) reach the owner and nothing is handed off;
+/// Geneve of another shape (other options, an IP packet inside) takes the counted hand-off.
+#[test]
+fn the_kernel_steers_gwlb_geneve_by_the_mirrored_flow() {
+    let wrap = |flows: Vec<(usize, Vec<u8>)>| -> Vec<(usize, Vec<u8>)> {
+        flows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (sender, d))| (sender, gwlb(&d, 50_000 + i as u16)))
+            .collect()
+    };
+    for workers in [2, 4] {
+        let mut sent = wrap(flows(48, false, Shape::Plain));
+        sent.extend(wrap(flows(16, true, Shape::Vlan)));
+        let taken = run_group_in(Encapsulation::Geneve, workers, true, 2, &sent);
+        let owned = assert_taken_by_owners_in(Encapsulation::Geneve, &taken, &sent);
+        assert!(owned.iter().all(|&n| n > 0), "{workers} workers: {owned:?}");
+        assert_eq!(
+            handed_off(&taken),
+            0,
+            "{workers} workers: nothing handed off"
+        );
+    }
+    // The same flows with a fourth option (36 bytes of options): the fallback.
+    let mut sent = Vec::new();
+    for (sender, mut d) in wrap(flows(24, false, Shape::Plain)) {
+        d[0] = 0x09;
+        d.splice(40..40, [0x01, 0x08, 0x7f, 0x00]);
+        sent.push((sender, d));
+    }
+    let taken = run_group_in(Encapsulation::Geneve, 4, true, 2, &sent);
+    assert_taken_by_owners_in(Encapsulation::Geneve, &taken, &sent);
+    assert!(handed_off(&taken) > 0);
 }
