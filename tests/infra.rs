@@ -73,22 +73,10 @@ fn tool(name: &str, env_var: &str, version_args: &[&str], install: &str) -> Opti
 
 /// Runs `cmd` to completion, killing it after `limit`.
 fn run(mut cmd: Command, limit: Duration) -> Output {
-    let f = common::run(cmd.env("CHECKPOINT_DISABLE", "1"), limit);
-    Output {
-        status: f.status,
-        stdout: f.stdout.into_bytes(),
-        stderr: f.stderr.into_bytes(),
-    }
+    common::run_output(cmd.env("CHECKPOINT_DISABLE", "1"), limit)
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::output_text as text;
 
 #[test]
 fn cloudformation_passes_cfn_lint() {

@@ -230,22 +230,10 @@ impl Manifests {
 
 /// Runs `cmd`, killing it after a minute.
 fn run(mut cmd: Command) -> Output {
-    let f = common::run(&mut cmd, Duration::from_secs(60));
-    Output {
-        status: f.status,
-        stdout: f.stdout.into_bytes(),
-        stderr: f.stderr.into_bytes(),
-    }
+    common::run_output(&mut cmd, Duration::from_secs(60))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::output_text as text;
 
 /// `kubernetes-validate --strict` on `files` (against `version`, else the newest it bundles):
 /// the output, and the resources it says passed.

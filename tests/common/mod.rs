@@ -68,6 +68,26 @@ fn read_all(r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     })
 }
 
+/// [`run`], as the standard library's `Output` (for tests that hand it on as one).
+pub fn run_output(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let f = run(cmd, timeout);
+    std::process::Output {
+        status: f.status,
+        stdout: f.stdout.into_bytes(),
+        stderr: f.stderr.into_bytes(),
+    }
+}
+
+/// An `Output`'s exit code and both streams, for a failure message.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs a command (stdin closed) to completion within `timeout`, capturing its output; panics
 /// past the timeout, after killing it.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
