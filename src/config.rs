@@ -98,7 +98,8 @@ pub enum Command {
     /// Capture live from a network interface (SPAN/TAP ports, GCP Packet Mirroring collectors,
     /// a node's own traffic) and deliver records; every flag of `run` applies.
     Capture(CaptureArgs),
-    /// Check a configuration and exit: 0 when valid, 2 with a message naming the bad setting.
+    /// Check a configuration and exit: 0 when valid, else 1 (2 for a value that does not parse)
+    /// with a message naming the bad setting.
     Validate(ValidateArgs),
     /// Send a VXLAN capture's datagrams to a receiver (load tests, checking a deployment).
     Send(SendArgs),
