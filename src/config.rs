@@ -419,13 +419,10 @@ pub struct RunSettings {
     pub live: Option<LiveSettings>,
 }
 
-/// A checked `capture` configuration.
+/// A checked `capture` configuration: the interface's, and the VNI its records get.
 #[derive(Clone, Debug)]
 pub struct LiveSettings {
-    pub interface: String,
-    pub promiscuous: bool,
-    pub filter: Option<String>,
-    pub buffer: usize,
+    pub capture: crate::ingest::live::LiveConfig,
     pub vni: u32,
 }
 
@@ -463,10 +460,12 @@ impl LiveArgs {
                 .map_err(|why| bad("--capture-filter", f, &why))?;
         }
         Ok(Some(LiveSettings {
-            interface: interface.clone(),
-            promiscuous: self.promiscuous,
-            filter,
-            buffer: self.capture_buffer,
+            capture: crate::ingest::live::LiveConfig {
+                interface: interface.clone(),
+                promiscuous: self.promiscuous,
+                filter,
+                buffer: self.capture_buffer,
+            },
             vni: self.vni,
         }))
     }

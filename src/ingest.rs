@@ -31,6 +31,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Wall-clock time in µs since the Unix epoch: what stamps received traffic.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Largest datagram taken: a 9001-byte jumbo frame mirrored with its VXLAN encapsulation.
 pub const MAX_DATAGRAM: usize = 9216;
 /// How long a worker waits on a quiet socket before it looks at its inbox and the stop flag.

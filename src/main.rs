@@ -55,7 +55,7 @@ fn validate(args: &config::ValidateArgs) -> anyhow::Result<()> {
     if let Some(live) = &settings.live
         && !args.offline
     {
-        mirror_receiver::ingest::live::interface_exists(&live.interface)?;
+        mirror_receiver::ingest::live::interface_exists(&live.capture.interface)?;
     }
     println!("configuration is valid");
     Ok(())

@@ -149,7 +149,7 @@ impl Pipeline {
 
     fn vxlan(&mut self, len: usize, decoded: &wire::Datagram<'_>, now: u64) {
         let (vni, segment) = match decoded {
-            wire::Datagram::NotVxlan(e) => return self.wire.count_error(*e),
+            wire::Datagram::BadHeader(e) => return self.wire.count_error(*e),
             wire::Datagram::Inner { vni, segment } => (*vni, segment),
         };
         let stats = self.vni_stats(vni);

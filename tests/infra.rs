@@ -78,14 +78,19 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
 
 use common::output_text as text;
 
-#[test]
-fn cloudformation_passes_cfn_lint() {
-    let Some(cfn_lint) = tool(
+/// cfn-lint, or a skip.
+fn cfn_lint() -> Option<String> {
+    tool(
         "cfn-lint",
         "CFN_LINT_BIN",
         &["--version"],
         "pip install cfn-lint",
-    ) else {
+    )
+}
+
+#[test]
+fn cloudformation_passes_cfn_lint() {
+    let Some(cfn_lint) = cfn_lint() else {
         return;
     };
     let mut cmd = Command::new(cfn_lint);
@@ -128,12 +133,7 @@ fn parameters(extra: &[(&str, serde_json::Value)]) -> serde_json::Value {
 #[test]
 fn cloudformation_passes_cfn_lint_with_each_target_kind() {
     use serde_json::json;
-    let Some(cfn_lint) = tool(
-        "cfn-lint",
-        "CFN_LINT_BIN",
-        &["--version"],
-        "pip install cfn-lint",
-    ) else {
+    let Some(cfn_lint) = cfn_lint() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

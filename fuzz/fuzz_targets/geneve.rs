@@ -90,7 +90,7 @@ fn geneve(data: &[u8]) {
     }
     let datagram = Datagram::decode_with(Encapsulation::Geneve, data);
     match (&datagram, header) {
-        (Datagram::NotVxlan(e), Err(h)) => assert_eq!(*e, h),
+        (Datagram::BadHeader(e), Err(h)) => assert_eq!(*e, h),
         (Datagram::Inner { vni, segment }, Ok(g)) => {
             assert!(*vni < 1 << 24);
             match segment {

@@ -20,6 +20,7 @@ pub use status::add_stats;
 use crate::config::{Listener, LiveArgs, PipelineSettings, RunArgs, RunSettings};
 use crate::counters::ProcessCounters;
 use crate::ingest::live::CaptureCounters;
+use crate::ingest::now_us;
 use crate::ingest::{BATCH_BYTES_PER_DATAGRAM, Batch, BatchPool, RECV_BATCH};
 use crate::pipeline::PipelineStats;
 use crate::sink::SinkStats;
@@ -33,18 +34,11 @@ use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use worker::{Source, Worker};
 
 /// A worker thread, joined at shutdown.
 type Thread = JoinHandle<()>;
-
-/// Wall-clock time in µs since the Unix epoch.
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// What the daemon's threads share: one slot per worker, one per receive socket, and the
 /// daemon-wide flags and counters.
@@ -185,14 +179,9 @@ pub fn run(args: &RunArgs, live: Option<&LiveArgs>) -> Result<()> {
     }
     let captures = match &live {
         Some(l) => {
-            let cfg = crate::ingest::live::LiveConfig {
-                interface: l.interface.clone(),
-                promiscuous: l.promiscuous,
-                filter: l.filter.clone(),
-                buffer: l.buffer,
-            };
-            let handles = crate::ingest::live::open_group(&cfg, workers)?;
-            tracing::info!(interface = %l.interface, workers, promiscuous = l.promiscuous, filter = l.filter.as_deref().unwrap_or(""), "capturing");
+            let c = &l.capture;
+            let handles = crate::ingest::live::open_group(c, workers)?;
+            tracing::info!(interface = %c.interface, workers, promiscuous = c.promiscuous, filter = c.filter.as_deref().unwrap_or(""), "capturing");
             handles
         }
         None => Vec::new(),

@@ -3,10 +3,11 @@
 //! source is a receive socket of one `--listen` group (the kernel steers its flows there, or
 //! the group's workers hand them over), or a capture handle of the interface's fanout group.
 
+use super::Shared;
 use super::sink_thread::RecordsOut;
-use super::{Shared, now_us};
 use crate::admission::Admission;
 use crate::ingest::live::LiveCapture;
+use crate::ingest::now_us;
 use crate::ingest::{BatchPool, Inlet, Link};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::record::{Encoder, RecordConfig};
@@ -168,9 +169,7 @@ fn run_udp(shard: &mut Shard<'_>, mut inlet: Inlet<'_>) {
 fn run_live(shard: &mut Shard<'_>, slot: usize, mut capture: LiveCapture, vni: u32) {
     let shared = shard.shared;
     let counters = &shared.captures[slot];
-    let Some(link) = capture.link() else {
-        return;
-    };
+    let link = capture.link();
     // Capture times drive the pipeline, never stepping back (the ring's blocks may interleave
     // a little).
     let mut last = now_us();

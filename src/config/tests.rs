@@ -335,10 +335,10 @@ fn capture_checks_its_interface_and_filter() {
     // capture listens on UDP only where told.
     assert!(s.listeners.is_empty());
     let live = s.live.unwrap();
-    assert_eq!(live.interface, "eth0");
-    assert_eq!(live.filter.as_deref(), Some("tcp port 80"));
+    assert_eq!(live.capture.interface, "eth0");
+    assert_eq!(live.capture.filter.as_deref(), Some("tcp port 80"));
     assert_eq!(
-        (live.vni, live.buffer, live.promiscuous),
+        (live.vni, live.capture.buffer, live.capture.promiscuous),
         (7, 64 << 20, false)
     );
 

@@ -81,7 +81,7 @@ pub fn interface_exists(name: &str) -> Result<()> {
 #[cfg(feature = "live-capture")]
 pub struct LiveCapture {
     cap: pcap::Capture<pcap::Active>,
-    link: Option<LinkType>,
+    link: LinkType,
     /// Frames stamped before this (µs) are skipped.
     joined_at: u64,
     /// The latest cumulative libpcap counts (32-bit, so they may wrap).
@@ -106,14 +106,13 @@ pub fn open_group(cfg: &LiveConfig, n: usize) -> Result<Vec<LiveCapture>> {
             join_fanout(&cap, group)
                 .with_context(|| format!("joining fanout group {group} (worker {i})"))?;
         }
-        let link = LinkType::from_pcap(cap.get_datalink().0 as u32);
-        if link.is_none() {
+        let datalink = cap.get_datalink().0;
+        let Some(link) = u32::try_from(datalink).ok().and_then(LinkType::from_pcap) else {
             anyhow::bail!(
-                "{}: link type {} is not one the decoder knows",
-                cfg.interface,
-                cap.get_datalink().0
+                "{}: link type {datalink} is not one the decoder knows",
+                cfg.interface
             );
-        }
+        };
         if let Some(f) = &cfg.filter {
             cap.filter(f, true)
                 .with_context(|| format!("--capture-filter {f:?}"))?;
@@ -126,7 +125,7 @@ pub fn open_group(cfg: &LiveConfig, n: usize) -> Result<Vec<LiveCapture>> {
             error_log: crate::sink::RateLimit::new(Duration::from_secs(10)),
         });
     }
-    let joined_at = crate::app::now_us();
+    let joined_at = super::now_us();
     for h in &mut handles {
         h.joined_at = if n > 1 { joined_at } else { 0 };
     }
@@ -169,7 +168,7 @@ fn join_fanout(cap: &pcap::Capture<pcap::Active>, group: u16) -> std::io::Result
 #[cfg(feature = "live-capture")]
 impl LiveCapture {
     /// The link type of the frames.
-    pub fn link(&self) -> Option<LinkType> {
+    pub fn link(&self) -> LinkType {
         self.link
     }
 
@@ -286,7 +285,7 @@ mod absent {
     pub enum LiveCapture {}
 
     impl LiveCapture {
-        pub fn link(&self) -> Option<LinkType> {
+        pub fn link(&self) -> LinkType {
             match *self {}
         }
         pub fn receive(&mut self, _: &CaptureCounters, _: &mut dyn FnMut(&[u8], u64)) -> usize {

@@ -15,22 +15,11 @@ pub enum Encapsulation {
 }
 
 impl Encapsulation {
-    /// Every encapsulation, for listing the accepted names.
-    pub const ALL: [Encapsulation; 2] = [Encapsulation::Vxlan, Encapsulation::Geneve];
-
     /// Stable name for configuration, metrics and logs: "vxlan", "geneve".
     pub fn as_str(self) -> &'static str {
         match self {
             Encapsulation::Vxlan => "vxlan",
             Encapsulation::Geneve => "geneve",
-        }
-    }
-
-    /// The IANA UDP port of the encapsulation, which AWS uses: 4789 (VXLAN), 6081 (Geneve).
-    pub fn default_port(self) -> u16 {
-        match self {
-            Encapsulation::Vxlan => super::VXLAN_PORT,
-            Encapsulation::Geneve => super::GENEVE_PORT,
         }
     }
 }
@@ -45,9 +34,9 @@ impl std::fmt::Display for Encapsulation {
 /// pipeline then takes, so neither decodes it again.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Datagram<'a> {
-    /// The encapsulation header did not decode: the VXLAN header, or the Geneve header for
-    /// [`Encapsulation::Geneve`] (the name predates Geneve support).
-    NotVxlan(DecodeError),
+    /// The encapsulation's header (VXLAN's, or Geneve's for [`Encapsulation::Geneve`]) did not
+    /// decode.
+    BadHeader(DecodeError),
     /// The session's VNI, and the inner frame's TCP segment or why it is not one.
     Inner {
         vni: u32,
@@ -60,7 +49,7 @@ impl<'a> Datagram<'a> {
     /// `decode_with(Encapsulation::Vxlan, payload)`.
     pub fn decode(payload: &'a [u8]) -> Datagram<'a> {
         match decode_vxlan(payload) {
-            Err(e) => Datagram::NotVxlan(e),
+            Err(e) => Datagram::BadHeader(e),
             Ok(v) => Datagram::Inner {
                 vni: v.vni,
                 segment: decode_ethernet(v.inner),

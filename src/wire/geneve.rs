@@ -18,7 +18,7 @@
 //!   header); class 0x0108 type 1 = GWLB endpoint (VPC endpoint) ID, 8 bytes; type 2 =
 //!   attachment ID, 8 bytes; type 3 = flow cookie, 4 bytes; all big-endian.
 
-use super::{CaptureFrame, Datagram, DecodeError, decode_ethernet, decode_vxlan};
+use super::{CaptureFrame, Datagram, DecodeError, decode_ethernet};
 use etherparse::EtherType;
 
 /// The IANA port for Geneve, which AWS Gateway Load Balancer uses towards its appliances.
@@ -221,7 +221,7 @@ fn fixed<const N: usize>(data: &[u8]) -> Result<[u8; N], DecodeError> {
 pub(super) fn datagram(payload: &[u8]) -> Datagram<'_> {
     let geneve = match decode_geneve(payload) {
         Ok(g) => g,
-        Err(e) => return Datagram::NotVxlan(e),
+        Err(e) => return Datagram::BadHeader(e),
     };
     let vni = geneve.session_vni();
     if geneve.oam {
@@ -235,15 +235,10 @@ pub(super) fn datagram(payload: &[u8]) -> Datagram<'_> {
         PROTOCOL_IPV4 | PROTOCOL_IPV6 => {
             match super::decode_ip(EtherType(geneve.protocol), geneve.inner) {
                 // Traffic Mirroring through a GWLB endpoint: the mirror's VXLAN, whole.
-                Ok(CaptureFrame::Vxlan(udp)) => match decode_vxlan(udp) {
-                    Ok(vxlan) => {
-                        return Datagram::Inner {
-                            vni: vxlan.vni,
-                            segment: decode_ethernet(vxlan.inner),
-                        };
-                    }
+                Ok(CaptureFrame::Vxlan(udp)) => match Datagram::decode(udp) {
+                    inner @ Datagram::Inner { .. } => return inner,
                     // UDP to 4789 that is not VXLAN: as any other UDP.
-                    Err(_) => Err(DecodeError::NotTcp),
+                    Datagram::BadHeader(_) => Err(DecodeError::NotTcp),
                 },
                 Ok(CaptureFrame::Tcp(segment)) => Ok(segment),
                 Err(e) => Err(e),
