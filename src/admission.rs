@@ -45,6 +45,11 @@ impl Admission {
         Ok(Admission { sources, vnis })
     }
 
+    /// Whether [`Admission::check`] looks at the source at all (a source allow-list is set).
+    pub fn reads_source(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
     pub fn check(&self, source: IpAddr, datagram: &[u8]) -> Verdict {
         let source = source.to_canonical();
         if !self.sources.is_empty() && !self.sources.iter().any(|n| n.contains(&source)) {

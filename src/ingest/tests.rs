@@ -318,3 +318,46 @@ fn admission_refusals_are_counted_by_the_socket_that_received_them() {
     assert_eq!(counters.refused_source.load(Ordering::Relaxed), 0);
     assert_eq!(counters.handed_off.load(Ordering::Relaxed), 0);
 }
+
+/// The source is asked of the kernel only when a source allow-list needs it; with one, each
+/// datagram's real source decides.
+#[test]
+fn a_source_allow_list_reads_each_datagrams_real_source() {
+    for (allow, admitted) in [("127.0.0.1", true), ("10.0.0.0/8", false)] {
+        let sockets = bind_group("127.0.0.1:0".parse().unwrap(), 1, 1 << 20).unwrap();
+        let admission = Admission::new(&[allow.to_owned()], &[]).unwrap();
+        assert!(admission.reads_source());
+        let counters = SocketCounters::default();
+        let pool = BatchPool::new(2, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
+        let mut inlet = Inlet::new(
+            0,
+            &sockets[0],
+            &admission,
+            &counters,
+            links(1).remove(0),
+            pool,
+        );
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = flows(2, false, crate::testkit::Shape::Plain);
+        for (_, d) in &sent {
+            tx.send_to(d, sockets[0].local_addr().unwrap()).unwrap();
+        }
+        let mut got = 0;
+        while counters.received.load(Ordering::Relaxed) < sent.len() as u64 {
+            inlet.receive(&mut |_, _| got += 1);
+        }
+        let accepted = if admitted { sent.len() } else { 0 };
+        assert!(sent.len() >= 2);
+        assert_eq!(got, accepted, "allow-source {allow}");
+        assert_eq!(
+            counters.refused_source.load(Ordering::Relaxed),
+            (sent.len() - accepted) as u64,
+            "allow-source {allow}"
+        );
+    }
+    assert!(
+        !Admission::new(&[], &["9".to_owned()])
+            .unwrap()
+            .reads_source()
+    );
+}
