@@ -284,20 +284,22 @@ fn without_the_program_every_datagram_is_handed_to_the_worker_of_its_flow() {
     );
 }
 
+/// The ingest of a single worker on `socket`.
+fn lone_inlet<'a>(
+    socket: &'a UdpSocket,
+    admission: &'a Admission,
+    counters: &'a SocketCounters,
+) -> Inlet<'a> {
+    let pool = BatchPool::new(2, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
+    Inlet::new(0, socket, admission, counters, links(1).remove(0), pool)
+}
+
 #[test]
 fn admission_refusals_are_counted_by_the_socket_that_received_them() {
     let sockets = bind_group("127.0.0.1:0".parse().unwrap(), 1, 1 << 20).unwrap();
     let admission = Admission::new(&[], &["9".to_owned()]).unwrap();
     let counters = SocketCounters::default();
-    let pool = BatchPool::new(2, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
-    let mut inlet = Inlet::new(
-        0,
-        &sockets[0],
-        &admission,
-        &counters,
-        links(1).remove(0),
-        pool,
-    );
+    let mut inlet = lone_inlet(&sockets[0], &admission, &counters);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut sent = flows(2, false, crate::testkit::Shape::Plain);
     let mut other_vni = sent[0].1.clone();
@@ -328,15 +330,7 @@ fn a_source_allow_list_reads_each_datagrams_real_source() {
         let admission = Admission::new(&[allow.to_owned()], &[]).unwrap();
         assert!(admission.reads_source());
         let counters = SocketCounters::default();
-        let pool = BatchPool::new(2, RECV_BATCH, RECV_BATCH * BATCH_BYTES_PER_DATAGRAM);
-        let mut inlet = Inlet::new(
-            0,
-            &sockets[0],
-            &admission,
-            &counters,
-            links(1).remove(0),
-            pool,
-        );
+        let mut inlet = lone_inlet(&sockets[0], &admission, &counters);
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sent = flows(2, false, crate::testkit::Shape::Plain);
         for (_, d) in &sent {
