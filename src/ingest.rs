@@ -315,29 +315,9 @@ impl Receiver {
         let mut chunks = self.buf.chunks_exact_mut(MAX_DATAGRAM);
         let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
             std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-        let flags = MsgFlags::MSG_WAITFORONE;
-        let got = &mut self.got;
         let taken = match &mut self.headers {
-            Headers::WithSource(headers) => {
-                recvmmsg(fd, headers, &mut slices, flags, None).map(|results| {
-                    let mut n = 0;
-                    for (msg, entry) in results.zip(got.iter_mut()) {
-                        *entry = (msg.bytes.min(MAX_DATAGRAM), source_ip(msg.address.as_ref()));
-                        n += 1;
-                    }
-                    n
-                })
-            }
-            Headers::Without(headers) => {
-                recvmmsg(fd, headers, &mut slices, flags, None).map(|results| {
-                    let mut n = 0;
-                    for (msg, entry) in results.zip(got.iter_mut()) {
-                        *entry = (msg.bytes.min(MAX_DATAGRAM), None);
-                        n += 1;
-                    }
-                    n
-                })
-            }
+            Headers::WithSource(h) => receive_into(fd, h, &mut slices, &mut self.got, source_ip),
+            Headers::Without(h) => receive_into(fd, h, &mut slices, &mut self.got, |_| None),
         };
         match taken {
             Ok(n) => n,
@@ -360,6 +340,24 @@ impl Receiver {
             (&self.buf[start..start + len], from)
         })
     }
+}
+
+/// One `recvmmsg` call with `headers`, each datagram's length and source (`source` of the address
+/// the kernel wrote) into `got`; returns how many it took.
+fn receive_into<'a, S: nix::sys::socket::SockaddrLike + Copy>(
+    fd: RawFd,
+    headers: &'a mut MultiHeaders<S>,
+    slices: &'a mut [[IoSliceMut<'a>; 1]; RECV_BATCH],
+    got: &mut [(usize, Option<IpAddr>); RECV_BATCH],
+    source: fn(Option<&S>) -> Option<IpAddr>,
+) -> nix::Result<usize> {
+    let results = recvmmsg(fd, headers, slices, MsgFlags::MSG_WAITFORONE, None)?;
+    let mut n = 0;
+    for (msg, entry) in results.zip(got.iter_mut()) {
+        *entry = (msg.bytes.min(MAX_DATAGRAM), source(msg.address.as_ref()));
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Binds `n` sockets to `listen` with SO_REUSEPORT (all to the port the first one got, when

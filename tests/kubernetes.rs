@@ -325,15 +325,24 @@ fn strict_validation_rejects_a_misspelled_field_and_a_mistyped_value() {
     let misspelled = mutate(&dir().join("daemonset.yaml"), |l| {
         (l.trim() == "hostNetwork: true").then(|| l.replace("hostNetwork", "hostNetwrok"))
     });
-    let bad = tmp.path().join("daemonset-misspelled.yaml");
-    std::fs::write(&bad, misspelled).unwrap();
-    let (out, passed) = validate_strict(&checker, std::slice::from_ref(&bad), None);
-    let report = text(&out);
-    assert!(!out.status.success(), "accepted hostNetwrok: {report}");
-    assert_eq!(passed, 0, "{report}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("'hostNetwrok' was unexpected"),
-        "{report}"
+    // Written to `name` in `tmp`, validated strictly: refused, saying `says`.
+    let refused = |name: &str, manifest: String, says: &str| {
+        let bad = tmp.path().join(name);
+        std::fs::write(&bad, manifest).unwrap();
+        let (out, passed) = validate_strict(&checker, std::slice::from_ref(&bad), None);
+        let report = text(&out);
+        assert!(!out.status.success(), "accepted {name}: {report}");
+        assert_eq!(passed, 0, "{report}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(says),
+            "{report}"
+        );
+        bad
+    };
+    let bad = refused(
+        "daemonset-misspelled.yaml",
+        misspelled,
+        "'hostNetwrok' was unexpected",
     );
     // Strict mode is what catches it.
     let out = run({
@@ -359,16 +368,7 @@ fn strict_validation_rejects_a_misspelled_field_and_a_mistyped_value() {
         (is_data_key && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
             .then(|| format!("{key}: {digits}"))
     });
-    let bad = tmp.path().join("configmap-number.yaml");
-    std::fs::write(&bad, unquoted).unwrap();
-    let (out, passed) = validate_strict(&checker, std::slice::from_ref(&bad), None);
-    let report = text(&out);
-    assert!(!out.status.success(), "accepted a number: {report}");
-    assert_eq!(passed, 0, "{report}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("is not of type 'string'"),
-        "{report}"
-    );
+    refused("configmap-number.yaml", unquoted, "is not of type 'string'");
 }
 
 /// The container's environment as this machine can check it: the spool directory, which the
