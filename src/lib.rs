@@ -31,6 +31,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod record;
 pub mod sink;
+pub mod spare;
 #[doc(hidden)]
 pub mod testkit;
 pub mod wire;

@@ -82,7 +82,7 @@ pub fn replay(args: &ReplayArgs) -> Result<PipelineStats> {
         args.vni,
         &settings.pipeline,
         Some(settings.filter),
-        |ex| deliver_record(&ex, &encoder, &mut buf, &too_large, &mut send),
+        |ex| deliver_record(ex, &encoder, &mut buf, &too_large, &mut send),
     )
     .with_context(|| format!("replaying {}", args.file.display()))?;
     let flushed = sink.flush(Duration::from_secs(30));

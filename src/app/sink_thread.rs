@@ -58,23 +58,26 @@ pub(super) fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<d
     }
 }
 
-/// Encodes one exchange and hands the record to `deliver`: the one path from an exchange to a
+/// Encodes one exchange, hands the record to `deliver` and recycles the exchange's buffers: the one path from an exchange to a
 /// sink, for the daemon and for replay. A record too large for any payload is counted in
 /// `records_too_large`, not sent.
 pub(super) fn deliver_record(
-    ex: &Exchange,
+    ex: Exchange,
     encoder: &Encoder,
     buf: &mut Vec<u8>,
     records_too_large: &AtomicU64,
     deliver: &mut impl FnMut(u64, &[u8]) -> Result<(), SinkError>,
 ) -> Result<(), SinkError> {
-    match encoder.encode(ex, buf) {
+    let delivered = match encoder.encode(&ex, buf) {
         Ok(()) => deliver(ex.connection_id, buf),
         Err(_) => {
             records_too_large.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
-    }
+    };
+    // Its buffers serve the thread's next messages.
+    ex.recycle();
+    delivered
 }
 
 /// A worker's encoded records on their way to the sink thread: copied into a pooled batch and
@@ -107,7 +110,7 @@ impl RecordsOut {
     ) -> Result<(), SinkError> {
         let mut push = |k: u64, r: &[u8]| self.push(k, r);
         for ex in pipeline.exchanges() {
-            deliver_record(&ex, encoder, buf, records_too_large, &mut push)?;
+            deliver_record(ex, encoder, buf, records_too_large, &mut push)?;
         }
         self.flush()
     }

@@ -19,12 +19,13 @@ pub enum StartLine {
 
 /// The header fields of a message: names (lower-cased) and values (invalid UTF-8 replaced) copied
 /// once into one buffer, each field kept as positions in it. Two allocations a message, however
-/// many fields it has.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// many fields it has. A head that is valid UTF-8 is copied whole (its separators included) with
+/// one copy, and only its names rewritten in place; equality is of the fields, not of the buffer.
+#[derive(Clone, Default)]
 pub struct Headers {
     text: String,
-    /// Per field: start of the name, end of the name (= start of the value), end of the value.
-    fields: Vec<[u32; 3]>,
+    /// Per field: start and end of the name, start and end of the value.
+    fields: Vec<[u32; 4]>,
 }
 
 impl Headers {
@@ -38,8 +39,75 @@ impl Headers {
         self.text.push_str(value);
         let ends = [start, name_end, self.text.len()].map(u32::try_from);
         match ends {
-            [Ok(a), Ok(b), Ok(c)] => self.fields.push([a, b, c]),
+            [Ok(a), Ok(b), Ok(c)] => self.fields.push([a, b, b, c]),
             _ => self.text.truncate(start),
+        }
+    }
+
+    /// Appends the fields httparse found in `head` (every one a slice of it, in order). A head
+    /// that is valid UTF-8 is copied from the first name to the last value at once and its names
+    /// lower-cased in place; otherwise each field goes through [`Headers::push_raw`]. Fields
+    /// with an empty name are left out.
+    pub fn extend_from_head(&mut self, fields: &[httparse::Header<'_>], head: &[u8]) {
+        let (Some(first), Some(last)) = (fields.first(), fields.last()) else {
+            return;
+        };
+        let base = head.as_ptr() as usize;
+        // Offsets in `head` (httparse's fields are slices of it; checked below all the same).
+        let lo = (first.name.as_ptr() as usize).wrapping_sub(base);
+        let hi = (last.value.as_ptr() as usize)
+            .wrapping_sub(base)
+            .wrapping_add(last.value.len());
+        let start = self.text.len();
+        let copied = std::str::from_utf8(head)
+            .ok()
+            .and_then(|t| t.get(lo..hi))
+            .filter(|c| u32::try_from(start + c.len()).is_ok());
+        let Some(copied) = copied else {
+            self.push_each(fields);
+            return;
+        };
+        if self.text.capacity() == 0 {
+            // An empty vector is UTF-8: this is always `Ok`.
+            self.text = String::from_utf8(crate::spare::text()).unwrap_or_default();
+        }
+        if self.fields.capacity() == 0 {
+            self.fields = crate::spare::fields();
+        }
+        self.text.push_str(copied);
+        self.fields.reserve_exact(fields.len());
+        let at = |s: &[u8]| {
+            let a = (s.as_ptr() as usize).wrapping_sub(base);
+            (a, a.wrapping_add(s.len()))
+        };
+        for h in fields.iter().filter(|h| !h.name.is_empty()) {
+            let ((n0, n1), (v0, v1)) = (at(h.name.as_bytes()), at(h.value));
+            let inside = lo <= n0 && n0 <= n1 && n1 <= v0 && v0 <= v1 && v1 <= hi;
+            // Positions in the copy; each a character boundary, so slicing them never fails.
+            let [a, b, v, c] = [n0, n1, v0, v1].map(|o| o.wrapping_sub(lo) + start);
+            if inside && [a, b, v, c].iter().all(|&p| self.text.is_char_boundary(p)) {
+                if let Some(name) = self.text.get_mut(a..b) {
+                    name.make_ascii_lowercase();
+                }
+                // Below u32::MAX: the copy ends there at most (checked above).
+                self.fields.push([a, b, v, c].map(|p| p as u32));
+            } else {
+                self.push_raw(h.name.as_bytes(), h.value);
+            }
+        }
+    }
+
+    /// Gives the buffers back for this thread's next message ([`crate::spare`]).
+    pub fn recycle(self) {
+        crate::spare::give_text(self.text.into_bytes());
+        crate::spare::give_fields(self.fields);
+    }
+
+    fn push_each(&mut self, fields: &[httparse::Header<'_>]) {
+        let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+        self.reserve(fields.len(), bytes);
+        for h in fields.iter().filter(|h| !h.name.is_empty()) {
+            self.push_raw(h.name.as_bytes(), h.value);
         }
     }
 
@@ -68,9 +136,9 @@ impl Headers {
 
     /// The fields in order, as (name, value).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + '_ {
-        self.fields.iter().map(|&[a, b, c]| {
-            let (a, b, c) = (a as usize, b as usize, c as usize);
-            (&self.text[a..b], &self.text[b..c])
+        self.fields.iter().map(|&[a, b, v, c]| {
+            let (a, b, v, c) = (a as usize, b as usize, v as usize, c as usize);
+            (&self.text[a..b], &self.text[v..c])
         })
     }
 
@@ -80,8 +148,10 @@ impl Headers {
         let bytes = self.text.as_bytes();
         self.fields
             .iter()
-            .filter(move |&&[a, b, _]| bytes.get(a as usize..b as usize) == Some(name.as_bytes()))
-            .map(|&[_, b, c]| &self.text[b as usize..c as usize])
+            .filter(move |&&[a, b, _, _]| {
+                bytes.get(a as usize..b as usize) == Some(name.as_bytes())
+            })
+            .map(|&[_, _, v, c]| &self.text[v as usize..c as usize])
     }
 
     /// Replaces the value of every field whose name `matches`.
@@ -96,6 +166,14 @@ impl Headers {
         *self = out;
     }
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 impl std::fmt::Debug for Headers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +281,13 @@ impl Message {
         }
     }
 
+    /// Gives the message's buffers back for this thread's next message ([`crate::spare`]);
+    /// dropping it instead frees them.
+    pub fn recycle(self) {
+        self.headers.recycle();
+        crate::spare::give_text(self.body);
+    }
+
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.values(name).next()
@@ -247,6 +332,16 @@ pub struct Exchange {
     pub connection_id: u64,
     pub request: Message,
     pub response: Option<Message>,
+}
+
+impl Exchange {
+    /// Once its record is written: gives both messages' buffers back ([`Message::recycle`]).
+    pub fn recycle(self) {
+        self.request.recycle();
+        if let Some(r) = self.response {
+            r.recycle();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -231,7 +231,8 @@ impl Parser {
     /// Frees the buffer when it holds nothing (the connection went idle between messages).
     pub fn release(&mut self) {
         if self.pos == self.buf.len() && self.buf.capacity() > 0 {
-            self.buf = Vec::new();
+            // Kept for this thread's next message rather than freed (see [`crate::spare`]).
+            crate::spare::give_stream(std::mem::take(&mut self.buf));
             self.pos = 0;
         }
         self.metas.release();
@@ -413,6 +414,9 @@ impl Parser {
                 self.metas.push_back((self.pos, prev));
             }
             self.metas.push_back((self.buf.len(), meta));
+        }
+        if self.buf.capacity() == 0 && !data.is_empty() {
+            self.buf = crate::spare::stream();
         }
         self.buf.extend_from_slice(data);
         self.meta = Some(meta);
@@ -706,7 +710,7 @@ impl Parser {
         match httparse::parse_headers(avail, &mut storage) {
             Ok(httparse::Status::Complete((n, fields))) => {
                 if let Some(msg) = &mut self.msg {
-                    copy_headers(fields, &avail[..n], &mut msg.headers);
+                    msg.headers.extend_from_head(fields, &avail[..n]);
                 }
                 self.consume(n);
                 self.finish_message(cfg)
@@ -1062,6 +1066,9 @@ impl Parser {
         {
             let room = cfg.max_body_bytes.saturating_sub(msg.body.len());
             let keep = bytes.len().min(room);
+            if msg.body.capacity() == 0 && keep > 0 {
+                msg.body = crate::spare::text();
+            }
             msg.body.extend_from_slice(&bytes[..keep]);
             if keep < bytes.len() {
                 msg.body_truncated = true;
@@ -1222,27 +1229,9 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
 /// Copies httparse's fields into `into`. `head` is the text they were parsed from, when it is valid
 /// UTF-8 (checked once for the whole head, not field by field): values are then taken from it
 /// as they are; otherwise each is checked, and invalid UTF-8 replaced.
-fn copy_headers(fields: &[httparse::Header<'_>], head: &[u8], into: &mut Headers) {
-    let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
-    into.reserve(fields.len(), bytes);
-    let text = std::str::from_utf8(head).ok();
-    for h in fields.iter().filter(|h| !h.name.is_empty()) {
-        // The value's place in the head; `get` finds it on character boundaries (httparse
-        // splits at ASCII delimiters) or gives nothing, never panics.
-        let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
-        match text.and_then(|t| t.get(at..at.wrapping_add(h.value.len()))) {
-            Some(value) => {
-                debug_assert_eq!(value.as_bytes(), h.value);
-                into.push(h.name, value);
-            }
-            None => into.push_raw(h.name.as_bytes(), h.value),
-        }
-    }
-}
-
 fn owned_headers(fields: &[httparse::Header<'_>], head: &[u8]) -> Headers {
     let mut h = Headers::default();
-    copy_headers(fields, head, &mut h);
+    h.extend_from_head(fields, head);
     h
 }
 

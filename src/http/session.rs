@@ -20,6 +20,7 @@ use super::message::{Exchange, Message, Recovery};
 use super::parser::{DropReason, Parser, Role, Step};
 use super::{HttpCtx, HttpStats};
 use crate::flow::{CloseReason, DataMeta, FlowKey, Seq, Side, StreamEvent, StreamHandler};
+use compact_str::CompactString;
 use std::collections::VecDeque;
 
 /// How many times `max_pending_requests` a connection may hold while its oldest request has
@@ -46,7 +47,8 @@ enum RespSlot {
 
 #[derive(Debug)]
 struct Pending {
-    method: String,
+    /// Held inline (a method is short): pairing clones it without allocating.
+    method: CompactString,
     seq: Option<Seq>,
     /// The request's acknowledgement: how much of the server's stream its sender had.
     ack: Option<Seq>,
@@ -684,8 +686,8 @@ impl Session {
             self.pending.reserve_exact(1);
         }
         let method = match self.requests.current().and_then(Message::method) {
-            Some(m) => m.to_owned(),
-            None => String::new(),
+            Some(m) => CompactString::from(m),
+            None => CompactString::default(),
         };
         self.pending.push_back(Pending {
             method,
