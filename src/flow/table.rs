@@ -185,6 +185,50 @@ impl<H: StreamHandler> Flow<H> {
     }
 }
 
+/// Why a segment found no flow: it opens none (no payload, no SYN, or a reset), or the table
+/// is full and must evict first.
+enum Absent {
+    Ignored,
+    Full,
+}
+
+/// Gives one segment to its flow (sent by `side`): reassembly, the handler's events, the flow's
+/// buffered bytes re-measured into `buffered` while at hand (a second lookup per segment cost
+/// more than the measuring). Returns why the flow is done, if it is, and the reassembly
+/// counters.
+fn feed<H: StreamHandler>(
+    flow: &mut Flow<H>,
+    (key, side): (FlowKey, Side),
+    input: SegmentIn<'_>,
+    rst: bool,
+    cfg: &FlowConfig,
+    buffered: &mut usize,
+    ctx: &mut H::Ctx,
+) -> (Option<CloseReason>, ReassemblyStats) {
+    flow.last_seen = input.ts;
+    let Flow { dirs, handler, .. } = flow;
+    if let Some(ack) = input.ack {
+        dirs[side.other().index()].guess_start(ack);
+    }
+    let now = input.ts;
+    let dir = &mut dirs[side.index()];
+    let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
+    let mut rs = ReassemblyStats::default();
+    dir.segment(input, &cfg.reassembly, &mut rs, &mut emit);
+    dir.expire_holes(now, &cfg.reassembly, &mut rs, &mut emit);
+    let done = if rst {
+        Some(CloseReason::Rst)
+    } else if dirs[0].ended() && dirs[1].ended() {
+        Some(CloseReason::Fin)
+    } else {
+        None
+    };
+    let bytes = flow.measure();
+    *buffered = *buffered - flow.bytes + bytes;
+    flow.bytes = bytes;
+    (done, rs)
+}
+
 /// Bidirectional flows of one shard.
 pub struct FlowTable<H: StreamHandler> {
     flows: LruCache<FlowKey, Flow<H>, lru::DefaultHasher>,
@@ -250,31 +294,6 @@ impl<H: StreamHandler> FlowTable<H> {
         {
             self.close(key, CloseReason::Reused, now, ctx);
         }
-        if !self.flows.contains(&key) {
-            let carries = !seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn;
-            if !carries || seg.flags.rst {
-                self.bump(vni, |s| s.segments_ignored += 1);
-                return;
-            }
-            if self.flows.len() >= self.cfg.max_flows.max(1) {
-                self.evict_lru(now, ctx);
-            }
-            self.bump(vni, |s| s.opened += 1);
-            self.flows.put(
-                key,
-                Flow {
-                    dirs: Default::default(),
-                    handler: H::default(),
-                    last_seen: now,
-                    bytes: 0,
-                },
-            );
-        }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
-        };
-        flow.last_seen = now;
-        let Flow { dirs, handler, .. } = flow;
         let input = SegmentIn {
             seq: Seq(seg.seq),
             ack: seg.ack.map(Seq),
@@ -284,25 +303,65 @@ impl<H: StreamHandler> FlowTable<H> {
             missing: seg.missing,
             ts: now,
         };
-        if let Some(ack) = seg.ack {
-            dirs[side.other().index()].guess_start(Seq(ack));
-        }
-        let dir = &mut dirs[side.index()];
-        let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
-        let mut rs = ReassemblyStats::default();
-        dir.segment(input, &self.cfg.reassembly, &mut rs, &mut emit);
-        dir.expire_holes(now, &self.cfg.reassembly, &mut rs, &mut emit);
-        let done = if seg.flags.rst {
-            Some(CloseReason::Rst)
-        } else if dirs[0].ended() && dirs[1].ended() {
-            Some(CloseReason::Fin)
-        } else {
-            None
+        // One lookup for a flow the table has: it is found and fed through the same reference.
+        // A segment that opens nothing leaves no entry; a new flow in a full table waits for
+        // the eviction that makes room for it.
+        let opens = (!seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn) && !seg.flags.rst;
+        let full = self.flows.len() >= self.cfg.max_flows.max(1);
+        let mut opened = false;
+        let new_flow = |opened: &mut bool| {
+            *opened = true;
+            Flow {
+                dirs: Default::default(),
+                handler: H::default(),
+                last_seen: now,
+                bytes: 0,
+            }
         };
-        // Re-measured while at hand (a second lookup per segment cost more than the measuring).
-        let bytes = flow.measure();
-        self.buffered = self.buffered - flow.bytes + bytes;
-        flow.bytes = bytes;
+        let fed = match self
+            .flows
+            .try_get_or_insert_mut(key, || match (opens, full) {
+                (false, _) => Err(Absent::Ignored),
+                (true, true) => Err(Absent::Full),
+                (true, false) => Ok(new_flow(&mut opened)),
+            }) {
+            Ok(flow) => Ok(feed(
+                flow,
+                (key, side),
+                input,
+                seg.flags.rst,
+                &self.cfg,
+                &mut self.buffered,
+                ctx,
+            )),
+            Err(absent) => Err(absent),
+        };
+        let (done, rs) = match fed {
+            Ok(fed) => fed,
+            Err(Absent::Ignored) => {
+                self.bump(vni, |s| s.segments_ignored += 1);
+                return;
+            }
+            Err(Absent::Full) => {
+                self.evict_lru(now, ctx);
+                self.flows.put(key, new_flow(&mut opened));
+                let Some(flow) = self.flows.get_mut(&key) else {
+                    return;
+                };
+                feed(
+                    flow,
+                    (key, side),
+                    input,
+                    seg.flags.rst,
+                    &self.cfg,
+                    &mut self.buffered,
+                    ctx,
+                )
+            }
+        };
+        if opened {
+            self.bump(vni, |s| s.opened += 1);
+        }
         if rs != ReassemblyStats::default() {
             self.bump(vni, |s| s.reassembly.add(&rs));
         }
