@@ -53,48 +53,74 @@ impl Headers {
             return;
         };
         let base = head.as_ptr() as usize;
-        // Offsets in `head` (httparse's fields are slices of it; checked below all the same).
-        let lo = (first.name.as_ptr() as usize).wrapping_sub(base);
-        let hi = (last.value.as_ptr() as usize)
-            .wrapping_sub(base)
-            .wrapping_add(last.value.len());
-        let start = self.text.len();
-        let copied = std::str::from_utf8(head)
-            .ok()
-            .and_then(|t| t.get(lo..hi))
-            .filter(|c| u32::try_from(start + c.len()).is_ok());
-        let Some(copied) = copied else {
-            self.push_each(fields);
-            return;
-        };
-        if self.text.capacity() == 0 {
-            // An empty vector is UTF-8: this is always `Ok`.
-            self.text = String::from_utf8(crate::spare::text()).unwrap_or_default();
-        }
-        if self.fields.capacity() == 0 {
-            self.fields = crate::spare::fields();
-        }
-        self.text.push_str(copied);
-        self.fields.reserve_exact(fields.len());
         let at = |s: &[u8]| {
             let a = (s.as_ptr() as usize).wrapping_sub(base);
             (a, a.wrapping_add(s.len()))
         };
+        // Offsets in `head` (httparse's fields are slices of it, in order; checked all the same).
+        let (lo, hi) = (at(first.name.as_bytes()).0, at(last.value).1);
+        let start = self.text.len();
+        let (Some(span), Ok(_)) = (head.get(lo..hi), u32::try_from(start + hi - lo.min(hi))) else {
+            self.push_each(fields);
+            return;
+        };
+        let had = self.fields.len();
+        let mut text = if self.text.capacity() == 0 {
+            crate::spare::text()
+        } else {
+            std::mem::take(&mut self.text).into_bytes()
+        };
+        if self.fields.capacity() == 0 {
+            self.fields = crate::spare::fields();
+        }
+        text.extend_from_slice(span);
+        self.fields.reserve_exact(fields.len());
+        let mut inside = true;
         for h in fields.iter().filter(|h| !h.name.is_empty()) {
             let ((n0, n1), (v0, v1)) = (at(h.name.as_bytes()), at(h.value));
-            let inside = lo <= n0 && n0 <= n1 && n1 <= v0 && v0 <= v1 && v1 <= hi;
-            // Positions in the copy; each a character boundary, so slicing them never fails.
-            let [a, b, v, c] = [n0, n1, v0, v1].map(|o| o.wrapping_sub(lo) + start);
-            if inside && [a, b, v, c].iter().all(|&p| self.text.is_char_boundary(p)) {
-                if let Some(name) = self.text.get_mut(a..b) {
-                    name.make_ascii_lowercase();
-                }
-                // Below u32::MAX: the copy ends there at most (checked above).
-                self.fields.push([a, b, v, c].map(|p| p as u32));
-            } else {
-                self.push_raw(h.name.as_bytes(), h.value);
+            inside &= lo <= n0 && n0 <= n1 && n1 <= v0 && v0 <= v1 && v1 <= hi;
+            if !inside {
+                break;
             }
+            // Positions in the copy: below u32::MAX, as the copy's end is (checked above).
+            let [a, b, v, c] = [n0, n1, v0, v1].map(|o| o - lo + start);
+            if let Some(name) = text.get_mut(a..b) {
+                lower_ascii(name);
+            }
+            self.fields.push([a, b, v, c].map(|p| p as u32));
         }
+        // Lower-casing changed ASCII letters only: the copy is UTF-8 if the head was. Every
+        // position must be a character boundary, so that slicing at it never fails.
+        let text = String::from_utf8(text).map_err(|e| e.into_bytes());
+        match text {
+            Ok(t)
+                if inside
+                    && self.fields[had..]
+                        .iter()
+                        .flatten()
+                        .all(|&p| t.is_char_boundary(p as usize)) =>
+            {
+                self.text = t;
+            }
+            Ok(t) => self.undo(t.into_bytes(), start, had, fields),
+            Err(bytes) => self.undo(bytes, start, had, fields),
+        }
+    }
+
+    /// Takes back what [`Headers::extend_from_head`] appended (to `start` bytes and `had`
+    /// fields) and pushes the fields one by one instead.
+    fn undo(
+        &mut self,
+        mut text: Vec<u8>,
+        start: usize,
+        had: usize,
+        fields: &[httparse::Header<'_>],
+    ) {
+        text.truncate(start);
+        // What was there before is UTF-8 (it was a String).
+        self.text = String::from_utf8(text).unwrap_or_default();
+        self.fields.truncate(had);
+        self.push_each(fields);
     }
 
     /// Gives the buffers back for this thread's next message ([`crate::spare`]).
@@ -164,6 +190,37 @@ impl Headers {
             out.push(n, if matches(n) { value } else { v });
         }
         *self = out;
+    }
+}
+
+/// ASCII letters to lower case, eight bytes at a time (a name is mostly one or two words); other
+/// bytes, UTF-8 sequences among them, are left as they are.
+fn lower_ascii(bytes: &mut [u8]) {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    // Per byte below 0x80: the high bit of `b + (0x80 - 'A')` is set from 'A' up, that of
+    // `b + (0x80 - 'Z' - 1)` from past 'Z' up; neither sum carries into the next byte.
+    let lower = |w: u64| {
+        let low7 = w & (0x7f * ONES);
+        let from_a = low7 + u64::from(0x80 - b'A') * ONES;
+        let past_z = low7 + u64::from(0x80 - b'Z' - 1) * ONES;
+        let upper = from_a & !past_z & !w & (0x80 * ONES);
+        w | (upper >> 2)
+    };
+    let n = bytes.len();
+    if n < 8 {
+        bytes.make_ascii_lowercase();
+        return;
+    }
+    // Whole words, then the last eight bytes again (overlapping: lower-casing twice is once).
+    let mut at = 0;
+    while at + 8 <= n {
+        if let Some(word) = bytes[at..].first_chunk_mut::<8>() {
+            *word = lower(u64::from_le_bytes(*word)).to_le_bytes();
+        }
+        at += 8;
+    }
+    if let Some(word) = bytes.last_chunk_mut::<8>() {
+        *word = lower(u64::from_le_bytes(*word)).to_le_bytes();
     }
 }
 
@@ -347,6 +404,67 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::Headers;
+
+    #[test]
+    fn words_lower_case_as_bytes_do() {
+        // Every byte value, at every place of a word and of the overlapping last word.
+        for b in 0..=255u8 {
+            for n in [1, 7, 8, 9, 15, 16, 17] {
+                for at in 0..n {
+                    let mut got = vec![b'Q'; n];
+                    got[at] = b;
+                    let mut want = got.clone();
+                    want.make_ascii_lowercase();
+                    super::lower_ascii(&mut got);
+                    assert_eq!(got, want, "byte {b:#04x} at {at} of {n}");
+                }
+            }
+        }
+        let mut text = "Content-Type X-ÄÖÜ-Grüße ZZ@[`{".as_bytes().to_vec();
+        super::lower_ascii(&mut text);
+        assert_eq!(text, "content-type x-ÄÖÜ-grüße zz@[`{".as_bytes());
+    }
+
+    #[test]
+    fn a_head_copied_whole_reads_as_its_fields() {
+        let head =
+            b"Host: a\r\nX-Mixed-CASE:  v a l \r\nEmpty:\r\nUTF: gr\xc3\xbc\xc3\x9fe\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; 8];
+        let httparse::Status::Complete((n, fields)) =
+            httparse::parse_headers(head, &mut storage).unwrap()
+        else {
+            panic!("a complete head");
+        };
+        let mut h = Headers::default();
+        h.extend_from_head(fields, &head[..n]);
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("host", "a"),
+                ("x-mixed-case", "v a l"),
+                ("empty", ""),
+                ("utf", "grüße")
+            ]
+        );
+        assert_eq!(h.values("x-mixed-case").collect::<Vec<_>>(), ["v a l"]);
+        // Appended after fields already there (trailers), and equal to the same fields pushed.
+        let mut more: Headers = [("a", "1")].into_iter().collect();
+        more.extend_from_head(fields, &head[..n]);
+        let pushed: Headers = std::iter::once(("a", "1")).chain(got).collect();
+        assert_eq!(more, pushed);
+        // Not UTF-8: each field on its own, the bad bytes replaced.
+        let bad = b"Name: a\xffb\r\nOther: c\r\n\r\n";
+        let httparse::Status::Complete((n, fields)) =
+            httparse::parse_headers(bad, &mut storage).unwrap()
+        else {
+            panic!("a complete head");
+        };
+        let mut h = Headers::default();
+        h.extend_from_head(fields, &bad[..n]);
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(got, [("name", "a\u{fffd}b"), ("other", "c")]);
+    }
 
     #[test]
     fn headers_keep_fields_in_order_with_names_lower_cased() {
