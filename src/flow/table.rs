@@ -194,17 +194,17 @@ enum Absent {
 
 /// Gives one segment to its flow (sent by `side`): reassembly, the handler's events, the flow's
 /// buffered bytes re-measured into `buffered` while at hand (a second lookup per segment cost
-/// more than the measuring). Returns why the flow is done, if it is, and the reassembly
-/// counters.
+/// more than the measuring), the reassembly counters into `rs` (written in place: returned, the
+/// counters cost a copy through the stack per segment). Returns why the flow is done, if it is.
 fn feed<H: StreamHandler>(
     flow: &mut Flow<H>,
     (key, side): (FlowKey, Side),
     input: SegmentIn<'_>,
     rst: bool,
     cfg: &FlowConfig,
-    buffered: &mut usize,
+    (buffered, rs): (&mut usize, &mut ReassemblyStats),
     ctx: &mut H::Ctx,
-) -> (Option<CloseReason>, ReassemblyStats) {
+) -> Option<CloseReason> {
     flow.last_seen = input.ts;
     let Flow { dirs, handler, .. } = flow;
     if let Some(ack) = input.ack {
@@ -213,9 +213,8 @@ fn feed<H: StreamHandler>(
     let now = input.ts;
     let dir = &mut dirs[side.index()];
     let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
-    let mut rs = ReassemblyStats::default();
-    dir.segment(input, &cfg.reassembly, &mut rs, &mut emit);
-    dir.expire_holes(now, &cfg.reassembly, &mut rs, &mut emit);
+    dir.segment(input, &cfg.reassembly, rs, &mut emit);
+    dir.expire_holes(now, &cfg.reassembly, rs, &mut emit);
     let done = if rst {
         Some(CloseReason::Rst)
     } else if dirs[0].ended() && dirs[1].ended() {
@@ -226,7 +225,7 @@ fn feed<H: StreamHandler>(
     let bytes = flow.measure();
     *buffered = *buffered - flow.bytes + bytes;
     flow.bytes = bytes;
-    (done, rs)
+    done
 }
 
 /// Bidirectional flows of one shard.
@@ -309,6 +308,7 @@ impl<H: StreamHandler> FlowTable<H> {
         let opens = (!seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn) && !seg.flags.rst;
         let full = self.flows.len() >= self.cfg.max_flows.max(1);
         let mut opened = false;
+        let mut rs = ReassemblyStats::default();
         let new_flow = |opened: &mut bool| {
             *opened = true;
             Flow {
@@ -331,12 +331,12 @@ impl<H: StreamHandler> FlowTable<H> {
                 input,
                 seg.flags.rst,
                 &self.cfg,
-                &mut self.buffered,
+                (&mut self.buffered, &mut rs),
                 ctx,
             )),
             Err(absent) => Err(absent),
         };
-        let (done, rs) = match fed {
+        let done = match fed {
             Ok(fed) => fed,
             Err(Absent::Ignored) => {
                 self.bump(vni, |s| s.segments_ignored += 1);
@@ -354,7 +354,7 @@ impl<H: StreamHandler> FlowTable<H> {
                     input,
                     seg.flags.rst,
                     &self.cfg,
-                    &mut self.buffered,
+                    (&mut self.buffered, &mut rs),
                     ctx,
                 )
             }
