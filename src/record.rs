@@ -405,6 +405,17 @@ fn push_decimal(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Appends `n` in decimal, no leading zeros: at most three digits, written without the
+/// general formatter's copy.
+fn push_octet(out: &mut Vec<u8>, n: u8) {
+    let (h, t, o) = (n / 100, n / 10 % 10, n % 10);
+    match n {
+        100.. => out.extend_from_slice(&[b'0' + h, b'0' + t, b'0' + o]),
+        10.. => out.extend_from_slice(&[b'0' + t, b'0' + o]),
+        _ => out.push(b'0' + o),
+    }
+}
+
 /// Appends the address as its `Display` writes it: IPv4 by hand (the common case), IPv6 (with
 /// its zero compression rules) through `Display`.
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -414,7 +425,7 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_decimal(out, u64::from(octet));
+                push_octet(out, octet);
             }
         }
         IpAddr::V6(v6) => {

@@ -587,3 +587,12 @@ fn numbers_and_addresses_are_written_as_display_writes_them() {
         assert_eq!(out, ip.to_string().into_bytes());
     }
 }
+
+#[test]
+fn octets_are_written_as_display_writes_them() {
+    for n in 0..=255u8 {
+        let mut out = Vec::new();
+        super::push_octet(&mut out, n);
+        assert_eq!(out, n.to_string().as_bytes());
+    }
+}
