@@ -306,57 +306,47 @@ impl<H: StreamHandler> FlowTable<H> {
         // A segment that opens nothing leaves no entry; a new flow in a full table waits for
         // the eviction that makes room for it.
         let opens = (!seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn) && !seg.flags.rst;
-        let full = self.flows.len() >= self.cfg.max_flows.max(1);
+        let mut full = self.flows.len() >= self.cfg.max_flows.max(1);
         let mut opened = false;
         let mut rs = ReassemblyStats::default();
-        let new_flow = |opened: &mut bool| {
-            *opened = true;
-            Flow {
-                dirs: Default::default(),
-                handler: H::default(),
-                last_seen: now,
-                bytes: 0,
-            }
-        };
-        let fed = match self
-            .flows
-            .try_get_or_insert_mut(key, || match (opens, full) {
-                (false, _) => Err(Absent::Ignored),
-                (true, true) => Err(Absent::Full),
-                (true, false) => Ok(new_flow(&mut opened)),
-            }) {
-            Ok(flow) => Ok(feed(
-                flow,
-                (key, side),
-                input,
-                seg.flags.rst,
-                &self.cfg,
-                (&mut self.buffered, &mut rs),
-                ctx,
-            )),
-            Err(absent) => Err(absent),
-        };
-        let done = match fed {
-            Ok(fed) => fed,
-            Err(Absent::Ignored) => {
-                self.bump(vni, |s| s.segments_ignored += 1);
-                return;
-            }
-            Err(Absent::Full) => {
-                self.evict_lru(now, ctx);
-                self.flows.put(key, new_flow(&mut opened));
-                let Some(flow) = self.flows.get_mut(&key) else {
+        let done = loop {
+            let found = self
+                .flows
+                .try_get_or_insert_mut(key, || match (opens, full) {
+                    (false, _) => Err(Absent::Ignored),
+                    (true, true) => Err(Absent::Full),
+                    (true, false) => {
+                        opened = true;
+                        Ok(Flow {
+                            dirs: Default::default(),
+                            handler: H::default(),
+                            last_seen: now,
+                            bytes: 0,
+                        })
+                    }
+                });
+            match found {
+                Ok(flow) => {
+                    let counts = (&mut self.buffered, &mut rs);
+                    break feed(
+                        flow,
+                        (key, side),
+                        input,
+                        seg.flags.rst,
+                        &self.cfg,
+                        counts,
+                        ctx,
+                    );
+                }
+                Err(Absent::Ignored) => {
+                    self.bump(vni, |s| s.segments_ignored += 1);
                     return;
-                };
-                feed(
-                    flow,
-                    (key, side),
-                    input,
-                    seg.flags.rst,
-                    &self.cfg,
-                    (&mut self.buffered, &mut rs),
-                    ctx,
-                )
+                }
+                // Room made, the next turn inserts it.
+                Err(Absent::Full) => {
+                    self.evict_lru(now, ctx);
+                    full = false;
+                }
             }
         };
         if opened {

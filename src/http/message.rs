@@ -425,43 +425,38 @@ mod tests {
         assert_eq!(text, "content-type x-ÄÖÜ-grüße zz@[`{".as_bytes());
     }
 
+    /// `onto` with the fields of `head` (a complete head) copied in.
+    fn copied(head: &[u8], mut onto: Headers) -> Headers {
+        let mut storage = [httparse::EMPTY_HEADER; 8];
+        let Ok(httparse::Status::Complete((n, fields))) =
+            httparse::parse_headers(head, &mut storage)
+        else {
+            panic!("a complete head");
+        };
+        onto.extend_from_head(fields, &head[..n]);
+        onto
+    }
+
     #[test]
     fn a_head_copied_whole_reads_as_its_fields() {
         let head =
             b"Host: a\r\nX-Mixed-CASE:  v a l \r\nEmpty:\r\nUTF: gr\xc3\xbc\xc3\x9fe\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; 8];
-        let httparse::Status::Complete((n, fields)) =
-            httparse::parse_headers(head, &mut storage).unwrap()
-        else {
-            panic!("a complete head");
-        };
-        let mut h = Headers::default();
-        h.extend_from_head(fields, &head[..n]);
+        let h = copied(head, Headers::default());
         let got: Vec<_> = h.iter().collect();
-        assert_eq!(
-            got,
-            [
-                ("host", "a"),
-                ("x-mixed-case", "v a l"),
-                ("empty", ""),
-                ("utf", "grüße")
-            ]
-        );
+        let want = [
+            ("host", "a"),
+            ("x-mixed-case", "v a l"),
+            ("empty", ""),
+            ("utf", "grüße"),
+        ];
+        assert_eq!(got, want);
         assert_eq!(h.values("x-mixed-case").collect::<Vec<_>>(), ["v a l"]);
         // Appended after fields already there (trailers), and equal to the same fields pushed.
-        let mut more: Headers = [("a", "1")].into_iter().collect();
-        more.extend_from_head(fields, &head[..n]);
-        let pushed: Headers = std::iter::once(("a", "1")).chain(got).collect();
+        let more = copied(head, [("a", "1")].into_iter().collect());
+        let pushed: Headers = std::iter::once(("a", "1")).chain(want).collect();
         assert_eq!(more, pushed);
         // Not UTF-8: each field on its own, the bad bytes replaced.
-        let bad = b"Name: a\xffb\r\nOther: c\r\n\r\n";
-        let httparse::Status::Complete((n, fields)) =
-            httparse::parse_headers(bad, &mut storage).unwrap()
-        else {
-            panic!("a complete head");
-        };
-        let mut h = Headers::default();
-        h.extend_from_head(fields, &bad[..n]);
+        let h = copied(b"Name: a\xffb\r\nOther: c\r\n\r\n", Headers::default());
         let got: Vec<_> = h.iter().collect();
         assert_eq!(got, [("name", "a\u{fffd}b"), ("other", "c")]);
     }
