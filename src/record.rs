@@ -452,7 +452,21 @@ const STACK_FIELDS: usize = 32;
 /// the object comes already escaped as the contents of a JSON string (`{\"name\":\"value\"}`),
 /// which the record holds: one pass, no intermediate string. Runs twice per record.
 fn push_headers(out: &mut Vec<u8>, msg: &Message, twice: bool) {
-    let quote: &[u8] = if twice { b"\\\"" } else { b"\"" };
+    if twice {
+        push_headers_as::<true>(out, msg);
+    } else {
+        push_headers_as::<false>(out, msg);
+    }
+}
+
+/// [`push_headers`], its quoting fixed at compile time: each piece between a name and a value
+/// is one store of a constant.
+fn push_headers_as<const TWICE: bool>(out: &mut Vec<u8>, msg: &Message) {
+    let (open, between, close): (&[u8], &[u8], &[u8]) = if TWICE {
+        (b"\\\"", b"\\\":\\\"", b"\\\"")
+    } else {
+        (b"\"", b"\":\"", b"\"")
+    };
     // Each field with its name's first 8 bytes as a big-endian number (zero-padded), which
     // orders as the names do where it differs: most comparisons are of integers.
     fn keyed<'a>((name, value): (&'a str, &'a str)) -> (u64, &'a str, &'a str) {
@@ -484,22 +498,20 @@ fn push_headers(out: &mut Vec<u8>, msg: &Message, twice: bool) {
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(quote);
-        push_escaped(out, name, twice);
-        out.extend_from_slice(quote);
-        out.push(b':');
-        out.extend_from_slice(quote);
-        push_escaped(out, value, twice);
+        out.extend_from_slice(open);
+        push_escaped(out, name, TWICE);
+        out.extend_from_slice(between);
+        push_escaped(out, value, TWICE);
         if run > 0 {
             // Escaping goes character by character: the pieces escaped in turn are the joined
             // value escaped.
             let sep = if name == "set-cookie" { "\n" } else { ", " };
             for &(_, _, v) in &tail[..run] {
-                push_escaped(out, sep, twice);
-                push_escaped(out, v, twice);
+                push_escaped(out, sep, TWICE);
+                push_escaped(out, v, TWICE);
             }
         }
-        out.extend_from_slice(quote);
+        out.extend_from_slice(close);
         rest = &tail[run..];
     }
     out.push(b'}');
