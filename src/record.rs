@@ -462,10 +462,10 @@ fn push_headers(out: &mut Vec<u8>, msg: &Message, twice: bool) {
 /// [`push_headers`], its quoting fixed at compile time: each piece between a name and a value
 /// is one store of a constant.
 fn push_headers_as<const TWICE: bool>(out: &mut Vec<u8>, msg: &Message) {
-    let (open, between, close): (&[u8], &[u8], &[u8]) = if TWICE {
-        (b"\\\"", b"\\\":\\\"", b"\\\"")
+    let (quote, between): (&[u8], &[u8]) = if TWICE {
+        (b"\\\"", b"\\\":\\\"")
     } else {
-        (b"\"", b"\":\"", b"\"")
+        (b"\"", b"\":\"")
     };
     // Each field with its name's first 8 bytes as a big-endian number (zero-padded), which
     // orders as the names do where it differs: most comparisons are of integers.
@@ -498,7 +498,7 @@ fn push_headers_as<const TWICE: bool>(out: &mut Vec<u8>, msg: &Message) {
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(open);
+        out.extend_from_slice(quote);
         push_escaped(out, name, TWICE);
         out.extend_from_slice(between);
         push_escaped(out, value, TWICE);
@@ -511,7 +511,7 @@ fn push_headers_as<const TWICE: bool>(out: &mut Vec<u8>, msg: &Message) {
                 push_escaped(out, v, TWICE);
             }
         }
-        out.extend_from_slice(close);
+        out.extend_from_slice(quote);
         rest = &tail[run..];
     }
     out.push(b'}');

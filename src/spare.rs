@@ -52,6 +52,7 @@ impl<T> Spares<T> {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.0.try_borrow().map_or(0, |s| s.len())
     }
@@ -98,7 +99,8 @@ pub fn give_fields(v: Vec<[u32; 4]>) {
 }
 
 /// How many buffers this thread keeps, per kind: (stream, text, fields).
-pub fn kept() -> (usize, usize, usize) {
+#[cfg(test)]
+fn kept() -> (usize, usize, usize) {
     (
         STREAM.try_with(Spares::len).unwrap_or(0),
         TEXT.try_with(Spares::len).unwrap_or(0),

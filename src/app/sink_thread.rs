@@ -58,9 +58,9 @@ pub(super) fn open_sink(out: &OutputArgs, stats: Arc<SinkStats>) -> Result<Box<d
     }
 }
 
-/// Encodes one exchange, hands the record to `deliver` and recycles the exchange's buffers: the one path from an exchange to a
-/// sink, for the daemon and for replay. A record too large for any payload is counted in
-/// `records_too_large`, not sent.
+/// Encodes one exchange, hands the record to `deliver` and recycles the exchange's buffers: the
+/// one path from an exchange to a sink, for the daemon and for replay. A record too large for
+/// any payload is counted in `records_too_large`, not sent.
 pub(super) fn deliver_record(
     ex: Exchange,
     encoder: &Encoder,

@@ -60,7 +60,10 @@ impl Headers {
         // Offsets in `head` (httparse's fields are slices of it, in order; checked all the same).
         let (lo, hi) = (at(first.name.as_bytes()).0, at(last.value).1);
         let start = self.text.len();
-        let (Some(span), Ok(_)) = (head.get(lo..hi), u32::try_from(start + hi - lo.min(hi))) else {
+        let Some(span) = head
+            .get(lo..hi)
+            .filter(|s| u32::try_from(start + s.len()).is_ok())
+        else {
             self.push_each(fields);
             return;
         };
@@ -78,8 +81,8 @@ impl Headers {
         let mut inside = true;
         for h in fields.iter().filter(|h| !h.name.is_empty()) {
             let ((n0, n1), (v0, v1)) = (at(h.name.as_bytes()), at(h.value));
-            inside &= lo <= n0 && n0 <= n1 && n1 <= v0 && v0 <= v1 && v1 <= hi;
-            if !inside {
+            if !(lo <= n0 && n0 <= n1 && n1 <= v0 && v0 <= v1 && v1 <= hi) {
+                inside = false;
                 break;
             }
             // Positions in the copy: below u32::MAX, as the copy's end is (checked above).
@@ -91,19 +94,18 @@ impl Headers {
         }
         // Lower-casing changed ASCII letters only: the copy is UTF-8 if the head was. Every
         // position must be a character boundary, so that slicing at it never fails.
-        let text = String::from_utf8(text).map_err(|e| e.into_bytes());
-        match text {
-            Ok(t)
-                if inside
-                    && self.fields[had..]
-                        .iter()
-                        .flatten()
-                        .all(|&p| t.is_char_boundary(p as usize)) =>
-            {
-                self.text = t;
+        let on_boundaries = |t: &str| {
+            let positions = self.fields[had..].iter().flatten();
+            positions
+                .into_iter()
+                .all(|&p| t.is_char_boundary(p as usize))
+        };
+        match String::from_utf8(text) {
+            Ok(t) if inside && on_boundaries(&t) => self.text = t,
+            other => {
+                let bytes = other.map_or_else(|e| e.into_bytes(), String::into_bytes);
+                self.undo(bytes, start, had, fields);
             }
-            Ok(t) => self.undo(t.into_bytes(), start, had, fields),
-            Err(bytes) => self.undo(bytes, start, had, fields),
         }
     }
 
@@ -199,28 +201,26 @@ fn lower_ascii(bytes: &mut [u8]) {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     // Per byte below 0x80: the high bit of `b + (0x80 - 'A')` is set from 'A' up, that of
     // `b + (0x80 - 'Z' - 1)` from past 'Z' up; neither sum carries into the next byte.
-    let lower = |w: u64| {
+    let lower = |word: &mut [u8; 8]| {
+        let w = u64::from_le_bytes(*word);
         let low7 = w & (0x7f * ONES);
         let from_a = low7 + u64::from(0x80 - b'A') * ONES;
         let past_z = low7 + u64::from(0x80 - b'Z' - 1) * ONES;
         let upper = from_a & !past_z & !w & (0x80 * ONES);
-        w | (upper >> 2)
+        *word = (w | (upper >> 2)).to_le_bytes();
     };
-    let n = bytes.len();
-    if n < 8 {
+    if bytes.len() < 8 {
         bytes.make_ascii_lowercase();
         return;
     }
     // Whole words, then the last eight bytes again (overlapping: lower-casing twice is once).
-    let mut at = 0;
-    while at + 8 <= n {
-        if let Some(word) = bytes[at..].first_chunk_mut::<8>() {
-            *word = lower(u64::from_le_bytes(*word)).to_le_bytes();
-        }
-        at += 8;
+    let mut rest = &mut *bytes;
+    while let Some((word, tail)) = rest.split_first_chunk_mut::<8>() {
+        lower(word);
+        rest = tail;
     }
     if let Some(word) = bytes.last_chunk_mut::<8>() {
-        *word = lower(u64::from_le_bytes(*word)).to_le_bytes();
+        lower(word);
     }
 }
 

@@ -1226,9 +1226,7 @@ fn content_length(msg: &Message) -> Result<Option<u64>, ParseError> {
     Ok(found)
 }
 
-/// Copies httparse's fields into `into`. `head` is the text they were parsed from, when it is valid
-/// UTF-8 (checked once for the whole head, not field by field): values are then taken from it
-/// as they are; otherwise each is checked, and invalid UTF-8 replaced.
+/// httparse's fields of `head` as headers (see [`Headers::extend_from_head`]).
 fn owned_headers(fields: &[httparse::Header<'_>], head: &[u8]) -> Headers {
     let mut h = Headers::default();
     h.extend_from_head(fields, head);
