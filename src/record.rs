@@ -16,6 +16,7 @@
 use crate::http::{Exchange, Message, StartLine};
 use std::borrow::Cow;
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 /// The fields every record has, in the order they are written (`truncated`, when payloads were
@@ -67,14 +68,27 @@ pub enum RecordError {
 }
 
 /// Encodes exchanges into Akto records.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Encoder {
     cfg: RecordConfig,
+    /// Per HTTP version: the record's text from the end of `status` to the start of the VNI,
+    /// the same in every record of that version (`type` and the escaped `akto_account_id`).
+    versions: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new(RecordConfig::default())
+    }
 }
 
 impl Encoder {
     pub fn new(cfg: RecordConfig) -> Encoder {
-        Encoder { cfg }
+        let versions = ["HTTP/1.1", "HTTP/1.0", "HTTP/2"]
+            .into_iter()
+            .map(|version| (version, version_and_account(version, &cfg.account_id)))
+            .collect();
+        Encoder { cfg, versions }
     }
 
     /// Writes the record of `ex` into `buf` (cleared first).
@@ -172,11 +186,11 @@ impl Encoder {
         push_decimal(buf, u64::from(status_code));
         buf.extend_from_slice(b"\",\"status\":\"");
         push_escaped(buf, status, false);
-        buf.extend_from_slice(b"\",\"type\":\"");
-        push_escaped(buf, ex.request.version_str(), false);
-        buf.extend_from_slice(b"\",\"akto_account_id\":\"");
-        push_escaped(buf, &self.cfg.account_id, false);
-        buf.extend_from_slice(b"\",\"akto_vxlan_id\":\"");
+        let version = ex.request.version_str();
+        match self.versions.iter().find(|(v, _)| *v == version) {
+            Some((_, text)) => buf.extend_from_slice(text),
+            None => buf.extend_from_slice(&version_and_account(version, &self.cfg.account_id)),
+        }
         push_decimal(buf, u64::from(ex.vni));
         buf.extend_from_slice(b"\",\"is_pending\":\"");
         buf.extend_from_slice(if ex.response.is_some() {
@@ -192,6 +206,17 @@ impl Encoder {
         }
         buf.push(b'}');
     }
+}
+
+/// The record's text between `status` and `akto_vxlan_id`'s value: `type` (`version`) and
+/// `akto_account_id`, escaped.
+fn version_and_account(version: &str, account_id: &str) -> Vec<u8> {
+    let mut out = b"\",\"type\":\"".to_vec();
+    push_escaped(&mut out, version, false);
+    out.extend_from_slice(b"\",\"akto_account_id\":\"");
+    push_escaped(&mut out, account_id, false);
+    out.extend_from_slice(b"\",\"akto_vxlan_id\":\"");
+    out
 }
 
 /// Appends the record's fields before the payloads, up to the opening quote of
@@ -312,10 +337,11 @@ fn escapes_in(w: u64) -> u64 {
     (control | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES)) & !w & HIGH
 }
 
-/// Appends the escape of a byte that [`escapes_in`] flags, as serde_json writes it: `\"`, `\\`,
-/// `\b \t \n \f \r`, other control characters as `\u00xx` (lower-case hex). With `twice`, the
-/// escape is itself escaped (`\"` becomes `\\\"`), for JSON text inside a JSON string.
-fn push_escape(out: &mut Vec<u8>, b: u8, twice: bool) {
+/// The escape of a byte that [`escapes_in`] flags, as serde_json writes it: `\"`, `\\`,
+/// `\b \t \n \f \r`, other control characters as `\u00xx` (lower-case hex); with `TWICE`, that
+/// escape escaped again (`\"` becomes `\\\"`), for JSON text inside a JSON string. The bytes
+/// (padded) and how many of them count: at most [`MAX_ESCAPED`].
+fn escape_of<const TWICE: bool>(b: u8) -> ([u8; 8], usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let short = match b {
         b'"' => b'"',
@@ -327,26 +353,19 @@ fn push_escape(out: &mut Vec<u8>, b: u8, twice: bool) {
         0x0c => b'f',
         _ => 0,
     };
-    let (escape, len) = match short {
-        0 => {
-            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
-            ([b'\\', b'u', b'0', b'0', hi, lo], 6)
-        }
-        c => ([b'\\', c, 0, 0, 0, 0], 2),
-    };
-    let escape = &escape[..len];
-    if !twice {
-        out.extend_from_slice(escape);
-        return;
-    }
-    // An escape is ASCII whose only characters to escape again are `\` and `"`.
-    for &c in escape {
-        if c == b'\\' || c == b'"' {
-            out.push(b'\\');
-        }
-        out.push(c);
+    let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
+    // Escaped again, an escape's `\` and `"` (its only characters to escape) take a `\` each.
+    match (short, TWICE) {
+        (0, false) => ([b'\\', b'u', b'0', b'0', hi, lo, 0, 0], 6),
+        (0, true) => ([b'\\', b'\\', b'u', b'0', b'0', hi, lo, 0], 7),
+        (c, false) => ([b'\\', c, 0, 0, 0, 0, 0, 0], 2),
+        (c @ (b'"' | b'\\'), true) => ([b'\\', b'\\', b'\\', c, 0, 0, 0, 0], 4),
+        (c, true) => ([b'\\', b'\\', c, 0, 0, 0, 0, 0], 3),
     }
 }
+
+/// Most bytes one input byte takes escaped ([`escape_of`], twice: `\\u00xx`).
+const MAX_ESCAPED: usize = 7;
 
 /// The first 8 bytes of `b` as a little-endian word, zeros past the end of a shorter `b`. A
 /// short `b` is read with two overlapping loads rather than byte by byte.
@@ -365,37 +384,100 @@ fn load_word(b: &[u8]) -> u64 {
     }
 }
 
-/// Appends `s` escaped as the contents of a JSON string, byte for byte as serde_json escapes it
-/// (see [`escapes_in`], [`push_escape`]). With `twice`, escaped once more: what a JSON string
-/// holding the once-escaped string (in quotes) would contain, minus those quotes.
-///
-/// Goes 8 bytes at a time ([`escapes_in`]), the last few padded with spaces (which need no
-/// escape): a word is copied whole (a fixed-size copy, where short runs through `memcpy` cost
-/// more than they copy), then the copy is cut back to the end of the text or to the byte to
-/// escape.
+/// Writes into a `Vec`'s spare capacity, reserved beforehand for a piece of output whose size
+/// is bounded: each write is one store of a fixed-size word and a bounds check, with none of
+/// `extend_from_slice`'s growth and length bookkeeping per piece (most pieces here are a few
+/// bytes). Every byte of `spare[..at]` has been written; a write that does not fit is left out
+/// and recorded in `fits`, so the caller can start over with more room.
+struct Appender<'a> {
+    spare: &'a mut [MaybeUninit<u8>],
+    at: usize,
+    fits: bool,
+}
+
+impl Appender<'_> {
+    /// Stores all of `bytes` and keeps the first `len` (`<= N`): the rest is overwritten by the
+    /// next write or left past the end.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, bytes: [u8; N], len: usize) {
+        match self.spare.get_mut(self.at..self.at + N) {
+            Some(dst) => {
+                dst.copy_from_slice(&bytes.map(MaybeUninit::new));
+                self.at += len.min(N);
+            }
+            None => self.fits = false,
+        }
+    }
+
+    /// `s` escaped as the contents of a JSON string, byte for byte as serde_json escapes it (see
+    /// [`escapes_in`], [`escape_of`]); with `TWICE`, escaped once more: what a JSON string holding
+    /// the once-escaped string (in quotes) would contain, minus those quotes. Takes at most
+    /// `s.len() * MAX_ESCAPED + 8` bytes.
+    ///
+    /// Goes 8 bytes at a time ([`escapes_in`]), the last few padded with spaces (which need no
+    /// escaping): each word is stored whole and only what is text and needs no escape is kept,
+    /// up to the end of the text or the byte to escape.
+    #[inline(always)]
+    fn escaped<const TWICE: bool>(&mut self, s: &[u8]) {
+        const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+        let mut rest = s;
+        while !rest.is_empty() {
+            let len = rest.len().min(8);
+            let word = if len == 8 {
+                load_word(rest)
+            } else {
+                load_word(rest) | SPACES << (8 * len)
+            };
+            let flagged = escapes_in(word);
+            if flagged == 0 {
+                self.put(word.to_le_bytes(), len);
+                rest = &rest[len..];
+            } else {
+                // Never in the padding: the lowest flagged byte is a real one.
+                let at = (flagged.trailing_zeros() / 8) as usize;
+                self.put(word.to_le_bytes(), at);
+                let (escape, n) = escape_of::<TWICE>(rest[at]);
+                self.put(escape, n);
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+}
+
+/// Runs `write` on an [`Appender`] over at least `bound` bytes of `out`'s spare capacity and
+/// keeps what it wrote; if that did not fit (a bound too small: never for the bounds here, which
+/// the tests check against the worst cases), starts over with twice the room.
 #[inline(always)]
-fn push_escaped(out: &mut Vec<u8>, s: &str, twice: bool) {
-    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
-    let mut rest = s.as_bytes();
-    out.reserve(rest.len() + 8);
-    while !rest.is_empty() {
-        let len = rest.len().min(8);
-        let word = if len == 8 {
-            load_word(rest)
-        } else {
-            load_word(rest) | SPACES << (8 * len)
+fn append_bounded(out: &mut Vec<u8>, mut bound: usize, mut write: impl FnMut(&mut Appender<'_>)) {
+    loop {
+        out.reserve(bound);
+        let mut appender = Appender {
+            spare: out.spare_capacity_mut(),
+            at: 0,
+            fits: true,
         };
-        out.extend_from_slice(&word.to_le_bytes());
-        let flagged = escapes_in(word);
-        if flagged == 0 {
-            out.truncate(out.len() - (8 - len));
-            rest = &rest[len..];
+        write(&mut appender);
+        let Appender { at, fits, .. } = appender;
+        if fits {
+            // SAFETY: `spare` starts at `out.len()`, and the appender only advances `at` over
+            // bytes it has written: the first `at` bytes past the length are initialized.
+            unsafe { out.set_len(out.len() + at) };
+            return;
+        }
+        bound = bound.saturating_mul(2).max(64);
+    }
+}
+
+/// Appends `s` escaped as the contents of a JSON string ([`Appender::escaped`]), in pieces of a
+/// few KiB so that the room reserved stays near the text's size however large it is.
+fn push_escaped(out: &mut Vec<u8>, s: &str, twice: bool) {
+    const PIECE: usize = 4096;
+    for piece in s.as_bytes().chunks(PIECE) {
+        let bound = piece.len() * MAX_ESCAPED + 8;
+        if twice {
+            append_bounded(out, bound, |a| a.escaped::<true>(piece));
         } else {
-            // Never in the padding: the lowest flagged byte is a real one.
-            let at = (flagged.trailing_zeros() / 8) as usize;
-            out.truncate(out.len() - (8 - at));
-            push_escape(out, rest[at], twice);
-            rest = &rest[at + 1..];
+            append_bounded(out, bound, |a| a.escaped::<false>(piece));
         }
     }
 }
@@ -462,59 +544,73 @@ fn push_headers(out: &mut Vec<u8>, msg: &Message, twice: bool) {
 /// [`push_headers`], its quoting fixed at compile time: each piece between a name and a value
 /// is one store of a constant.
 fn push_headers_as<const TWICE: bool>(out: &mut Vec<u8>, msg: &Message) {
-    let (quote, between): (&[u8], &[u8]) = if TWICE {
-        (b"\\\"", b"\\\":\\\"")
+    // The pieces around names and values, padded to one word each, and their lengths.
+    let ((quote, quote_len), (between, between_len)) = if TWICE {
+        ((*b"\\\"\0\0\0\0\0\0", 2), (*b"\\\":\\\"\0\0\0", 5))
     } else {
-        (b"\"", b"\":\"")
+        ((*b"\"\0\0\0\0\0\0\0", 1), (*b"\":\"\0\0\0\0\0", 3))
     };
+    let (text, positions) = msg.headers.parts();
+    let part = |a: u32, b: u32| text.get(a as usize..b as usize).unwrap_or_default();
     // Each field with its name's first 8 bytes as a big-endian number (zero-padded), which
     // orders as the names do where it differs: most comparisons are of integers.
-    fn keyed<'a>((name, value): (&'a str, &'a str)) -> (u64, &'a str, &'a str) {
-        (load_word(name.as_bytes()).swap_bytes(), name, value)
-    }
-    let count = msg.headers.len();
-    let mut on_stack = [(0, "", ""); STACK_FIELDS];
+    let keyed = |&f: &[u32; 4]| (load_word(part(f[0], f[1])).swap_bytes(), f);
+    let count = positions.len();
+    let mut on_stack = [(0, [0; 4]); STACK_FIELDS];
     let mut on_heap = Vec::new();
-    let fields: &mut [(u64, &str, &str)] = if count <= STACK_FIELDS {
-        for (slot, field) in on_stack.iter_mut().zip(msg.headers.iter()) {
+    let fields: &mut [(u64, [u32; 4])] = if count <= STACK_FIELDS {
+        for (slot, field) in on_stack.iter_mut().zip(positions) {
             *slot = keyed(field);
         }
         &mut on_stack[..count]
     } else {
-        on_heap.extend(msg.headers.iter().map(keyed));
+        on_heap.extend(positions.iter().map(keyed));
         &mut on_heap
     };
     // Stable: repeated fields keep their order.
-    fields.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-    out.push(b'{');
-    let mut rest = &*fields;
-    let mut first = true;
-    while let Some((&(key, name, value), tail)) = rest.split_first() {
-        let run = tail
-            .iter()
-            .take_while(|&&(k, n, _)| k == key && n == name)
-            .count();
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(quote);
-        push_escaped(out, name, TWICE);
-        out.extend_from_slice(between);
-        push_escaped(out, value, TWICE);
-        if run > 0 {
+    fields.sort_by(|x, y| {
+        x.0.cmp(&y.0)
+            .then_with(|| part(x.1[0], x.1[1]).cmp(part(y.1[0], y.1[1])))
+    });
+    let fields = &*fields;
+    append_bounded(out, headers_bound(text.len(), count), |out| {
+        out.put(*b"{", 1);
+        let mut rest = fields;
+        let mut first = true;
+        while let Some((&(key, [a, b, v, c]), tail)) = rest.split_first() {
+            let name = part(a, b);
+            let run = tail
+                .iter()
+                .take_while(|&&(k, [a, b, _, _])| k == key && part(a, b) == name)
+                .count();
+            if !first {
+                out.put(*b",", 1);
+            }
+            first = false;
+            out.put(quote, quote_len);
+            out.escaped::<TWICE>(name);
+            out.put(between, between_len);
+            out.escaped::<TWICE>(part(v, c));
             // Escaping goes character by character: the pieces escaped in turn are the joined
             // value escaped.
-            let sep = if name == "set-cookie" { "\n" } else { ", " };
-            for &(_, _, v) in &tail[..run] {
-                push_escaped(out, sep, TWICE);
-                push_escaped(out, v, TWICE);
+            let sep: &[u8] = if name == b"set-cookie" { b"\n" } else { b", " };
+            for &(_, [_, _, v, c]) in &tail[..run] {
+                out.escaped::<TWICE>(sep);
+                out.escaped::<TWICE>(part(v, c));
             }
+            out.put(quote, quote_len);
+            rest = &tail[run..];
         }
-        out.extend_from_slice(quote);
-        rest = &tail[run..];
-    }
-    out.push(b'}');
+        out.put(*b"}", 1);
+    });
+}
+
+/// Most bytes a header object takes, escaped twice, for `count` fields in `text_len` bytes of
+/// header text: per field its quotes, `between`, a comma and the separator of a value joined to
+/// it (escaped: at most 14 bytes), on top of its text escaped; then the braces and the slack of
+/// one word stored whole.
+fn headers_bound(text_len: usize, count: usize) -> usize {
+    text_len * MAX_ESCAPED + count * 25 + 10
 }
 
 /// The message's headers as a JSON object serialized to a string (see [`push_headers`]).

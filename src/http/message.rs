@@ -154,6 +154,12 @@ impl Headers {
         self.text.reserve_exact(bytes);
     }
 
+    /// The text and each field's positions in it (start and end of the name, of the value):
+    /// every position is a character boundary of the text.
+    pub fn parts(&self) -> (&[u8], &[[u32; 4]]) {
+        (self.text.as_bytes(), &self.fields)
+    }
+
     pub fn len(&self) -> usize {
         self.fields.len()
     }
@@ -214,13 +220,19 @@ fn lower_ascii(bytes: &mut [u8]) {
         return;
     }
     // Whole words, then the last eight bytes again (overlapping: lower-casing twice is once).
+    // The last word is read before any store: read after, it would overlap a store still in
+    // flight, which the CPU cannot forward (a stall as long as the rest of the loop).
+    let last = bytes.last_chunk::<8>().copied();
     let mut rest = &mut *bytes;
     while let Some((word, tail)) = rest.split_first_chunk_mut::<8>() {
         lower(word);
         rest = tail;
     }
-    if let Some(word) = bytes.last_chunk_mut::<8>() {
-        lower(word);
+    if let (true, Some(mut word)) = (bytes.len() % 8 != 0, last) {
+        lower(&mut word);
+        if let Some(end) = bytes.last_chunk_mut::<8>() {
+            *end = word;
+        }
     }
 }
 

@@ -596,3 +596,49 @@ fn octets_are_written_as_display_writes_them() {
         assert_eq!(out, n.to_string().as_bytes());
     }
 }
+
+/// The room reserved for a header object covers the worst case: every byte of names and values
+/// a control character (`\\u00xx` escaped twice, 7 bytes), and many values of one name joined
+/// (set-cookie's separator, `\\n` twice). Written within its bound, it is what the reference
+/// gives.
+#[test]
+fn header_objects_fit_their_bound_at_worst() {
+    let control: String = (0u8..0x20).map(char::from).collect();
+    for name in ["\u{1}\u{2}", "set-cookie", "x"] {
+        let fields: Vec<(&str, &str)> = std::iter::repeat_n((name, control.as_str()), 40)
+            .chain([("\"\\", "\"\\"), ("", ""), ("y", "")])
+            .collect();
+        let m = message(
+            StartLine::Response {
+                status: 200,
+                reason: "OK".into(),
+            },
+            &fields,
+            b"",
+        );
+        let (text, positions) = m.headers.parts();
+        let bound = headers_bound(text.len(), positions.len());
+        let mut twice = Vec::new();
+        push_headers(&mut twice, &m, true);
+        assert!(twice.len() + 8 <= bound, "{} + 8 > {bound}", twice.len());
+        let reference = reference_headers_json(&m);
+        assert_eq!(String::from_utf8(twice), Ok(serde_escaped(&reference)));
+        let mut once = Vec::new();
+        push_headers(&mut once, &m, false);
+        assert!(once.len() + 8 <= bound);
+        assert_eq!(String::from_utf8(once), Ok(reference));
+    }
+}
+
+/// A write that does not fit the room reserved is started over with more: the output is whole
+/// and after what the buffer held.
+#[test]
+fn appending_past_the_bound_starts_over_with_more_room() {
+    let text = "a\"b\u{1}c".repeat(50);
+    for bound in [0, 1, 9, 100] {
+        let mut out = b"before:".to_vec();
+        append_bounded(&mut out, bound, |a| a.escaped::<true>(text.as_bytes()));
+        let expected = format!("before:{}", serde_escaped(&serde_escaped(&text)));
+        assert_eq!(String::from_utf8(out), Ok(expected), "bound {bound}");
+    }
+}
