@@ -100,7 +100,7 @@ impl Encoder {
     /// once (`push_head`), and each attempt writes the rest after them (`Encoder::push_tail`).
     pub fn encode(&self, ex: &Exchange, buf: &mut Vec<u8>) -> Result<(), RecordError> {
         buf.clear();
-        let resp = ex.response.as_ref();
+        let resp = ex.response.as_deref();
         let req_body = body_text(&ex.request.body);
         let resp_body = resp.map_or(Cow::Borrowed(""), |r| body_text(&r.body));
         push_head(buf, ex);
@@ -131,7 +131,7 @@ impl Encoder {
         (req_body, resp_body): (&str, &str),
         (mut req_cut, mut resp_cut): (bool, bool),
     ) -> Result<(), RecordError> {
-        let resp = ex.response.as_ref();
+        let resp = ex.response.as_deref();
         let label = |req_cut: bool, resp_cut: bool| {
             truncated_label((req_cut, Some(&ex.request)), (resp_cut, resp))
         };

@@ -10,8 +10,10 @@
 //!
 //! Bounded: at most [`KEPT`] buffers per kind and thread, none larger than [`MAX_BYTES`]; a
 //! buffer beyond either goes back to the allocator as before. So a thread keeps at most
-//! 3 x 64 x 16 KiB, and in practice the size its traffic's messages need.
+//! 3 x 64 x 16 KiB, and in practice the size its traffic's messages need. The boxes messages
+//! are kept in while parsed, paired and encoded are kept the same way (64, empty).
 
+use crate::http::Message;
 use std::cell::RefCell;
 
 /// Buffers kept per kind and thread.
@@ -65,6 +67,39 @@ thread_local! {
     static TEXT: Spares<u8> = const { Spares::new() };
     /// Header field positions.
     static FIELDS: Spares<[u32; 4]> = const { Spares::new() };
+}
+
+thread_local! {
+    /// Message boxes, their contents given back ([`Message::recycle`]).
+    #[allow(clippy::vec_box, reason = "the boxes are what is kept: each is a message's allocation")]
+    static MESSAGES: RefCell<Vec<Box<Message>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `msg` in a box: a spare one when there is one.
+pub fn boxed(msg: Message) -> Box<Message> {
+    let spare = MESSAGES.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
+    match spare {
+        Ok(Some(mut b)) => {
+            *b = msg;
+            b
+        }
+        _ => Box::new(msg),
+    }
+}
+
+/// Keeps a message's box for the next [`boxed`] on this thread; what it still holds is dropped
+/// when it is reused (nothing that owns memory, after [`Message::recycle`]).
+pub fn give_message(b: Box<Message>) {
+    let _ = MESSAGES.try_with(|s| {
+        if let Ok(mut spares) = s.try_borrow_mut()
+            && spares.len() < KEPT
+        {
+            if spares.capacity() == 0 {
+                spares.reserve_exact(KEPT);
+            }
+            spares.push(b);
+        }
+    });
 }
 
 /// An empty stream buffer, with room from an earlier message when there is a spare.

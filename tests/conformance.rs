@@ -375,7 +375,7 @@ fn lossy_captures_report_every_exchange_whose_heads_were_seen() {
                 exchanges.iter().filter(|e| e.response.is_some()).count(),
                 exchanges
                     .iter()
-                    .filter(|e| damaged(&e.request) || e.response.as_ref().is_some_and(damaged))
+                    .filter(|e| damaged(&e.request) || e.response.as_deref().is_some_and(damaged))
                     .count(),
             );
             assert_eq!(got, (records, answered, flagged), "{}", path.display());

@@ -1271,7 +1271,7 @@ fn summary(out: &[Exchange]) -> Vec<(String, String, Option<u16>)> {
             (
                 m.to_owned(),
                 p.to_owned(),
-                e.response.as_ref().and_then(Message::status),
+                e.response.as_deref().and_then(Message::status),
             )
         })
         .collect()

@@ -54,8 +54,8 @@ fn exchange_to(server: &str, req: Message) -> Exchange {
         client: "10.0.0.1:40000".parse().unwrap(),
         server: server.parse().unwrap(),
         connection_id: 42,
-        request: req,
-        response: Some(response(&[("content-type", "text/plain")])),
+        request: Box::new(req),
+        response: Some(Box::new(response(&[("content-type", "text/plain")]))),
     }
 }
 
@@ -847,11 +847,11 @@ fn redaction_replaces_values_in_request_and_response() {
         ("x-api-key-id", "not-a-secret"),
         ("accept", "*/*"),
     ]);
-    ex.response = Some(response(&[
+    ex.response = Some(Box::new(response(&[
         ("set-cookie", "sid=2; HttpOnly"),
         ("content-type", "application/json"),
         ("proxy-authorization", "Basic Zm9vOmJhcg=="),
-    ]));
+    ])));
     f.redact(&mut ex);
     let pairs = |m: &Message| {
         m.headers

@@ -350,11 +350,18 @@ impl Message {
         }
     }
 
-    /// Gives the message's buffers back for this thread's next message ([`crate::spare`]);
-    /// dropping it instead frees them.
-    pub fn recycle(self) {
-        self.headers.recycle();
-        crate::spare::give_text(self.body);
+    /// Gives the message's buffers, and its box, back for this thread's next message
+    /// ([`crate::spare`]); dropping it instead frees them.
+    pub fn recycle(mut self: Box<Self>) {
+        std::mem::take(&mut self.headers).recycle();
+        crate::spare::give_text(std::mem::take(&mut self.body));
+        // What else the message may own (a long target or reason) goes now: a spare box holds
+        // nothing.
+        self.start = StartLine::Response {
+            status: 0,
+            reason: CompactString::default(),
+        };
+        crate::spare::give_message(self);
     }
 
     /// The first value of a header (name in lower case).
@@ -399,8 +406,8 @@ pub struct Exchange {
     pub server: std::net::SocketAddr,
     /// Stable id of the connection (direction-independent flow hash).
     pub connection_id: u64,
-    pub request: Message,
-    pub response: Option<Message>,
+    pub request: Box<Message>,
+    pub response: Option<Box<Message>>,
 }
 
 impl Exchange {

@@ -119,7 +119,7 @@ pub enum Step {
     NeedMore,
     /// A head was parsed: call [`Parser::start_body`] before stepping again.
     Head,
-    Complete(Message),
+    Complete(Box<Message>),
     /// A message was abandoned. `had_head` tells whether [`Step::Head`] was reported for it.
     Dropped {
         had_head: bool,
@@ -959,7 +959,7 @@ impl Parser {
                 Some(step)
             }
             State::Length(_) | State::Chunked(_) | State::AwaitBody => {
-                let mut msg = *self.msg.take()?;
+                let mut msg = self.msg.take()?;
                 self.state = State::Seek;
                 msg.complete = false;
                 decode_body(&mut msg, cfg);
@@ -1024,7 +1024,7 @@ impl Parser {
         let mut msg = Message::new(start, version, meta.map_or(0, |m| m.ts), self.seq);
         msg.ack = meta.and_then(|m| m.ack);
         msg.headers = headers;
-        self.msg = Some(Box::new(msg));
+        self.msg = Some(crate::spare::boxed(msg));
         self.after_gap = false;
         self.end_hint = None;
         self.tunnel_after = false;
@@ -1086,7 +1086,7 @@ impl Parser {
         // rather than at the idle pass, so thousands of open connections stay small.
         self.release();
         self.end_hint = None;
-        let Some(mut msg) = self.msg.take().map(|m| *m) else {
+        let Some(mut msg) = self.msg.take() else {
             return Step::NeedMore;
         };
         msg.complete = true;

@@ -31,7 +31,7 @@ const LAGGING_PENDING: usize = 64;
 enum ReqState {
     /// Head seen, body in progress.
     InProgress,
-    Complete(Message),
+    Complete(Box<Message>),
     /// Abandoned (gap or parse error): its response, if any, is consumed with it.
     Dropped,
 }
@@ -39,7 +39,7 @@ enum ReqState {
 #[derive(Debug, PartialEq, Eq)]
 enum RespSlot {
     Waiting,
-    Some(Message),
+    Some(Box<Message>),
     /// The response was lost in a gap, or abandoned for a parse error: the request is reported
     /// unanswered.
     Dropped,
@@ -133,7 +133,7 @@ pub struct Session {
     held_since: Option<u64>,
     /// Complete responses waiting for their request (a gap in the response stream made their
     /// framing go on without it), with the time they began waiting.
-    early: super::lazy::LazyDeque<(Message, u64)>,
+    early: super::lazy::LazyDeque<(Box<Message>, u64)>,
     /// Server events behind a held head from its first gap on (see [`Deferred`]).
     deferred: super::lazy::LazyDeque<Deferred>,
     /// The latest time (µs) an event or tick brought.
@@ -317,7 +317,7 @@ impl StreamHandler for Session {
         // Upgraded as the connection ended: no HTTP/2 answer can come.
         if let Some(request) = self.upgraded.take() {
             ctx.bump(key.vni, |s| s.unanswered += 1);
-            emit(ctx, key, client, *request, None);
+            emit(ctx, key, client, request, None);
         }
         for p in std::mem::take(&mut self.pending) {
             match (p.request, p.response) {
@@ -735,7 +735,13 @@ impl Session {
 
     /// A complete request: it takes its place in the queue, and the pairs now complete at the
     /// queue's front are emitted.
-    fn request_complete(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, msg: Message) {
+    fn request_complete(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        msg: Box<Message>,
+    ) {
         let end = self.requests.position();
         if let Some(p) = self
             .pending
@@ -805,7 +811,13 @@ impl Session {
 
     /// A complete response (interim ones are only counted): attached to its request, left
     /// waiting for a request that may still come, or counted unmatched.
-    fn response_complete(&mut self, ctx: &mut HttpCtx, key: &FlowKey, client: Side, msg: Message) {
+    fn response_complete(
+        &mut self,
+        ctx: &mut HttpCtx,
+        key: &FlowKey,
+        client: Side,
+        msg: Box<Message>,
+    ) {
         let status = msg.status().unwrap_or_default();
         if (100..200).contains(&status) && status != 101 {
             ctx.bump(key.vni, |s| s.interim_responses += 1);
@@ -1086,7 +1098,7 @@ impl Session {
     }
 
     /// Attaches a final response to the request it answers. False when it answers none.
-    fn attach(&mut self, ctx: &mut HttpCtx, key: &FlowKey, msg: Message) -> bool {
+    fn attach(&mut self, ctx: &mut HttpCtx, key: &FlowKey, msg: Box<Message>) -> bool {
         let Some(i) = self.target(msg.ack, msg.seq) else {
             return false;
         };
@@ -1159,7 +1171,7 @@ impl Session {
                 (ReqState::Complete(req), RespSlot::Some(resp))
                     if self.h2.is_none() && h2::is_h2c_upgrade(&req, &resp) =>
                 {
-                    self.upgraded = Some(Box::new(req));
+                    self.upgraded = Some(req);
                 }
                 (ReqState::Complete(req), RespSlot::Some(resp)) => {
                     ctx.bump(key.vni, |s| s.pairs += 1);
@@ -1256,8 +1268,8 @@ fn emit(
     ctx: &mut HttpCtx,
     key: &FlowKey,
     client: Side,
-    request: Message,
-    response: Option<Message>,
+    request: Box<Message>,
+    response: Option<Box<Message>>,
 ) {
     ctx.out.push(Exchange {
         vni: key.vni,

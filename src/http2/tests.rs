@@ -405,7 +405,7 @@ fn an_h2c_upgrade_makes_the_request_stream_1() {
     let next: Vec<_> = w.p.exchanges().collect();
     assert_eq!(next.len(), 1);
     assert_eq!(
-        next[0].response.as_ref().and_then(Message::status),
+        next[0].response.as_deref().and_then(Message::status),
         Some(307)
     );
     assert_eq!(next[0].request.version_str(), "HTTP/2");
@@ -583,7 +583,10 @@ fn the_pipeline_detects_http2_joined_mid_connection() {
     let ex: Vec<_> = w.p.exchanges().collect();
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].request.header("host"), Some("api"));
-    assert_eq!(ex[0].response.as_ref().and_then(Message::status), Some(204));
+    assert_eq!(
+        ex[0].response.as_deref().and_then(Message::status),
+        Some(204)
+    );
     assert_eq!(ex[0].client, crate::testkit::addr("10.0.0.1:40003"));
 }
 

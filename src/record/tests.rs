@@ -21,7 +21,7 @@ fn exchange(resp: bool, req_body: &[u8], resp_body: &[u8]) -> Exchange {
         client: "10.0.0.1:40000".parse().unwrap(),
         server: "[2001:db8::2]:8080".parse().unwrap(),
         connection_id: 7,
-        request: message(
+        request: Box::new(message(
             StartLine::Request {
                 method: "POST".into(),
                 target: "/api/v1?q=1".into(),
@@ -33,9 +33,9 @@ fn exchange(resp: bool, req_body: &[u8], resp_body: &[u8]) -> Exchange {
                 ("cookie", "x=1"),
             ],
             req_body,
-        ),
+        )),
         response: resp.then(|| {
-            message(
+            Box::new(message(
                 StartLine::Response {
                     status: 201,
                     reason: "Created".into(),
@@ -45,7 +45,7 @@ fn exchange(resp: bool, req_body: &[u8], resp_body: &[u8]) -> Exchange {
                     ("set-cookie", "b=2"),
                 ],
                 resp_body,
-            )
+            ))
         }),
     }
 }
@@ -287,7 +287,7 @@ fn reference_encode(
         StartLine::Request { method, target } => (method.as_str(), target.as_str()),
         StartLine::Response { .. } => ("", ""),
     };
-    let resp = ex.response.as_ref();
+    let resp = ex.response.as_deref();
     let (status_code, status) = match resp.map(|r| &r.start) {
         Some(StartLine::Response { status, reason }) => (status.to_string(), reason.as_str()),
         _ => ("0".to_owned(), ""),
@@ -498,7 +498,7 @@ prop_compose! {
         let response = response.map(|(status, reason, fields, body, cut)| {
             arbitrary_message(StartLine::Response { status, reason: reason.into() }, version, ts, &fields, body, cut)
         });
-        Exchange { vni, client, server, connection_id: 1, request, response }
+        Exchange { vni, client, server, connection_id: 1, request: Box::new(request), response: response.map(Box::new) }
     }
 }
 

@@ -34,7 +34,7 @@ fn complete(steps: &[Step]) -> Vec<&Message> {
     steps
         .iter()
         .filter_map(|s| match s {
-            Step::Complete(m) => Some(m),
+            Step::Complete(m) => Some(&**m),
             _ => None,
         })
         .collect()

@@ -166,7 +166,7 @@ impl H2 {
             if let Some(r) = &response {
                 count_body(ctx, key, r);
             }
-            emit(ctx, key, client, request, response);
+            emit(ctx, key, client, Box::new(request), response.map(Box::new));
         }
         let now = self.conn.stats;
         if now != self.counted {
