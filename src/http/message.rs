@@ -87,8 +87,8 @@ impl Headers {
             }
             // Positions in the copy: below u32::MAX, as the copy's end is (checked above).
             let [a, b, v, c] = [n0, n1, v0, v1].map(|o| o - lo + start);
-            if let Some(name) = text.get_mut(a..b) {
-                lower_ascii(name);
+            if let (Some(name), Some(sent)) = (text.get_mut(a..b), head.get(n0..n1)) {
+                lower_ascii_into(sent, name);
             }
             self.fields.push([a, b, v, c].map(|p| p as u32));
         }
@@ -201,38 +201,44 @@ impl Headers {
     }
 }
 
-/// ASCII letters to lower case, eight bytes at a time (a name is mostly one or two words); other
-/// bytes, UTF-8 sequences among them, are left as they are.
-fn lower_ascii(bytes: &mut [u8]) {
+/// `src` into `dst` (as long) with ASCII letters in lower case, eight bytes at a time (a name is
+/// mostly one or two words); other bytes, UTF-8 sequences among them, are copied as they are.
+///
+/// Reads only `src`: `dst` is the copy of the head just made, and reading back bytes a wide
+/// copy has just stored stalls the CPU (a store it cannot forward to a smaller load) for about
+/// as long as the rest of the work.
+fn lower_ascii_into(src: &[u8], dst: &mut [u8]) {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     // Per byte below 0x80: the high bit of `b + (0x80 - 'A')` is set from 'A' up, that of
     // `b + (0x80 - 'Z' - 1)` from past 'Z' up; neither sum carries into the next byte.
-    let lower = |word: &mut [u8; 8]| {
+    let lower = |word: &[u8; 8]| {
         let w = u64::from_le_bytes(*word);
         let low7 = w & (0x7f * ONES);
         let from_a = low7 + u64::from(0x80 - b'A') * ONES;
         let past_z = low7 + u64::from(0x80 - b'Z' - 1) * ONES;
         let upper = from_a & !past_z & !w & (0x80 * ONES);
-        *word = (w | (upper >> 2)).to_le_bytes();
+        (w | (upper >> 2)).to_le_bytes()
     };
-    if bytes.len() < 8 {
-        bytes.make_ascii_lowercase();
+    if src.len() != dst.len() {
         return;
     }
-    // Whole words, then the last eight bytes again (overlapping: lower-casing twice is once).
-    // The last word is read before any store: read after, it would overlap a store still in
-    // flight, which the CPU cannot forward (a stall as long as the rest of the loop).
-    let last = bytes.last_chunk::<8>().copied();
-    let mut rest = &mut *bytes;
-    while let Some((word, tail)) = rest.split_first_chunk_mut::<8>() {
-        lower(word);
-        rest = tail;
-    }
-    if let (true, Some(mut word)) = (bytes.len() % 8 != 0, last) {
-        lower(&mut word);
-        if let Some(end) = bytes.last_chunk_mut::<8>() {
-            *end = word;
+    if src.len() < 8 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_ascii_lowercase();
         }
+        return;
+    }
+    // Whole words, then the last eight bytes again (overlapping, the same bytes written).
+    let (mut from, mut to) = (src, &mut *dst);
+    while let (Some((s, from_rest)), Some((d, to_rest))) = (
+        from.split_first_chunk::<8>(),
+        to.split_first_chunk_mut::<8>(),
+    ) {
+        *d = lower(s);
+        (from, to) = (from_rest, to_rest);
+    }
+    if let (Some(s), Some(d)) = (src.last_chunk::<8>(), dst.last_chunk_mut::<8>()) {
+        *d = lower(s);
     }
 }
 
@@ -430,17 +436,19 @@ mod tests {
         for b in 0..=255u8 {
             for n in [1, 7, 8, 9, 15, 16, 17] {
                 for at in 0..n {
-                    let mut got = vec![b'Q'; n];
-                    got[at] = b;
-                    let mut want = got.clone();
+                    let mut sent = vec![b'Q'; n];
+                    sent[at] = b;
+                    let mut want = sent.clone();
                     want.make_ascii_lowercase();
-                    super::lower_ascii(&mut got);
+                    let mut got = vec![0; n];
+                    super::lower_ascii_into(&sent, &mut got);
                     assert_eq!(got, want, "byte {b:#04x} at {at} of {n}");
                 }
             }
         }
-        let mut text = "Content-Type X-ÄÖÜ-Grüße ZZ@[`{".as_bytes().to_vec();
-        super::lower_ascii(&mut text);
+        let sent = "Content-Type X-ÄÖÜ-Grüße ZZ@[`{".as_bytes();
+        let mut text = vec![0; sent.len()];
+        super::lower_ascii_into(sent, &mut text);
         assert_eq!(text, "content-type x-ÄÖÜ-grüße zz@[`{".as_bytes());
     }
 
