@@ -185,20 +185,13 @@ impl<H: StreamHandler> Flow<H> {
     }
 }
 
-/// Why a segment found no flow: it opens none (no payload, no SYN, or a reset), or the table
-/// is full and must evict first.
-enum Absent {
-    Ignored,
-    Full,
-}
-
 /// Gives one segment to its flow (sent by `side`): reassembly, the handler's events, the flow's
 /// buffered bytes re-measured into `buffered` while at hand (a second lookup per segment cost
 /// more than the measuring), the reassembly counters into `rs` (written in place: returned, the
 /// counters cost a copy through the stack per segment). Returns why the flow is done, if it is.
 fn feed<H: StreamHandler>(
     flow: &mut Flow<H>,
-    (key, side): (FlowKey, Side),
+    (key, side): (&FlowKey, Side),
     input: SegmentIn<'_>,
     rst: bool,
     cfg: &FlowConfig,
@@ -212,7 +205,7 @@ fn feed<H: StreamHandler>(
     }
     let now = input.ts;
     let dir = &mut dirs[side.index()];
-    let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, &key, side, ev);
+    let mut emit = |ev: StreamEvent<'_>| handler.event(ctx, key, side, ev);
     dir.segment(input, &cfg.reassembly, rs, &mut emit);
     dir.expire_holes(now, &cfg.reassembly, rs, &mut emit);
     let done = if rst {
@@ -302,52 +295,55 @@ impl<H: StreamHandler> FlowTable<H> {
             missing: seg.missing,
             ts: now,
         };
-        // One lookup for a flow the table has: it is found and fed through the same reference.
-        // A segment that opens nothing leaves no entry; a new flow in a full table waits for
-        // the eviction that makes room for it.
+        // One lookup for a flow the table has, the key passed by reference (moved into the
+        // table, it was copied through the stack per segment, and the copy stalled on the key
+        // just built). A segment that opens nothing leaves no entry; a new flow in a full table
+        // waits for the eviction that makes room for it.
         let opens = (!seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn) && !seg.flags.rst;
-        let mut full = self.flows.len() >= self.cfg.max_flows.max(1);
         let mut opened = false;
         let mut rs = ReassemblyStats::default();
-        let done = loop {
-            let found = self
-                .flows
-                .try_get_or_insert_mut(key, || match (opens, full) {
-                    (false, _) => Err(Absent::Ignored),
-                    (true, true) => Err(Absent::Full),
-                    (true, false) => {
-                        opened = true;
-                        Ok(Flow {
-                            dirs: Default::default(),
-                            handler: H::default(),
-                            last_seen: now,
-                            bytes: 0,
-                        })
-                    }
-                });
-            match found {
-                Ok(flow) => {
-                    let counts = (&mut self.buffered, &mut rs);
-                    break feed(
-                        flow,
-                        (key, side),
-                        input,
-                        seg.flags.rst,
-                        &self.cfg,
-                        counts,
-                        ctx,
-                    );
-                }
-                Err(Absent::Ignored) => {
-                    self.bump(vni, |s| s.segments_ignored += 1);
-                    return;
-                }
-                // Room made, the next turn inserts it.
-                Err(Absent::Full) => {
-                    self.evict_lru(now, ctx);
-                    full = false;
-                }
+        let done = if let Some(flow) = self.flows.get_mut(&key) {
+            let counts = (&mut self.buffered, &mut rs);
+            feed(
+                flow,
+                (&key, side),
+                input,
+                seg.flags.rst,
+                &self.cfg,
+                counts,
+                ctx,
+            )
+        } else {
+            if !opens {
+                self.bump(vni, |s| s.segments_ignored += 1);
+                return;
             }
+            if self.flows.len() >= self.cfg.max_flows.max(1) {
+                self.evict_lru(now, ctx);
+            }
+            self.flows.put(
+                key,
+                Flow {
+                    dirs: Default::default(),
+                    handler: H::default(),
+                    last_seen: now,
+                    bytes: 0,
+                },
+            );
+            opened = true;
+            let Some(flow) = self.flows.get_mut(&key) else {
+                return;
+            };
+            let counts = (&mut self.buffered, &mut rs);
+            feed(
+                flow,
+                (&key, side),
+                input,
+                seg.flags.rst,
+                &self.cfg,
+                counts,
+                ctx,
+            )
         };
         if opened {
             self.bump(vni, |s| s.opened += 1);
