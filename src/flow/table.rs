@@ -302,19 +302,22 @@ impl<H: StreamHandler> FlowTable<H> {
         let opens = (!seg.payload.is_empty() || seg.missing > 0 || seg.flags.syn) && !seg.flags.rst;
         let mut opened = false;
         let mut rs = ReassemblyStats::default();
-        let done = if let Some(flow) = self.flows.get_mut(&key) {
-            let counts = (&mut self.buffered, &mut rs);
-            feed(
-                flow,
-                (&key, side),
-                input,
-                seg.flags.rst,
-                &self.cfg,
-                counts,
-                ctx,
-            )
-        } else {
-            if !opens {
+        // A new flow is put in, then found like the others on the second turn (always: were it
+        // not, the segment would count as ignored rather than loop).
+        let done = loop {
+            if let Some(flow) = self.flows.get_mut(&key) {
+                let counts = (&mut self.buffered, &mut rs);
+                break feed(
+                    flow,
+                    (&key, side),
+                    input,
+                    seg.flags.rst,
+                    &self.cfg,
+                    counts,
+                    ctx,
+                );
+            }
+            if !opens || opened {
                 self.bump(vni, |s| s.segments_ignored += 1);
                 return;
             }
@@ -331,19 +334,6 @@ impl<H: StreamHandler> FlowTable<H> {
                 },
             );
             opened = true;
-            let Some(flow) = self.flows.get_mut(&key) else {
-                return;
-            };
-            let counts = (&mut self.buffered, &mut rs);
-            feed(
-                flow,
-                (&key, side),
-                input,
-                seg.flags.rst,
-                &self.cfg,
-                counts,
-                ctx,
-            )
         };
         if opened {
             self.bump(vni, |s| s.opened += 1);
