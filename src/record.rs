@@ -13,7 +13,7 @@
 //! mirror's packet length; the payload is what came before the first of them) and `:ended` (the
 //! connection ended before the message did). A bare name: cut at a size cap only.
 
-use crate::http::{Exchange, Message, StartLine};
+use crate::http::{Exchange, Message, StartLine, VERSION_NAMES, version_slot};
 use std::borrow::Cow;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -71,9 +71,10 @@ pub enum RecordError {
 #[derive(Debug)]
 pub struct Encoder {
     cfg: RecordConfig,
-    /// Per HTTP version: the record's text from the end of `status` to the start of the VNI,
-    /// the same in every record of that version (`type` and the escaped `akto_account_id`).
-    versions: Vec<(&'static str, Vec<u8>)>,
+    /// Per HTTP version ([`VERSION_NAMES`]): the record's text from the end of
+    /// `status` to the start of the VNI, the same in every record of that version (`type` and
+    /// the escaped `akto_account_id`).
+    versions: [Vec<u8>; 3],
 }
 
 impl Default for Encoder {
@@ -84,10 +85,7 @@ impl Default for Encoder {
 
 impl Encoder {
     pub fn new(cfg: RecordConfig) -> Encoder {
-        let versions = ["HTTP/1.1", "HTTP/1.0", "HTTP/2"]
-            .into_iter()
-            .map(|version| (version, version_and_account(version, &cfg.account_id)))
-            .collect();
+        let versions = VERSION_NAMES.map(|v| version_and_account(v, &cfg.account_id));
         Encoder { cfg, versions }
     }
 
@@ -186,11 +184,7 @@ impl Encoder {
         push_decimal(buf, u64::from(status_code));
         buf.extend_from_slice(b"\",\"status\":\"");
         push_escaped(buf, status, false);
-        let version = ex.request.version_str();
-        match self.versions.iter().find(|(v, _)| *v == version) {
-            Some((_, text)) => buf.extend_from_slice(text),
-            None => buf.extend_from_slice(&version_and_account(version, &self.cfg.account_id)),
-        }
+        buf.extend_from_slice(&self.versions[version_slot(ex.request.version)]);
         push_decimal(buf, u64::from(ex.vni));
         buf.extend_from_slice(b"\",\"is_pending\":\"");
         buf.extend_from_slice(if ex.response.is_some() {

@@ -22,20 +22,46 @@ pub const KEPT: usize = 64;
 /// leave its size behind.
 pub const MAX_BYTES: usize = 16 * 1024;
 
-/// The spares of one kind of buffer.
-struct Spares<T>(RefCell<Vec<Vec<T>>>);
+/// Things of one kind kept for reuse on this thread: at most [`KEPT`].
+struct Pool<T>(RefCell<Vec<T>>);
+
+impl<T> Pool<T> {
+    const fn new() -> Pool<T> {
+        Pool(RefCell::new(Vec::new()))
+    }
+
+    fn take(&self) -> Option<T> {
+        self.0.try_borrow_mut().ok().and_then(|mut s| s.pop())
+    }
+
+    /// Keeps `item` unless [`KEPT`] are kept already (then it is dropped).
+    fn keep(&self, item: T) {
+        if let Ok(mut kept) = self.0.try_borrow_mut()
+            && kept.len() < KEPT
+        {
+            if kept.capacity() == 0 {
+                kept.reserve_exact(KEPT);
+            }
+            kept.push(item);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.try_borrow().map_or(0, |s| s.len())
+    }
+}
+
+/// The spares of one kind of buffer: kept cleared, none larger than [`MAX_BYTES`].
+struct Spares<T>(Pool<Vec<T>>);
 
 impl<T> Spares<T> {
     const fn new() -> Spares<T> {
-        Spares(RefCell::new(Vec::new()))
+        Spares(Pool::new())
     }
 
     fn take(&self) -> Vec<T> {
-        self.0
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut s| s.pop())
-            .unwrap_or_default()
+        self.0.take().unwrap_or_default()
     }
 
     fn give(&self, mut v: Vec<T>) {
@@ -44,19 +70,12 @@ impl<T> Spares<T> {
             return;
         }
         v.clear();
-        if let Ok(mut spares) = self.0.try_borrow_mut()
-            && spares.len() < KEPT
-        {
-            if spares.capacity() == 0 {
-                spares.reserve_exact(KEPT);
-            }
-            spares.push(v);
-        }
+        self.0.keep(v);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.try_borrow().map_or(0, |s| s.len())
+        self.0.len()
     }
 }
 
@@ -67,18 +86,13 @@ thread_local! {
     static TEXT: Spares<u8> = const { Spares::new() };
     /// Header field positions.
     static FIELDS: Spares<[u32; 4]> = const { Spares::new() };
-}
-
-thread_local! {
     /// Message boxes, their contents given back ([`Message::recycle`]).
-    #[allow(clippy::vec_box, reason = "the boxes are what is kept: each is a message's allocation")]
-    static MESSAGES: RefCell<Vec<Box<Message>>> = const { RefCell::new(Vec::new()) };
+    static MESSAGES: Pool<Box<Message>> = const { Pool::new() };
 }
 
 /// `msg` in a box: a spare one when there is one.
 pub fn boxed(msg: Message) -> Box<Message> {
-    let spare = MESSAGES.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
-    match spare {
+    match MESSAGES.try_with(Pool::take) {
         Ok(Some(mut b)) => {
             *b = msg;
             b
@@ -90,16 +104,7 @@ pub fn boxed(msg: Message) -> Box<Message> {
 /// Keeps a message's box for the next [`boxed`] on this thread; what it still holds is dropped
 /// when it is reused (nothing that owns memory, after [`Message::recycle`]).
 pub fn give_message(b: Box<Message>) {
-    let _ = MESSAGES.try_with(|s| {
-        if let Ok(mut spares) = s.try_borrow_mut()
-            && spares.len() < KEPT
-        {
-            if spares.capacity() == 0 {
-                spares.reserve_exact(KEPT);
-            }
-            spares.push(b);
-        }
-    });
+    let _ = MESSAGES.try_with(|s| s.keep(b));
 }
 
 /// An empty stream buffer, with room from an earlier message when there is a spare.
@@ -182,6 +187,25 @@ mod tests {
             give_text(vec![1; 100]);
         }
         assert_eq!(kept().1, KEPT);
+    }
+
+    #[test]
+    fn a_given_message_box_is_used_again() {
+        use crate::http::StartLine;
+        let message = || {
+            let start = StartLine::Response {
+                status: 200,
+                reason: "OK".into(),
+            };
+            Message::new(start, 1, 0, None)
+        };
+        let first = boxed(message());
+        let at: *const Message = &*first;
+        give_message(first);
+        assert_eq!(MESSAGES.try_with(Pool::len), Ok(1));
+        let again = boxed(message());
+        assert_eq!(&*again as *const Message, at, "the same allocation");
+        assert_eq!(MESSAGES.try_with(Pool::len), Ok(0));
     }
 
     #[test]

@@ -396,11 +396,20 @@ impl Message {
 
     /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
     pub fn version_str(&self) -> &'static str {
-        match self.version {
-            0 => "HTTP/1.0",
-            2 => "HTTP/2",
-            _ => "HTTP/1.1",
-        }
+        VERSION_NAMES[version_slot(self.version)]
+    }
+}
+
+/// The names of the HTTP versions, by [`version_slot`].
+pub const VERSION_NAMES: [&str; 3] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2"];
+
+/// Where an HTTP version as [`Message::version`] holds it is in [`VERSION_NAMES`]: 0 is
+/// HTTP/1.0, 2 is HTTP/2, any other HTTP/1.1.
+pub fn version_slot(version: u8) -> usize {
+    match version {
+        0 => 0,
+        2 => 2,
+        _ => 1,
     }
 }
 

@@ -9,7 +9,7 @@ mod message;
 pub mod parser;
 mod session;
 
-pub use message::{Exchange, Headers, Message, Recovery, StartLine};
+pub use message::{Exchange, Headers, Message, Recovery, StartLine, VERSION_NAMES, version_slot};
 pub(crate) use parser::decode_body;
 pub use parser::{ParseError, Parser, Role, Step};
 pub use session::Session;

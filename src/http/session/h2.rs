@@ -166,7 +166,13 @@ impl H2 {
             if let Some(r) = &response {
                 count_body(ctx, key, r);
             }
-            emit(ctx, key, client, Box::new(request), response.map(Box::new));
+            emit(
+                ctx,
+                key,
+                client,
+                crate::spare::boxed(request),
+                response.map(crate::spare::boxed),
+            );
         }
         let now = self.conn.stats;
         if now != self.counted {
